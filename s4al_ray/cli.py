@@ -1,0 +1,69 @@
+"""Command line: ``python run.py [command] [--config FILE] [key.path=value ...]``.
+
+Parses, loads and validates the config (before any Ray work), connects to Ray and calls one
+command. Nothing else lives here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+COMMANDS = {"run": "the active semi-supervised round loop (default)"}
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                              "configs", "default.yaml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="run.py", usage="python run.py [COMMAND] [--config FILE] [key.path=value ...]",
+        description="S4AL+ active semi-supervised segmentation on Ray.\n\ncommands:\n"
+                    + "\n".join(f"  {name:9s} {text}" for name, text in COMMANDS.items()),
+        epilog="examples:\n"
+               "  python run.py                                  # default experiment, local Ray\n"
+               "  python run.py --config configs/smoke.yaml train.epochs=1\n"
+               "  ray job submit -- python run.py --config configs/default.yaml storage=s3://b/p",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", default=None,
+                        help="experiment YAML (default: configs/default.yaml)")
+    parser.add_argument("--address", default=None,
+                        help="Ray cluster address (else RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
+                        help="config overrides, e.g. train.epochs=3 loop.rounds=2")
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    from s4al_ray.config import ConfigError, load_config
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    args = _parser().parse_args(argv)
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    try:
+        cfg = load_config(path, args.overrides)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    return _run(cfg, args.address)
+
+
+def _run(cfg, address: str | None) -> int:
+    from s4al_ray.config import ConfigError
+    from s4al_ray.data.folder import DatasetError
+    from s4al_ray.experiment import Experiment
+    from s4al_ray.runtime import connect, dashboard_url
+
+    print(f"s4al-ray: experiment '{cfg.name}' -> {cfg.storage}/{cfg.name}")
+    res = connect(cfg, address)
+    url = dashboard_url()
+    print(f"[ray] {res.cpus} CPU, {res.gpus} GPU" + (f", dashboard {url}" if url else ""))
+    try:
+        Experiment(cfg, res).run()
+    except (ConfigError, DatasetError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0

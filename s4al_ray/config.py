@@ -1,0 +1,304 @@
+"""Typed experiment configuration: YAML files + ``key.path=value`` overrides, validated at load.
+
+Every number of an experiment lives here. Loading fails fast, before Ray starts, with a message
+naming the offending key (and the nearest valid key for a typo). Worker code receives plain dicts
+made by :func:`to_dict`, never the dataclasses, so nothing here has to be importable on workers
+in a special way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key and the fix."""
+
+
+def _spec(default: Any, *, lo: float | None = None, hi: float | None = None,
+          choices: tuple | None = None, doc: str = "") -> Any:
+    meta = {"lo": lo, "hi": hi, "choices": choices, "doc": doc}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class SyntheticConfig:
+    num_train: int = _spec(240, lo=4, doc="images in the train split (initial labeled + pool)")
+    num_val: int = _spec(60, lo=1)
+    height: int = _spec(128, lo=32, hi=4096)
+    width: int = _spec(160, lo=32, hi=4096)
+    seed: int = _spec(0, doc="dataset seed (separate from the experiment seed)")
+
+
+@dataclass
+class DataConfig:
+    kind: str = _spec("synthetic", choices=("synthetic", "folder"))
+    root: str = _spec("data_cache/synthetic", doc="dataset directory or s3:// URI")
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    initial_labeled_frac: float = _spec(0.1, lo=0.0, hi=1.0,
+                                        doc="share of train images fully labeled at round 0")
+    crop_height: int = _spec(0, lo=0, doc="training crop; 0 = full image height")
+    crop_width: int = _spec(0, lo=0, doc="training crop; 0 = full image width")
+    loader_workers: int = _spec(0, lo=0, doc="torch DataLoader workers per train worker")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = _spec("mobilenet_v2",
+                          choices=("mobilenet_v2", "resnet18", "resnet50", "resnet101"))
+    output_stride: int = _spec(16, choices=(8, 16))
+    embed_dim: int = _spec(64, lo=8, hi=1024, doc="ReCo representation size")
+    pretrained: str = _spec("none", doc="none | imagenet | <path or s3:// URI to a checkpoint>")
+
+
+@dataclass
+class TrainConfig:
+    num_workers: int = _spec(1, lo=0, hi=4096, doc="Ray Train workers (0 = in the driver)")
+    cpus_per_worker: int = _spec(2, lo=1)
+    use_gpu: bool = _spec(False)
+    amp: bool = _spec(True, doc="mixed precision when on GPU")
+    epochs: int = _spec(3, lo=1)
+    steps_per_epoch: int = _spec(25, lo=1)
+    labeled_batch: int = _spec(4, lo=1, doc="labeled images per joint mini-batch and worker")
+    pseudo_batch: int = _spec(4, lo=0, doc="pseudo-labeled pool images per joint mini-batch")
+    lr: float = _spec(0.01, lo=0.0, hi=10.0)
+    head_lr_mult: float = _spec(10.0, lo=0.0)
+    momentum: float = _spec(0.9, lo=0.0, hi=1.0)
+    weight_decay: float = _spec(1e-4, lo=0.0, hi=1.0)
+    poly_power: float = _spec(0.9, lo=0.0)
+    unsup_weight: float = _spec(1.0, lo=0.0, doc="weight of the pseudo-label cross-entropy")
+    reco_weight: float = _spec(0.1, lo=0.0, doc="weight of the ReCo loss (0 disables it)")
+    strong_aug: bool = _spec(True, doc="strong augmentation of pseudo-labeled images")
+    mix: str = _spec("cutmix", choices=("none", "cutmix", "classmix"))
+    fresh_student: bool = _spec(True, doc="re-initialise the student every round")
+    max_failures: int = _spec(1, lo=0, doc="worker-group restarts from the last checkpoint")
+
+
+@dataclass
+class RecoConfig:
+    strong_threshold: float = _spec(0.97, lo=0.0, hi=1.0)
+    temperature: float = _spec(0.5, lo=1e-3)
+    num_queries: int = _spec(128, lo=1)
+    num_negatives: int = _spec(256, lo=1)
+
+
+@dataclass
+class TeacherConfig:
+    threshold: float = _spec(0.7, lo=0.0, hi=1.0, doc="confidence below which a pseudo-label is ignored")
+    class_aware: bool = _spec(True, doc="per-class thresholds so rare classes keep pseudo-labels")
+    class_quantile: float = _spec(0.5, lo=0.0, hi=1.0,
+                                  doc="class-aware: per-class confidence quantile used as threshold")
+    scales: list[float] = _spec([1.0], doc="multi-scale averaging, e.g. [0.5, 1.0, 2.0]")
+    flip: bool = _spec(False, doc="average with the horizontally flipped prediction")
+    batch_size: int = _spec(16, lo=1)
+    num_actors: int = _spec(0, lo=0, doc="inference actors; 0 = one per free CPU (or GPU)")
+    cpus_per_actor: int = _spec(1, lo=1)
+
+
+@dataclass
+class AcquisitionConfig:
+    function: str = _spec("entropy",
+                          choices=("entropy", "class_weighted_entropy", "margin", "random"))
+    region_size: int = _spec(16, lo=1, doc="side of a square region in pixels")
+    mode: str = _spec("budget", choices=("budget", "topk"),
+                      doc="budget: global ranking under a pixel budget; topk: k regions per image")
+    round_budget: float = _spec(0.02, lo=0.0, hi=1.0,
+                                doc="labeled pixels acquired per round, share of train pixels")
+    total_budget: float = _spec(0.2, lo=0.0, hi=1.0,
+                                doc="cap on all labeled pixels, share of train pixels")
+    top_k: int = _spec(4, lo=1)
+    exclude_border: bool = _spec(False, doc="never acquire the outer ring of regions")
+
+
+@dataclass
+class LoopConfig:
+    rounds: int = _spec(3, lo=1, doc="training rounds (round 0 = initial labeled set only)")
+
+
+@dataclass
+class RayConfig:
+    address: str = _spec("", doc="cluster address; empty = RAY_ADDRESS or a new local Ray")
+    num_cpus: int = _spec(0, lo=0, doc="local Ray only; 0 = all cores")
+    object_store_mb: int = _spec(512, lo=64, doc="local Ray only")
+    dashboard: bool = _spec(False, doc="local Ray only: start the dashboard")
+    autoscale: bool = _spec(False, doc="the cluster adds nodes on demand: skip the fits-now check")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = _spec("default", doc="experiment name; the run directory is <storage>/<name>")
+    seed: int = _spec(0)
+    storage: str = _spec("runs", doc="local directory or s3://bucket/prefix for all artefacts")
+    s3_endpoint: str = _spec("", doc="S3-compatible endpoint URL; empty = AWS")
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reco: RecoConfig = field(default_factory=RecoConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building the tree from plain data
+
+
+def _is_config(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp``; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list of {_type_name(item_tp)}, got {value!r}")
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{key}: unsupported annotation {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
+        raise ConfigError(
+            f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _check_range(value: Any, meta: typing.Mapping, key: str) -> None:
+    values = value if isinstance(value, list) else [value]
+    for v in values:
+        if meta.get("choices") and v not in meta["choices"]:
+            options = ", ".join(map(str, meta["choices"]))
+            raise ConfigError(f"{key}: {v!r} is not one of: {options}")
+        if meta.get("lo") is not None and v < meta["lo"]:
+            raise ConfigError(f"{key}: {v} is below the minimum {meta['lo']}")
+        if meta.get("hi") is not None and v > meta["hi"]:
+            raise ConfigError(f"{key}: {v} is above the maximum {meta['hi']}")
+
+
+def _unknown_key(key: str, valid: list[str]) -> ConfigError:
+    leaf = key.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, valid, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
+    return ConfigError(f"unknown config key '{key}'{hint}")
+
+
+def _build(cls: type, data: Any, prefix: str = "") -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if name not in fields:
+            raise _unknown_key(key, list(fields))
+        tp = hints[name]
+        if _is_config(tp):
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+            _check_range(kwargs[name], fields[name].metadata, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: '{part}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``'train.epochs=3'`` -> ``('train.epochs', 3)``; values are parsed as YAML scalars."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}': expected key.path=value, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def read_yaml(path: str) -> dict:
+    from s4al_ray import storage
+
+    try:
+        text = storage.read_text(path)
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} not found") from err
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of config keys")
+    return data or {}
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> ExperimentConfig:
+    """Load a YAML file (or the built-in defaults) and apply dotted overrides, then validate."""
+    tree = read_yaml(path) if path else {}
+    for text in overrides:
+        key, value = parse_override(text)
+        _set_dotted(tree, key, value)
+    where = f" (in {path})" if path else ""
+    try:
+        cfg = _build(ExperimentConfig, tree)
+        validate(cfg)
+    except ConfigError as err:
+        raise ConfigError(f"{err}{where}") from None
+    return cfg
+
+
+def from_dict(tree: dict) -> ExperimentConfig:
+    cfg = _build(ExperimentConfig, tree)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate(cfg: ExperimentConfig) -> None:
+    """Checks that involve more than one key."""
+    if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
+        raise ConfigError(f"name: {cfg.name!r} must be a plain directory name")
+    acq = cfg.acquisition
+    if acq.round_budget > acq.total_budget:
+        raise ConfigError(
+            f"acquisition.round_budget ({acq.round_budget}) exceeds acquisition.total_budget "
+            f"({acq.total_budget})")
+    if cfg.data.kind == "synthetic":
+        syn = cfg.data.synthetic
+        if acq.region_size > min(syn.height, syn.width):
+            raise ConfigError(
+                f"acquisition.region_size ({acq.region_size}) is larger than the image "
+                f"({syn.height}x{syn.width}); choose a region of at most {min(syn.height, syn.width)} px")
+    if any(s <= 0 or s > 4 for s in cfg.teacher.scales) or not cfg.teacher.scales:
+        raise ConfigError(f"teacher.scales: {cfg.teacher.scales} must be 1-4 factors in (0, 4]")
+    if cfg.train.num_workers == 0 and cfg.train.use_gpu:
+        raise ConfigError("train.use_gpu needs train.num_workers >= 1")

@@ -1,0 +1,1 @@
+"""Datasets (synthetic and folder layouts) producing one manifest table; decoding; augmentation."""

@@ -1,0 +1,38 @@
+"""The manifest: one Arrow table of every sample, read by every stage.
+
+Columns: ``sample_id`` (stable id, the only id that crosses module borders), ``image_uri``,
+``mask_uri``, ``split`` (train/val/test), ``height``, ``width``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("image_uri", pa.string()),
+    ("mask_uri", pa.string()),
+    ("split", pa.string()),
+    ("height", pa.int32()),
+    ("width", pa.int32()),
+])
+
+
+@dataclass
+class DatasetInfo:
+    manifest: pa.Table
+    classes: list[str]
+    ignore_index: int = 255
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def rows(self, split: str) -> list[dict]:
+        return [r for r in self.manifest.to_pylist() if r["split"] == split]
+
+
+def make_manifest(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

@@ -1,0 +1,60 @@
+"""The pool actor: the single writer of the pool state, persisted before every commit returns.
+
+Storage, not the actor, is the source of truth: a restarted actor (``max_restarts=-1``) reloads
+the state in its constructor, and commits are idempotent, so Ray's task retries are safe.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from s4al_ray import storage
+from s4al_ray.pool.oracle import SimulatedOracle
+from s4al_ray.pool.state import PoolState, Selection
+
+NAMESPACE = "s4al_ray"
+
+
+def state_uri(run_dir: str) -> str:
+    return storage.join(run_dir, "pool", "state.json")
+
+
+class PoolStateHolder:
+    """The actor's body, kept importable without Ray so it can be tested directly."""
+
+    def __init__(self, run_dir: str, initial_json: str, mask_uris: dict[str, str]) -> None:
+        self.uri = state_uri(run_dir)
+        if storage.exists(self.uri):
+            self.state = PoolState.from_json(storage.read_text(self.uri))
+        else:
+            self.state = PoolState.from_json(initial_json)
+            self._persist()
+        self.oracle = SimulatedOracle(mask_uris, self.state.num_classes)
+
+    def _persist(self) -> None:
+        storage.write_text(self.uri, self.state.to_json())
+
+    def snapshot(self) -> str:
+        return self.state.to_json()
+
+    def commit(self, round_index: int, selection: Selection) -> dict:
+        previous = self.state.entry(round_index)
+        if previous is None:
+            self.state.validate_selection(selection)
+            class_pixels = self.oracle.reveal(self.state, selection)
+        else:
+            class_pixels = previous["class_pixels"]
+        entry = self.state.commit(round_index, selection, class_pixels)
+        self._persist()
+        return entry
+
+
+PoolActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolStateHolder)
+
+
+def get_pool_actor(experiment: str, run_dir: str, initial: PoolState,
+                   mask_uris: dict[str, str]):
+    """The experiment's pool actor, created if needed (a rerun driver reattaches to it)."""
+    return PoolActor.options(
+        name=f"pool-{experiment}", namespace=NAMESPACE, get_if_exists=True,
+    ).remote(run_dir, initial.to_json(), mask_uris)

@@ -1,0 +1,93 @@
+"""Connecting to Ray and sizing the work to what the cluster has."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import ray
+
+from s4al_ray import storage
+from s4al_ray.config import ExperimentConfig
+
+
+@dataclass
+class ClusterResources:
+    cpus: int
+    gpus: int
+
+
+def _runtime_env() -> dict:
+    """Environment every worker must share: S3 endpoint/region (never credentials, which come
+    from each node's own AWS sources) and the quiet logging settings."""
+    names = (storage.ENDPOINT_ENV, "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+    env = {name: os.environ[name] for name in names if os.environ.get(name)}
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    return {"env_vars": env}
+
+
+def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResources:
+    """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray."""
+    if cfg.s3_endpoint:
+        os.environ[storage.ENDPOINT_ENV] = cfg.s3_endpoint
+    if ray.is_initialized():
+        return resources()
+    target = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict = {"runtime_env": _runtime_env(), "logging_level": logging.WARNING,
+                    "log_to_driver": True, "configure_logging": True}
+    if target:
+        ray.init(address=target, **kwargs)
+    else:
+        ray.init(num_cpus=cfg.ray.num_cpus or None,
+                 object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
+                 include_dashboard=cfg.ray.dashboard, **kwargs)
+    _quiet_ray_data()
+    return resources()
+
+
+def _quiet_ray_data() -> None:
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False
+
+
+def resources() -> ClusterResources:
+    total = ray.cluster_resources()
+    return ClusterResources(cpus=int(total.get("CPU", 0)), gpus=int(total.get("GPU", 0)))
+
+
+def dashboard_url() -> str | None:
+    try:
+        url = ray.get_runtime_context().dashboard_url if hasattr(
+            ray.get_runtime_context(), "dashboard_url") else None
+        url = url or ray.worker.get_dashboard_url()
+    except Exception:  # the dashboard is optional; never fail a run over it
+        return None
+    return f"http://{url}" if url and not url.startswith("http") else url or None
+
+
+def teacher_actors(cfg: ExperimentConfig, res: ClusterResources) -> int:
+    """Actor pool size: as configured, else one per GPU (GPU runs) or per free CPU slot."""
+    if cfg.teacher.num_actors:
+        return cfg.teacher.num_actors
+    if cfg.train.use_gpu:
+        return max(1, res.gpus)
+    return max(1, res.cpus // cfg.teacher.cpus_per_actor)
+
+
+def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:
+    """Fail before training when the trainer could never be scheduled (it would hang)."""
+    train = cfg.train
+    if cfg.ray.autoscale:
+        return
+    need_cpus = train.num_workers * train.cpus_per_worker
+    if need_cpus > res.cpus:
+        raise RuntimeError(
+            f"train.num_workers={train.num_workers} x train.cpus_per_worker={train.cpus_per_worker}"
+            f" needs {need_cpus} CPUs but the Ray cluster has {res.cpus}; lower them, e.g. "
+            f"train.num_workers={max(1, res.cpus // train.cpus_per_worker)}")
+    if train.use_gpu and train.num_workers > res.gpus:
+        raise RuntimeError(
+            f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; "
+            f"the cluster has {res.gpus}")

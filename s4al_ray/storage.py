@@ -1,0 +1,141 @@
+"""One way to read and write local paths and ``s3://`` URIs.
+
+Everything that a run persists goes through here, so local disks and S3 (or an S3-compatible
+store such as MinIO) behave the same. The S3 endpoint and region come from environment variables
+(``S4AL_S3_ENDPOINT``, falling back to ``AWS_ENDPOINT_URL``; ``AWS_REGION``) because they must
+reach every Ray worker process identically; the driver exports them into the Ray runtime env.
+Credentials are left to pyarrow/boto3's usual AWS sources and never pass through this module.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from functools import lru_cache
+
+import pyarrow.fs as pafs
+
+S3_PREFIX = "s3://"
+ENDPOINT_ENV = "S4AL_S3_ENDPOINT"
+
+
+def is_s3(uri: str) -> bool:
+    return str(uri).startswith(S3_PREFIX)
+
+
+def s3_endpoint() -> str | None:
+    return os.environ.get(ENDPOINT_ENV) or os.environ.get("AWS_ENDPOINT_URL") or None
+
+
+def s3_region() -> str:
+    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+
+
+@lru_cache(maxsize=8)
+def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
+    kwargs: dict = {"region": region}
+    if endpoint:
+        scheme = "http" if endpoint.startswith("http://") else "https"
+        kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
+        kwargs["scheme"] = scheme
+        # pyarrow otherwise tries virtual-host addressing, which local S3 servers do not serve.
+        kwargs["force_virtual_addressing"] = False
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for ``uri`` and the path to use with it."""
+    if is_s3(uri):
+        return _s3_filesystem(s3_endpoint(), s3_region()), uri[len(S3_PREFIX):].rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def absolute(uri: str) -> str:
+    """Local paths made absolute (Ray workers run in other directories); URIs unchanged."""
+    return uri if is_s3(uri) else os.path.abspath(os.path.expanduser(uri))
+
+
+def join(base: str, *parts: str) -> str:
+    if is_s3(base):
+        return posixpath.join(base, *parts)
+    return os.path.join(base, *parts)
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.create_dir(path, recursive=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_stream(path) as stream:
+            return stream.read()
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"{uri}: no such file") from err
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write ``data`` so that a crash leaves either the old or the new file, never half of one.
+
+    Local files are written to a temporary name and renamed over the target (atomic on POSIX);
+    an S3 PUT only becomes visible once complete, so it is atomic by nature.
+    """
+    fs, path = filesystem(uri)
+    if is_s3(uri):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def list_files(uri: str, suffix: str = "") -> list[str]:
+    """Files directly under directory ``uri`` whose names end with ``suffix``, sorted, as URIs."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=False))
+    names = sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+    return [join(uri, n) for n in names if n.endswith(suffix)]
+
+
+def delete_dir(uri: str) -> None:
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.NotFound:
+        fs.delete_dir(path)
+
+
+def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
+    """``(storage_path, storage_filesystem)`` for Ray Train/Tune ``RunConfig``.
+
+    With an explicit filesystem object Ray wants the path without the ``s3://`` scheme.
+    """
+    if is_s3(uri):
+        fs, path = filesystem(uri)
+        return path, fs
+    return filesystem(uri)[1], None

@@ -1,0 +1,280 @@
+"""Student training with Ray Train: the only place a TorchTrainer is built.
+
+The driver builds a plain-dict ``loop_config`` (no closures over big objects); every worker runs
+:func:`train_loop`: joint mini-batches of labeled images and pseudo-labeled pool images through one
+forward pass (batch norm sees both), cross-entropy + ReCo, a checkpoint every epoch, and at the end
+a validation confusion matrix reduced across workers as a sum.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from torch.utils.data import DataLoader, RandomSampler
+
+from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.data.augment import classmix, cutmix
+from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages, endless,
+                                    image_tensor, normalize, read_pseudo_labels)
+from s4al_ray.data.io import load_image, load_mask
+from s4al_ray.evaluate import confusion_matrix
+from s4al_ray.losses import reco_loss
+from s4al_ray.model import build_model
+from s4al_ray.model.weights import load_checkpoint
+
+MODEL_FILE = "model.pt"
+METRICS_FILE = "metrics.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker side
+
+
+def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean CE over non-ignore pixels; 0 (not NaN) when every pixel is ignore."""
+    loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
+    return loss / (target != IGNORE_INDEX).sum().clamp(min=1)
+
+
+def _loader(dataset, batch_size: int, steps: int, seed: int, workers: int) -> DataLoader:
+    sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * steps,
+                            generator=torch.Generator().manual_seed(seed))
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      drop_last=True, persistent_workers=workers > 0)
+
+
+def _build_loaders(cfg: dict, rank: int):
+    """Endless iterators of (images, masks) for the labeled and (if any) the pool part."""
+    train, data = cfg["train"], cfg["data"]
+    seed = cfg["seed"] * 1000 + cfg["round"] * 10 + rank
+    crop = (cfg["crop"][0], cfg["crop"][1])
+    cache = DecodeCache()
+    steps = train["epochs"] * train["steps_per_epoch"]
+    labeled = LabeledImages(cfg["labeled_items"], crop, seed, cache)
+    pool_items = cfg["pool_items"]
+    use_pool = bool(pool_items) and cfg["pseudo_uri"] and train["pseudo_batch"] > 0
+    # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
+    labeled_batch = train["labeled_batch"] + (0 if use_pool else train["pseudo_batch"])
+    labeled_iter = endless(_loader(labeled, labeled_batch, steps, seed, data["loader_workers"]))
+    if not use_pool:
+        return labeled_iter, None
+    pseudo = read_pseudo_labels(cfg["pseudo_uri"], {i["sample_id"] for i in pool_items})
+    pool = PoolImages(pool_items, pseudo, cfg["thresholds"], cfg["acquired"], cfg["region_size"],
+                      crop, seed + 1, strong=train["strong_aug"], cache=cache)
+    pool_iter = endless(_loader(pool, train["pseudo_batch"], steps, seed + 1, data["loader_workers"]))
+    return labeled_iter, pool_iter
+
+
+def _poly_lr(optimizer, base_lr: float, it: int, total: int, power: float) -> float:
+    factor = (1.0 - it / max(total, 1)) ** power
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr * group.get("lr_mult", 1.0) * factor
+    return base_lr * factor
+
+
+def _mix(images, masks, cfg: dict, generator):
+    if cfg["train"]["mix"] == "cutmix":
+        return cutmix(images, masks, generator)
+    if cfg["train"]["mix"] == "classmix":
+        return classmix(images, masks, generator)
+    return images, masks
+
+
+def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[str, torch.Tensor]:
+    images_l, masks_l = batch_l
+    parts_x, parts_y = [images_l], [masks_l]
+    if batch_u is not None:
+        images_u, targets_u = _mix(*batch_u, cfg, generator)
+        parts_x.append(images_u)
+        parts_y.append(targets_u)
+    x = normalize(torch.cat(parts_x).to(device))
+    y = torch.cat(parts_y).to(device)
+    reco_w = cfg["train"]["reco_weight"]
+    out = model(x, with_embedding=reco_w > 0)
+    n_l = images_l.shape[0]
+    losses = {"sup": masked_cross_entropy(out["logits"][:n_l], y[:n_l])}
+    if batch_u is not None:
+        losses["unsup"] = masked_cross_entropy(out["logits"][n_l:], y[n_l:])
+    if reco_w > 0:
+        size = out["embedding"].shape[-2:]
+        y_small = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
+        probs = torch.softmax(out["logits_s4"].detach().float(), dim=1)
+        r = cfg["reco"]
+        losses["reco"] = reco_loss(out["embedding"].float(), probs, y_small,
+                                   strong_threshold=r["strong_threshold"],
+                                   temperature=r["temperature"], num_queries=r["num_queries"],
+                                   num_negatives=r["num_negatives"], generator=generator)
+    total = losses["sup"] + cfg["train"]["unsup_weight"] * losses.get("unsup", 0.0)
+    losses["total"] = total + reco_w * losses.get("reco", 0.0)
+    return losses
+
+
+@torch.no_grad()
+def evaluate_items(model, items: list[dict], num_classes: int, device,
+                   batch_size: int = 8) -> torch.Tensor:
+    """Confusion matrix of ``model`` over ``items`` (any sizes: batches group equal sizes)."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    by_size: dict[tuple[int, int], list[dict]] = {}
+    for item in items:
+        by_size.setdefault((item["height"], item["width"]), []).append(item)
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            x = torch.stack([image_tensor(load_image(i["image_uri"])) for i in chunk])
+            y = torch.stack([torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64))
+                             for i in chunk])
+            pred = model(normalize(x.to(device)))["logits"].argmax(1).cpu()
+            confusion += confusion_matrix(pred, y, num_classes)
+    return confusion
+
+
+def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized():
+        backend_tensor = tensor.to(ray.train.torch.get_device())
+        dist.all_reduce(backend_tensor)
+        return backend_tensor.cpu()
+    return tensor
+
+
+def _init_model(cfg: dict) -> torch.nn.Module:
+    m = cfg["model"]
+    init = cfg["init_checkpoint"]
+    model = build_model(cfg["num_classes"], m["backbone"], m["output_stride"], m["embed_dim"],
+                        pretrained="none" if init else m["pretrained"])
+    if init:
+        load_checkpoint(model, init)
+    return model
+
+
+def _save_checkpoint(model, optimizer, epoch: int, metrics: dict) -> Checkpoint | None:
+    """Rank 0 writes the checkpoint directory; the other ranks report without one."""
+    if ray.train.get_context().get_world_rank() != 0:
+        return None
+    directory = tempfile.mkdtemp(prefix="s4al-ckpt-")
+    inner = model.module if hasattr(model, "module") else model
+    torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch}, os.path.join(directory, MODEL_FILE))
+    with open(os.path.join(directory, METRICS_FILE), "w") as handle:
+        json.dump(metrics, handle)
+    return Checkpoint.from_directory(directory)
+
+
+def _resume(model, optimizer) -> int:
+    """Epoch to start from: after the last checkpoint of this round, if the worker group restarted
+    or the driver reran the same round."""
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu",
+                           weights_only=True)
+    inner = model.module if hasattr(model, "module") else model
+    inner.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return int(state["epoch"]) + 1
+
+
+def train_loop(cfg: dict) -> None:
+    """Runs on every Ray Train worker."""
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"] * 1000 + cfg["round"] * 10 + rank)
+    device = ray.train.torch.get_device()
+    model = ray.train.torch.prepare_model(_init_model(cfg))
+    inner = model.module if hasattr(model, "module") else model
+    train = cfg["train"]
+    optimizer = torch.optim.SGD(inner.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
+                                weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+    start_epoch = _resume(model, optimizer)
+    labeled_iter, pool_iter = _build_loaders(cfg, rank)
+    generator = torch.Generator().manual_seed(cfg["seed"] + 7919 * (rank + 1) + cfg["round"])
+    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
+    use_amp = train["amp"] and device.type == "cuda"
+    for epoch in range(start_epoch, train["epochs"]):
+        model.train()
+        started, sums = time.perf_counter(), {}
+        for step in range(steps):
+            lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                losses = _step_losses(model, cfg, next(labeled_iter),
+                                      next(pool_iter) if pool_iter else None, device, generator)
+            optimizer.zero_grad(set_to_none=True)
+            losses["total"].backward()
+            optimizer.step()
+            for key, value in losses.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+        metrics = {f"train/loss_{k}": v / steps for k, v in sums.items()}
+        metrics.update({"epoch": epoch, "train/lr": lr,
+                        "train/seconds": time.perf_counter() - started})
+        if epoch == train["epochs"] - 1:
+            val_items = cfg["val_items"][rank::world]
+            confusion = _all_reduce_sum(evaluate_items(model, val_items, cfg["num_classes"], device))
+            metrics["val/confusion"] = confusion.tolist()
+        ray.train.report(metrics, checkpoint=_save_checkpoint(model, optimizer, epoch, metrics),
+                         checkpoint_dir_name=f"epoch_{epoch:03d}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver side
+
+
+@dataclass
+class StudentResult:
+    checkpoint_uri: str  # the round's model file (``{"model": state_dict, ...}``)
+    metrics: dict
+
+
+def _checkpoint_uri(checkpoint: Checkpoint) -> str:
+    import pyarrow.fs as pafs
+
+    if isinstance(checkpoint.filesystem, pafs.S3FileSystem):
+        return "s3://" + checkpoint.path
+    return checkpoint.path
+
+
+def fit_student(loop_config: dict, run_dir: str, experiment: str) -> StudentResult:
+    """Train one round's student with a TorchTrainer and publish its weights to
+    ``<run_dir>/checkpoints/round_XXX.pt``. Rerunning the same round resumes from its last epoch
+    checkpoint because the run name is derived from the experiment and round."""
+    train = loop_config["train"]
+    round_index = loop_config["round"]
+    storage_path, storage_fs = storage.ray_storage(storage.join(run_dir, "train"))
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(num_workers=train["num_workers"], use_gpu=train["use_gpu"],
+                                     resources_per_worker=_worker_resources(train)),
+        run_config=RunConfig(
+            name=f"{experiment}-round{round_index:03d}", storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=train["max_failures"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"round {round_index}: training produced no checkpoint")
+    source = _checkpoint_uri(result.checkpoint)
+    metrics = json.loads(storage.read_text(storage.join(source, METRICS_FILE)))
+    published = storage.join(run_dir, "checkpoints", f"round_{round_index:03d}.pt")
+    storage.write_bytes(published, storage.read_bytes(storage.join(source, MODEL_FILE)))
+    return StudentResult(published, metrics)
+
+
+def _worker_resources(train: dict) -> dict:
+    resources = {"CPU": train["cpus_per_worker"]}
+    if train["use_gpu"]:
+        resources["GPU"] = 1
+    return resources

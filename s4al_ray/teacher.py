@@ -1,0 +1,162 @@
+"""Teacher inference over the unlabeled pool with Ray Data.
+
+Once per round, an actor pool (each actor loads the round's checkpoint once) predicts every pool
+image, optionally averaging scales and flips, and emits per image: the arg-max label and its
+confidence (both uint8 PNGs, so thresholds can be chosen afterwards per class without rerunning
+inference), per-region acquisition scores, and a per-class confidence histogram. One parquet
+dataset per round; a rerun overwrites it, never appends.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+import torch
+import torch.nn.functional as F
+
+from s4al_ray import storage
+from s4al_ray.acquisition import pixel_scores, region_scores
+from s4al_ray.data.io import encode_png, load_image
+from s4al_ray.data.training import image_tensor, normalize
+from s4al_ray.model import build_model
+from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.pool.grid import RegionGrid
+
+HIST_BINS = 20
+OUTPUT_SCHEMA = pa.schema([
+    ("sample_id", pa.string()),
+    ("label_png", pa.binary()),
+    ("conf_png", pa.binary()),
+    ("scores", pa.list_(pa.float32())),
+    ("conf_hist", pa.list_(pa.int64())),
+])
+
+
+def confidence_histogram(label: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
+    """(C * HIST_BINS,) counts of pixels per predicted class and confidence bin."""
+    bins = np.minimum((confidence.astype(np.int64) * HIST_BINS) // 256, HIST_BINS - 1)
+    return np.bincount(label.astype(np.int64).ravel() * HIST_BINS + bins.ravel(),
+                       minlength=num_classes * HIST_BINS)
+
+
+@torch.no_grad()
+def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Softmax (B, C, H, W) averaged over scales (and horizontal flips)."""
+    size = images.shape[-2:]
+    total = None
+    for scale in scales:
+        x = images if scale == 1.0 else F.interpolate(
+            images, scale_factor=scale, mode="bilinear", align_corners=False)
+        views = [x, x.flip(-1)] if flip else [x]
+        for i, view in enumerate(views):
+            logits = model(normalize(view))["logits"]
+            logits = logits.flip(-1) if i == 1 else logits
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            probs = torch.softmax(logits.float(), dim=1)
+            total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))
+
+
+class TeacherPredictor:
+    """Ray Data callable class: one model per actor, reused for every batch."""
+
+    def __init__(self, cfg: dict) -> None:
+        torch.set_num_threads(cfg["threads"])
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu")
+        m = cfg["model"]
+        model = build_model(cfg["num_classes"], m["backbone"], m["output_stride"], m["embed_dim"])
+        load_checkpoint(model, cfg["checkpoint_uri"])
+        self.model = model.to(self.device).eval()
+        weights = cfg.get("class_weights")
+        self.class_weights = torch.tensor(weights) if weights is not None else None
+        self.generator = torch.Generator().manual_seed(cfg["seed"])
+
+    def _rows(self, batch: dict) -> list[dict]:
+        keys = list(batch)
+        return [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
+
+    def __call__(self, batch: dict) -> pa.Table:
+        rows = self._rows(batch)
+        images = torch.stack([image_tensor(load_image(r["image_uri"])) for r in rows])
+        probs = predict_probs(self.model, images.to(self.device), self.cfg["scales"],
+                              self.cfg["flip"]).cpu()
+        out = {name: [] for name in OUTPUT_SCHEMA.names}
+        for row, p in zip(rows, probs):
+            self._emit(row, p, out)
+        return pa.table(out, schema=OUTPUT_SCHEMA)
+
+    def _emit(self, row: dict, probs: torch.Tensor, out: dict) -> None:
+        confidence, label = probs.max(0)
+        label_u8 = label.numpy().astype(np.uint8)
+        conf_u8 = (confidence.numpy() * 255.0).round().astype(np.uint8)
+        grid = RegionGrid(int(row["height"]), int(row["width"]), self.cfg["region_size"])
+        known = grid.mask(list(row["acquired"]))
+        score = pixel_scores(probs, self.cfg["function"], self.class_weights, self.generator)
+        out["sample_id"].append(str(row["sample_id"]))
+        out["label_png"].append(encode_png(label_u8))
+        out["conf_png"].append(encode_png(conf_u8))
+        out["scores"].append(region_scores(score.numpy(), known, grid).tolist())
+        out["conf_hist"].append(confidence_histogram(label_u8, conf_u8, self.cfg["num_classes"]).tolist())
+
+
+def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
+                batch_size: int) -> float:
+    """Predict ``rows`` (sample_id, image_uri, height, width, acquired) and write parquet to
+    ``output_uri`` (replaced). Returns the seconds spent."""
+    started = time.perf_counter()
+    storage.delete_dir(output_uri)
+    # Images of different sizes cannot share a batch tensor: run one Ray Data pass per size.
+    sizes = sorted({(r["height"], r["width"]) for r in rows})
+    fs, path = storage.filesystem(output_uri)
+    for index, size in enumerate(sizes):
+        subset = [r for r in rows if (r["height"], r["width"]) == size]
+        ds = ray.data.from_items(subset, override_num_blocks=max(1, min(len(subset) // batch_size, 64)))
+        ds = ds.map_batches(
+            TeacherPredictor, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
+            num_cpus=cfg["cpus_per_actor"], num_gpus=1 if cfg["use_gpu"] else 0)
+        # One sub-directory per size group: a pass never touches another's files.
+        ds.write_parquet(f"{path}/size_{index:02d}", filesystem=fs)
+    return time.perf_counter() - started
+
+
+def read_scores(output_uri: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """``(sample_id -> region scores, summed confidence histogram (C, HIST_BINS))``."""
+    fs, path = storage.filesystem(output_uri)
+    table = pq.read_table(path, filesystem=fs, columns=["sample_id", "scores", "conf_hist"])
+    ids = table.column("sample_id").to_pylist()
+    scores = {sid: np.asarray(s, dtype=np.float32)
+              for sid, s in zip(ids, table.column("scores").to_pylist())}
+    hist = np.asarray(table.column("conf_hist").to_pylist(), dtype=np.int64).sum(0)
+    return scores, hist.reshape(-1, HIST_BINS)
+
+
+def class_thresholds(hist: np.ndarray, threshold: float, class_aware: bool,
+                     quantile: float) -> list[float]:
+    """Per-class confidence thresholds.
+
+    Global: every class uses ``threshold``. Class-aware (the S4AL+ answer to the long tail): a
+    class's threshold is the ``quantile`` of its own confidence distribution, capped by the global
+    threshold, so a rare class the teacher is less sure about still keeps its most confident
+    pseudo-labels instead of losing all of them.
+    """
+    num_classes = hist.shape[0]
+    if not class_aware:
+        return [float(threshold)] * num_classes
+    out = []
+    for counts in hist:
+        total = counts.sum()
+        if total == 0:
+            out.append(float(threshold))
+            continue
+        cumulative = np.cumsum(counts) / total
+        bin_index = int(np.searchsorted(cumulative, quantile))
+        lower_edge = bin_index / HIST_BINS  # conservative: the bin's lower confidence edge
+        out.append(float(min(threshold, lower_edge)))
+    return out
