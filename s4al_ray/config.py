@@ -41,8 +41,12 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
-    kind: str = _spec("synthetic", choices=("synthetic", "folder"))
+    kind: str = _spec("synthetic", choices=("synthetic", "folder", "cityscapes", "camvid"))
     root: str = _spec("data_cache/synthetic", doc="dataset directory or s3:// URI")
+    cache_dir: str = _spec("data_cache/prepared",
+                           doc="prepared copies (train-id masks, resized images); dir or s3://")
+    resize_height: int = _spec(0, lo=0, hi=8192, doc="prepared image height; 0 = keep size")
+    resize_width: int = _spec(0, lo=0, hi=8192, doc="prepared image width; 0 = keep size")
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     initial_labeled_frac: float = _spec(0.1, lo=0.0, hi=1.0,
                                         doc="share of train images fully labeled at round 0")
@@ -130,6 +134,8 @@ class RayConfig:
     num_cpus: int = _spec(0, lo=0, doc="local Ray only; 0 = all cores")
     object_store_mb: int = _spec(512, lo=64, doc="local Ray only")
     dashboard: bool = _spec(False, doc="local Ray only: start the dashboard")
+    worker_logs: bool = _spec(False, doc="stream Ray worker logs to the terminal (they are always "
+                                         "kept under /tmp/ray/session_latest/logs)")
     autoscale: bool = _spec(False, doc="the cluster adds nodes on demand: skip the fits-now check")
 
 
@@ -202,7 +208,7 @@ def _build(cls: type, data: Any, prefix: str = "") -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs: dict[str, Any] = {}
@@ -283,8 +289,22 @@ def to_yaml(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
 
 
+def _check_resize(data: DataConfig, region_size: int) -> None:
+    size = (data.resize_height, data.resize_width)
+    if (0 in size) and size != (0, 0):
+        raise ConfigError(f"data.resize_height/resize_width: {size[0]}x{size[1]}; set both, "
+                          "or both to 0 to keep the image size")
+    if size != (0, 0) and data.kind == "synthetic":
+        raise ConfigError("data.resize_*: the synthetic dataset is drawn at "
+                          "data.synthetic.height/width; set the size there")
+    if size != (0, 0) and region_size > min(size):
+        raise ConfigError(f"acquisition.region_size ({region_size}) is larger than the resized "
+                          f"image ({size[0]}x{size[1]})")
+
+
 def validate(cfg: ExperimentConfig) -> None:
     """Checks that involve more than one key."""
+    _check_resize(cfg.data, cfg.acquisition.region_size)
     if not cfg.name or "/" in cfg.name or cfg.name.startswith("."):
         raise ConfigError(f"name: {cfg.name!r} must be a plain directory name")
     acq = cfg.acquisition

@@ -35,7 +35,7 @@ def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResourc
         return resources()
     target = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"runtime_env": _runtime_env(), "logging_level": logging.WARNING,
-                    "log_to_driver": True, "configure_logging": True}
+                    "log_to_driver": cfg.ray.worker_logs, "configure_logging": True}
     if target:
         ray.init(address=target, **kwargs)
     else:
@@ -47,6 +47,9 @@ def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResourc
 
 
 def _quiet_ray_data() -> None:
+    """Our own progress lines say what each stage does; Ray's INFO chatter would bury them."""
+    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False

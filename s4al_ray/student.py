@@ -215,7 +215,7 @@ def train_loop(cfg: dict) -> None:
             losses["total"].backward()
             optimizer.step()
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value)
+                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
         metrics = {f"train/loss_{k}": v / steps for k, v in sums.items()}
         metrics.update({"epoch": epoch, "train/lr": lr,
                         "train/seconds": time.perf_counter() - started})

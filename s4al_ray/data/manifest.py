@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 
 SCHEMA = pa.schema([
@@ -25,6 +26,12 @@ class DatasetInfo:
     manifest: pa.Table
     classes: list[str]
     ignore_index: int = 255
+    # Raw mask value -> class id (256-entry uint8 table); None = masks already hold class ids.
+    # Training, the oracle and evaluation read mask_uri as class ids, so loaders of datasets
+    # whose files hold other ids (Cityscapes label ids, CamVid void=11) apply this table once
+    # while writing the prepared cache and hand those stages a DatasetInfo with None here
+    # (see s4al_ray/data/prepare.py). check_dataset honours it, so raw data can be checked too.
+    label_map: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:

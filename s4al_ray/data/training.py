@@ -39,6 +39,8 @@ class DecodeCache:
 
 def image_tensor(array: np.ndarray) -> torch.Tensor:
     """(H, W, 3) uint8 -> (3, H, W) float in [0, 1]."""
+    # Cached and Ray-provided arrays are read-only; torch wants to own a writable buffer.
+    array = array if array.flags.writeable else array.copy()
     return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1).float().div_(255.0)
 
 
@@ -90,7 +92,7 @@ class LabeledImages(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.items[index]
         image = image_tensor(self.cache.get(item["image_uri"], load_image))
-        mask = torch.from_numpy(self.cache.get(item["mask_uri"], load_mask).astype(np.int64))
+        mask = torch.from_numpy(self.cache.get(item["mask_uri"], load_mask).astype(np.int64))  # copies
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:

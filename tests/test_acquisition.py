@@ -1,0 +1,91 @@
+"""Acquisition: scores rank hand-made probability maps as expected; selection under a budget."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from s4al_ray.acquisition import (inverse_frequency_weights, pixel_scores, region_scores,
+                                  select_regions)
+from s4al_ray.pool.grid import RegionGrid
+
+
+def _probs(*columns) -> torch.Tensor:
+    """(C, 1, N) from per-pixel class distributions."""
+    return torch.tensor(columns, dtype=torch.float32).T.reshape(len(columns[0]), 1, len(columns))
+
+
+@pytest.mark.parametrize("function", ["entropy", "margin"])
+def test_uncertain_pixels_score_higher(function):
+    probs = _probs([1.0, 0.0, 0.0], [0.8, 0.2, 0.0], [0.5, 0.5, 0.0], [1 / 3, 1 / 3, 1 / 3])
+    scores = pixel_scores(probs, function)[0]
+    assert torch.all(scores[1:] >= scores[:-1])
+    assert scores[0] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_no_nan_on_exact_zeros():
+    probs = torch.zeros(4, 8, 8)
+    probs[0] = 1.0
+    for function in ("entropy", "class_weighted_entropy", "margin"):
+        scores = pixel_scores(probs, function, class_weights=torch.ones(4))
+        assert torch.isfinite(scores).all()
+
+
+def test_class_weighting_lifts_rare_class_region():
+    weights = torch.tensor(inverse_frequency_weights([1000, 10]), dtype=torch.float32)
+    common = _probs([0.6, 0.4])  # predicted class 0 (common), same entropy as below
+    rare = _probs([0.4, 0.6])    # predicted class 1 (rare)
+    plain = [pixel_scores(p, "entropy").item() for p in (common, rare)]
+    weighted = [pixel_scores(p, "class_weighted_entropy", weights).item() for p in (common, rare)]
+    assert plain[0] == pytest.approx(plain[1])
+    assert weighted[1] > 10 * weighted[0]
+
+
+def test_inverse_frequency_weights_finite_for_unseen_class():
+    weights = inverse_frequency_weights([100, 0, 10])
+    assert np.isfinite(weights).all() and weights.mean() == pytest.approx(1.0)
+    assert weights[1] == weights[2] > weights[0]
+
+
+def test_labeled_pixels_count_zero():
+    grid = RegionGrid(4, 4, 2)
+    known = np.zeros((4, 4), dtype=bool)
+    known[:2, :2] = True
+    scores = region_scores(np.ones((4, 4)), known, grid)
+    np.testing.assert_allclose(scores, [0, 1, 1, 1])
+
+
+def _hand_map():
+    grid = RegionGrid(30, 30, 10)  # 3x3 regions of 100 px
+    scores = {"a": np.array([0.1, 0.9, 0.2, 0, 0, 0, 0, 0, 0.5], dtype=np.float32),
+              "b": np.array([0.8, 0, 0, 0, 0.95, 0, 0, 0, 0.3], dtype=np.float32)}
+    return scores, {"a": grid, "b": grid}
+
+
+def test_budget_mode_picks_global_top_regions():
+    scores, grids = _hand_map()
+    chosen = select_regions(scores, grids, {}, budget_pixels=300)
+    assert chosen == {"a": [1], "b": [0, 4]}
+
+
+def test_budget_skips_acquired_and_border():
+    scores, grids = _hand_map()
+    chosen = select_regions(scores, grids, {"b": [4]}, budget_pixels=200)
+    assert chosen == {"a": [1], "b": [0]}
+    inner_only = select_regions(scores, grids, {}, budget_pixels=1000, exclude_border=True)
+    assert inner_only == {"a": [4], "b": [4]}  # only the centre region of each image
+
+
+def test_budget_is_never_exceeded_with_edge_regions():
+    grid = RegionGrid(25, 25, 10)  # areas 100/50/25
+    scores = {"x": np.arange(9, dtype=np.float32)[::-1].copy()}
+    chosen = select_regions(scores, {"x": grid}, {}, budget_pixels=180)
+    assert grid.areas[chosen["x"]].sum() <= 180
+    assert chosen == {"x": [0, 1, 3]} or grid.areas[chosen["x"]].sum() == 175
+
+
+def test_topk_mode_takes_k_per_image():
+    scores, grids = _hand_map()
+    chosen = select_regions(scores, grids, {}, mode="topk", top_k=2, budget_pixels=10 ** 6)
+    assert chosen == {"a": [1, 8], "b": [0, 4]}

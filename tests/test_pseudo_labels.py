@@ -1,0 +1,55 @@
+"""Pseudo-label thresholds and training targets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from s4al_ray.data.training import compose_target
+from s4al_ray.teacher import HIST_BINS, class_thresholds, confidence_histogram
+
+
+def _hist(confidences_by_class: dict[int, list[float]], num_classes: int) -> np.ndarray:
+    labels, confs = [], []
+    for c, values in confidences_by_class.items():
+        labels += [c] * len(values)
+        confs += [round(v * 255) for v in values]
+    hist = confidence_histogram(np.array(labels, dtype=np.uint8), np.array(confs, dtype=np.uint8),
+                                num_classes)
+    return hist.reshape(num_classes, HIST_BINS)
+
+
+def test_rare_class_keeps_pseudo_labels_a_global_threshold_drops():
+    # class 0 (common) is confident, class 1 (rare) never reaches the global 0.7
+    hist = _hist({0: [0.95] * 900 + [0.6] * 100, 1: [0.55, 0.6, 0.62, 0.65]}, 2)
+    global_t = class_thresholds(hist, 0.7, class_aware=False, quantile=0.5)
+    aware_t = class_thresholds(hist, 0.7, class_aware=True, quantile=0.5)
+    assert global_t == [0.7, 0.7]
+    assert aware_t[0] == 0.7            # capped by the global threshold
+    assert aware_t[1] <= 0.6            # the rare class's own median confidence
+    label = np.array([[1, 1, 0]], dtype=np.uint8)
+    conf = np.array([[round(0.62 * 255), round(0.65 * 255), round(0.95 * 255)]], dtype=np.uint8)
+    assert (compose_target(label, conf, global_t, None, None) == [[255, 255, 0]]).all()
+    assert (compose_target(label, conf, aware_t, None, None) == [[1, 1, 0]]).all()
+
+
+def test_class_without_predictions_gets_global_threshold():
+    hist = _hist({0: [0.9]}, 3)
+    assert class_thresholds(hist, 0.8, True, 0.5)[1:] == [0.8, 0.8]
+
+
+def test_known_pixels_override_pseudo_labels():
+    label = np.zeros((2, 3), dtype=np.uint8)
+    conf = np.full((2, 3), 50, dtype=np.uint8)  # all below threshold -> ignore
+    truth = np.full((2, 3), 2, dtype=np.uint8)
+    known = np.array([[True, False, False], [False, False, True]])
+    target = compose_target(label, conf, [0.7, 0.7, 0.7], truth, known)
+    assert target.tolist() == [[2, 255, 255], [255, 255, 2]]
+
+
+def test_histogram_counts_every_pixel():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, (16, 16)).astype(np.uint8)
+    conf = rng.integers(0, 256, (16, 16)).astype(np.uint8)
+    hist = confidence_histogram(label, conf, 4).reshape(4, HIST_BINS)
+    assert hist.sum() == 256
+    assert hist.sum(1).tolist() == np.bincount(label.ravel(), minlength=4).tolist()
