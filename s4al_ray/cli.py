@@ -10,7 +10,8 @@ import argparse
 import os
 import sys
 
-COMMANDS = {"run": "the active semi-supervised round loop (default)"}
+COMMANDS = {"run": "the active semi-supervised round loop (default)",
+            "prepare": "prepare (cache) the dataset and check every sample; no Ray"}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.yaml")
 
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if command == "prepare":
+        from s4al_ray.data.prepare import prepare_command
+
+        return prepare_command(cfg)
     return _run(cfg, args.address)
 
 

@@ -18,6 +18,7 @@ import ray
 from s4al_ray import storage
 from s4al_ray.acquisition import inverse_frequency_weights, select_regions
 from s4al_ray.config import ConfigError, ExperimentConfig, to_dict, to_yaml, read_yaml
+from s4al_ray.data.check import require_clean
 from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
@@ -102,6 +103,7 @@ class Experiment:
         self._check_run_dir()
         t0 = time.perf_counter()
         self.data = load_dataset(self.cfg.data, self.cfg.seed)
+        require_clean(self.data, self.log)  # bad files fail here, by name, not mid-round
         if not self.data.rows("train") or not self.data.rows("val"):
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
         self._check_region_size()

@@ -30,3 +30,96 @@ def smoke_data_root(tmp_path_factory) -> str:
     root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke")
     generate_synthetic_dataset(root, num_train=24, num_val=6, height=64, width=80, seed=0)
     return root
+
+
+# ---------------------------------------------------------------------------------------------
+# A local S3 (moto server) for tests that read or write s3:// URIs. Loopback only.
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_up(url: str, proc, timeout_s: float = 30.0) -> None:
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto_server exited with status {proc.returncode}")
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP answer means it is serving
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"moto_server did not answer at {url} within {timeout_s}s")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """Endpoint URL of a moto S3 server; S4AL_S3_ENDPOINT and dummy credentials are set.
+
+    storage._s3_filesystem is cached per (endpoint, region), so setting the environment before
+    the first s3:// access is enough for every later one in this session.
+    """
+    import subprocess
+    import sys
+
+    pytest.importorskip("moto.server", reason="needs moto[server]")
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port),
+                             "-H", "127.0.0.1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {"S4AL_S3_ENDPOINT": url, "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {name: os.environ.get(name) for name in env}
+    try:
+        _wait_until_up(url, proc)
+        os.environ.update(env)
+        yield url
+    finally:
+        proc.terminate()  # this PID only: the server we started
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def upload_tree(endpoint: str, local_dir: str, bucket: str, prefix: str = "") -> str:
+    """Create ``bucket`` (if needed), upload every file under ``local_dir`` below ``prefix``,
+    and return the ``s3://bucket/prefix`` URI of the copy."""
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        client.create_bucket(Bucket=bucket)
+    for folder, _, files in os.walk(local_dir):
+        for name in files:
+            path = os.path.join(folder, name)
+            key = "/".join(p for p in (prefix, os.path.relpath(path, local_dir)) if p)
+            client.upload_file(path, bucket, key.replace(os.sep, "/"))
+    return f"s3://{bucket}/{prefix}".rstrip("/")
+
+
+@pytest.fixture
+def s3_upload(s3_server):
+    """``s3_upload(local_dir, bucket, prefix="") -> "s3://bucket/prefix"`` on the moto server."""
+    return lambda local_dir, bucket, prefix="": upload_tree(s3_server, local_dir, bucket, prefix)

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+from s4al_ray import storage
 from s4al_ray.config import DataConfig
 from s4al_ray.data.folder import DatasetError, load_folder_dataset
 from s4al_ray.data.manifest import DatasetInfo
+from s4al_ray.data.prepare import CacheSpec, load_prepared, spec_size
 
 
-def load_dataset(data: DataConfig, seed: int) -> DatasetInfo:
+def cache_spec(data: DataConfig) -> CacheSpec | None:
+    """How ``data`` is prepared into the cache; None when it is read where it is."""
+    if data.kind == "cityscapes":
+        from s4al_ray.data.cityscapes import cache_spec as cityscapes_spec
+
+        return cityscapes_spec(data)
+    if data.kind == "camvid":
+        from s4al_ray.data.camvid import cache_spec as camvid_spec
+
+        return camvid_spec(data)
+    size = spec_size(data.resize_height, data.resize_width)
+    if data.kind == "folder" and size:
+        return CacheSpec(kind="folder", source=storage.absolute(data.root), size=size,
+                         label_map=None)
+    return None
+
+
+def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInfo:
     if data.kind == "synthetic":
         from s4al_ray.data.synthetic import generate_synthetic_dataset
 
@@ -15,6 +36,27 @@ def load_dataset(data: DataConfig, seed: int) -> DatasetInfo:
         generate_synthetic_dataset(data.root, num_train=syn.num_train, num_val=syn.num_val,
                                    height=syn.height, width=syn.width, seed=syn.seed)
         return load_folder_dataset(data.root, seed)
+    if data.kind == "cityscapes":
+        from s4al_ray.data.cityscapes import load_cityscapes
+
+        return load_cityscapes(data, log)
+    if data.kind == "camvid":
+        from s4al_ray.data.camvid import load_camvid
+
+        return load_camvid(data, log)
     if data.kind == "folder":
+        spec = cache_spec(data)
+        if spec is not None:  # resized copy in the cache
+            return load_prepared(spec, data.cache_dir, lambda: load_folder_dataset(data.root, seed),
+                                 log)
         return load_folder_dataset(data.root, seed)
     raise DatasetError(f"data.kind: unknown dataset kind {data.kind!r}")
+
+
+def load_dataset(data: DataConfig, seed: int, log: Callable[[str], None] = print) -> DatasetInfo:
+    info = _load(data, seed, log)
+    # Every stage reads mask_uri values as class ids; a label table must have been applied
+    # when the cache was written (s4al_ray/data/prepare.py), never left for them to apply.
+    if info.label_map is not None:
+        raise DatasetError(f"data.kind {data.kind!r}: masks still need a label map")
+    return info
