@@ -61,6 +61,8 @@ class ModelConfig:
                           choices=("mobilenet_v2", "resnet18", "resnet50", "resnet101"))
     output_stride: int = _spec(16, choices=(8, 16))
     embed_dim: int = _spec(64, lo=8, hi=1024, doc="ReCo representation size")
+    head_channels: int = _spec(256, lo=16, hi=1024,
+                               doc="ASPP/decoder width: 256 as in the paper; 128 for fast CPU runs")
     pretrained: str = _spec("none", doc="none | imagenet | <path or s3:// URI to a checkpoint>")
 
 

@@ -29,6 +29,7 @@ def _runtime_env() -> dict:
 
 def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResources:
     """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray."""
+    global _DASHBOARD_URL
     if cfg.s3_endpoint:
         os.environ[storage.ENDPOINT_ENV] = cfg.s3_endpoint
     if ray.is_initialized():
@@ -37,19 +38,26 @@ def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResourc
     kwargs: dict = {"runtime_env": _runtime_env(), "logging_level": logging.WARNING,
                     "log_to_driver": cfg.ray.worker_logs, "configure_logging": True}
     if target:
-        ray.init(address=target, **kwargs)
+        context = ray.init(address=target, **kwargs)
     else:
-        ray.init(num_cpus=cfg.ray.num_cpus or None,
-                 object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
-                 include_dashboard=cfg.ray.dashboard, **kwargs)
+        context = ray.init(num_cpus=cfg.ray.num_cpus or None,
+                           object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
+                           include_dashboard=cfg.ray.dashboard, **kwargs)
+    url = getattr(context, "dashboard_url", None)
+    _DASHBOARD_URL = (url if url.startswith("http") else f"http://{url}") if url else None
     _quiet_ray_data()
     return resources()
 
 
+_DASHBOARD_URL: str | None = None
+
+
 def _quiet_ray_data() -> None:
     """Our own progress lines say what each stage does; Ray's INFO chatter would bury them."""
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    for name in ("ray", "ray.train", "ray.tune"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # ray.data warns that progress bars are off every time a dataset executes.
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False
     context.print_on_execution_start = False
@@ -61,13 +69,8 @@ def resources() -> ClusterResources:
 
 
 def dashboard_url() -> str | None:
-    try:
-        url = ray.get_runtime_context().dashboard_url if hasattr(
-            ray.get_runtime_context(), "dashboard_url") else None
-        url = url or ray.worker.get_dashboard_url()
-    except Exception:  # the dashboard is optional; never fail a run over it
-        return None
-    return f"http://{url}" if url and not url.startswith("http") else url or None
+    """The Ray dashboard's URL when this driver started or joined a cluster that has one."""
+    return _DASHBOARD_URL
 
 
 def teacher_actors(cfg: ExperimentConfig, res: ClusterResources) -> int:

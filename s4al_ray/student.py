@@ -30,7 +30,7 @@ from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages, endl
 from s4al_ray.data.io import load_image, load_mask
 from s4al_ray.evaluate import confusion_matrix
 from s4al_ray.losses import reco_loss
-from s4al_ray.model import build_model
+from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
 
 MODEL_FILE = "model.pt"
@@ -149,10 +149,8 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def _init_model(cfg: dict) -> torch.nn.Module:
-    m = cfg["model"]
     init = cfg["init_checkpoint"]
-    model = build_model(cfg["num_classes"], m["backbone"], m["output_stride"], m["embed_dim"],
-                        pretrained="none" if init else m["pretrained"])
+    model = model_from_config(cfg["model"], cfg["num_classes"], "none" if init else None)
     if init:
         load_checkpoint(model, init)
     return model

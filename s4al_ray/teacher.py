@@ -22,7 +22,7 @@ from s4al_ray import storage
 from s4al_ray.acquisition import pixel_scores, region_scores
 from s4al_ray.data.io import encode_png, load_image
 from s4al_ray.data.training import image_tensor, normalize
-from s4al_ray.model import build_model
+from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
 from s4al_ray.pool.grid import RegionGrid
 
@@ -69,8 +69,7 @@ class TeacherPredictor:
         torch.set_num_threads(cfg["threads"])
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu")
-        m = cfg["model"]
-        model = build_model(cfg["num_classes"], m["backbone"], m["output_stride"], m["embed_dim"])
+        model = model_from_config(cfg["model"], cfg["num_classes"], pretrained="none")
         load_checkpoint(model, cfg["checkpoint_uri"])
         self.model = model.to(self.device).eval()
         weights = cfg.get("class_weights")

@@ -191,6 +191,7 @@ class DeepLabV3Plus(nn.Module):
         output_stride: int = 16,
         embed_dim: int = 256,
         aspp_channels: int = 256,
+        decoder_channels: int = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
         check_backbone(backbone)
@@ -204,13 +205,13 @@ class DeepLabV3Plus(nn.Module):
         self.low_proj = _conv_bn_relu(self.backbone.low_channels, LOW_LEVEL_CHANNELS, 1)
         fused = aspp_channels + LOW_LEVEL_CHANNELS  # 304 with the defaults
         self.classifier = nn.Sequential(
-            _conv_bn_relu(fused, DECODER_CHANNELS, 3),
-            _conv_bn_relu(DECODER_CHANNELS, DECODER_CHANNELS, 3),
-            nn.Conv2d(DECODER_CHANNELS, num_classes, 1),
+            _conv_bn_relu(fused, decoder_channels, 3),
+            _conv_bn_relu(decoder_channels, decoder_channels, 3),
+            nn.Conv2d(decoder_channels, num_classes, 1),
         )
         self.representation = nn.Sequential(
-            _conv_bn_relu(fused, DECODER_CHANNELS, 3),
-            nn.Conv2d(DECODER_CHANNELS, embed_dim, 1),
+            _conv_bn_relu(fused, decoder_channels, 3),
+            nn.Conv2d(decoder_channels, embed_dim, 1),
         )
         self._init_heads()
 
@@ -258,8 +259,22 @@ def build_model(
     output_stride: int = 16,
     embed_dim: int = 256,
     pretrained: str = "none",
+    head_channels: int = 256,
 ) -> DeepLabV3Plus:
-    """Build the model and load `pretrained` (none | imagenet | checkpoint path or s3:// URI)."""
-    model = DeepLabV3Plus(num_classes, backbone, output_stride, embed_dim)
+    """Build the model and load `pretrained` (none | imagenet | checkpoint path or s3:// URI).
+
+    ``head_channels`` sets the ASPP and decoder width (256 in the paper); narrower heads make the
+    CPU default fast without changing the architecture."""
+    model = DeepLabV3Plus(num_classes, backbone, output_stride, embed_dim,
+                          aspp_channels=head_channels, decoder_channels=head_channels)
     load_pretrained(model, pretrained)
     return model
+
+
+def model_from_config(model_cfg: dict, num_classes: int, pretrained: str | None = None) -> DeepLabV3Plus:
+    """Build from the ``model`` section of a config (as a plain dict, as workers receive it).
+    ``pretrained`` overrides the configured weights (e.g. "none" before loading a checkpoint)."""
+    return build_model(num_classes, model_cfg["backbone"], model_cfg["output_stride"],
+                       model_cfg["embed_dim"],
+                       pretrained=model_cfg["pretrained"] if pretrained is None else pretrained,
+                       head_channels=model_cfg["head_channels"])
