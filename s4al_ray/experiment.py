@@ -53,6 +53,8 @@ class Experiment:
     cfg: ExperimentConfig
     resources: ClusterResources
     log: Callable[[str], None] = print
+    # Called with (record, resumed) after every round; resumed=True for a round found finished.
+    on_record: Callable[[dict, bool], None] | None = None
     run_dir: str = ""
     data: DatasetInfo | None = None
     records: list[dict] = field(default_factory=list)
@@ -229,14 +231,20 @@ class Experiment:
         return record
 
     # -- the loop ------------------------------------------------------------------------------
+    def _notify(self, record: dict, resumed: bool) -> None:
+        if self.on_record is not None:
+            self.on_record(record, resumed)
+
     def run(self) -> list[dict]:
         self.prepare()
         for r in range(self.cfg.loop.rounds):
             if storage.exists(self._record_uri(r)):
                 self.records.append(json.loads(storage.read_text(self._record_uri(r))))
                 self.log(f"[round {r}] already done (record found), skipped")
+                self._notify(self.records[-1], resumed=True)
                 continue
             self.records.append(self.run_round(r))
+            self._notify(self.records[-1], resumed=False)
             write_rounds_csv(self.records, self._uri("rounds.csv"))
             self.log(format_round_table(self.records))
         write_rounds_csv(self.records, self._uri("rounds.csv"))
