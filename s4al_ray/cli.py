@@ -61,14 +61,19 @@ def _run(cfg, address: str | None) -> int:
     from s4al_ray.data.folder import DatasetError
     from s4al_ray.experiment import Experiment
     from s4al_ray.runtime import connect, dashboard_url
+    from s4al_ray.storage import StorageError, configure_endpoint
 
     print(f"s4al-ray: experiment '{cfg.name}' -> {cfg.storage}/{cfg.name}")
-    res = connect(cfg, address)
-    url = dashboard_url()
-    print(f"[ray] {res.cpus} CPU, {res.gpus} GPU" + (f", dashboard {url}" if url else ""))
+    configure_endpoint(cfg.s3_endpoint)
+    experiment = Experiment(cfg)
     try:
-        Experiment(cfg, res).run()
-    except (ConfigError, DatasetError) as err:
+        experiment.preflight()  # bad config, storage or data fail here, before Ray starts
+        res = connect(cfg, address)
+        url = dashboard_url()
+        print(f"[ray] {res.cpus} CPU, {res.gpus} GPU" + (f", dashboard {url}" if url else ""))
+        experiment.resources = res
+        experiment.run()
+    except (ConfigError, DatasetError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -28,6 +28,7 @@ from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import format_round_table, format_class_table, write_rounds_csv
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
+from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student import fit_student
 from s4al_ray.teacher import class_thresholds, read_scores, run_teacher
 
@@ -51,7 +52,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 @dataclass
 class Experiment:
     cfg: ExperimentConfig
-    resources: ClusterResources
+    resources: ClusterResources | None = None  # filled from the connected cluster when None
     log: Callable[[str], None] = print
     # Called with (record, resumed) after every round; resumed=True for a round found finished.
     on_record: Callable[[dict, bool], None] | None = None
@@ -69,6 +70,7 @@ class Experiment:
 
     def _check_run_dir(self) -> None:
         """A rerun must use a compatible config; otherwise results would silently mix."""
+        storage.check_writable(self.run_dir)
         marker = self._uri("s4al_run.json")
         if storage.exists(marker):
             fmt = json.loads(storage.read_text(marker)).get("format")
@@ -101,7 +103,11 @@ class Experiment:
                          sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
                          labeled=labeled, initial_class_pixels=np.asarray(counts).tolist())
 
-    def prepare(self) -> None:
+    def preflight(self) -> None:
+        """Everything that can fail on bad input, before any Ray work: storage reachable and
+        writable, a compatible run directory, a dataset without errors."""
+        if self.data is not None:
+            return
         self._check_run_dir()
         t0 = time.perf_counter()
         self.data = load_dataset(self.cfg.data, self.cfg.seed)
@@ -109,13 +115,17 @@ class Experiment:
         if not self.data.rows("train") or not self.data.rows("val"):
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
         self._check_region_size()
+        self.log(f"[data] {len(self.data.rows('train'))} train, {len(self.data.rows('val'))} val "
+                 f"images, {self.data.num_classes} classes  ({time.perf_counter() - t0:.1f}s)")
+
+    def prepare(self) -> None:
+        self.preflight()
+        check_fits(self.cfg, self.resources)
         masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
         self.pool = get_pool_actor(self.cfg.name, self.run_dir, self._initial_state(), masks)
         self.state = PoolState.from_json(ray.get(self.pool.snapshot.remote()))
-        self.log(f"[data] {len(self.data.rows('train'))} train ({len(self.state.labeled)} labeled, "
-                 f"{len(self.state.pool_ids)} pool), {len(self.data.rows('val'))} val images, "
-                 f"{self.data.num_classes} classes  ({time.perf_counter() - t0:.1f}s)")
-        check_fits(self.cfg, self.resources)
+        self.log(f"[pool] {len(self.state.labeled)} labeled images, {len(self.state.pool_ids)} "
+                 f"pool images, {100 * self.state.labeled_frac:.2f}% of pixels labeled")
 
     def _check_region_size(self) -> None:
         smallest = min(min(r["height"], r["width"]) for r in self.data.rows("train"))
@@ -228,6 +238,19 @@ class Experiment:
         record["time/round_s"] = sum(record[k] for k in
                                      ("time/train_s", "time/teacher_s", "time/acquire_s"))
         storage.write_text(self._record_uri(r), json.dumps(record, indent=1))
+        from s4al_ray.visual_report import eta_line, write_round_report
+
+        records = [*self.records, record]
+        try:  # the report is a view of results already saved: drawing it never fails the run
+            t0 = time.perf_counter()
+            after = PoolState.from_json(ray.get(self.pool.snapshot.remote())).before(r + 1)
+            write_round_report(self.run_dir, records, self.data, after, r)
+            self.log(f"[round {r}] report  {storage.join(self.run_dir, 'report', 'report.html')} "
+                     f"({time.perf_counter() - t0:.1f}s)")
+        except Exception as err:  # noqa: BLE001
+            self.log(f"[round {r}] warning: report not drawn ({type(err).__name__}: {err})")
+        elapsed = time.perf_counter() - self.started
+        self.log(f"[round {r}] {eta_line(records, self.cfg.loop.rounds, elapsed)}")
         return record
 
     # -- the loop ------------------------------------------------------------------------------
@@ -236,6 +259,8 @@ class Experiment:
             self.on_record(record, resumed)
 
     def run(self) -> list[dict]:
+        if self.resources is None:
+            self.resources = cluster_resources()
         self.prepare()
         for r in range(self.cfg.loop.rounds):
             if storage.exists(self._record_uri(r)):

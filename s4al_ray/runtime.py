@@ -30,8 +30,7 @@ def _runtime_env() -> dict:
 def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResources:
     """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray."""
     global _DASHBOARD_URL
-    if cfg.s3_endpoint:
-        os.environ[storage.ENDPOINT_ENV] = cfg.s3_endpoint
+    storage.configure_endpoint(cfg.s3_endpoint)
     if ray.is_initialized():
         return resources()
     target = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None

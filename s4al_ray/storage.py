@@ -34,7 +34,8 @@ def s3_region() -> str:
 
 @lru_cache(maxsize=8)
 def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
-    kwargs: dict = {"region": region}
+    # Short connect timeout: a wrong endpoint should fail in seconds, not hang a run.
+    kwargs: dict = {"region": region, "connect_timeout": 5.0, "request_timeout": 60.0}
     if endpoint:
         scheme = "http" if endpoint.startswith("http://") else "https"
         kwargs["endpoint_override"] = endpoint.split("://", 1)[-1]
@@ -42,6 +43,13 @@ def _s3_filesystem(endpoint: str | None, region: str) -> pafs.S3FileSystem:
         # pyarrow otherwise tries virtual-host addressing, which local S3 servers do not serve.
         kwargs["force_virtual_addressing"] = False
     return pafs.S3FileSystem(**kwargs)
+
+
+def configure_endpoint(endpoint: str | None) -> None:
+    """Use ``endpoint`` (an S3-compatible store) for every s3:// URI in this process; the driver
+    exports it to Ray workers through the runtime env (see runtime.connect)."""
+    if endpoint:
+        os.environ[ENDPOINT_ENV] = endpoint
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -128,6 +136,34 @@ def delete_dir(uri: str) -> None:
     fs, path = filesystem(uri)
     if fs.get_file_info(path).type != pafs.FileType.NotFound:
         fs.delete_dir(path)
+
+
+class StorageError(RuntimeError):
+    """Storage cannot be used; the message names the URI, bucket and endpoint."""
+
+
+def check_writable(uri: str) -> None:
+    """Write, read back and delete a probe under ``uri``, so a wrong bucket, endpoint or
+    credential fails before any expensive work, with a message that says where."""
+    probe = join(uri, ".s4al_probe")
+    try:
+        write_bytes(probe, b"ok")
+        if read_bytes(probe) != b"ok":
+            raise OSError("read back different bytes")
+        fs, path = filesystem(probe)
+        fs.delete_file(path)
+    except Exception as err:  # pyarrow raises OSError subclasses; boto-style errors vary
+        raise StorageError(_describe(uri, err)) from err
+
+
+def _describe(uri: str, err: Exception) -> str:
+    if not is_s3(uri):
+        return f"cannot write to {uri}: {err}"
+    bucket = uri[len(S3_PREFIX):].split("/", 1)[0]
+    endpoint = s3_endpoint() or "AWS S3 (no endpoint override)"
+    return (f"cannot write to {uri} (bucket '{bucket}', endpoint {endpoint}, region "
+            f"{s3_region()}): {str(err).splitlines()[0]}. Check that the bucket exists, that the "
+            f"endpoint is reachable (s3_endpoint=...) and that AWS credentials allow writing.")
 
 
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:

@@ -10,7 +10,9 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def ray_session(s3_server):
+    """Started after the moto S3 server so Ray workers inherit its endpoint and test credentials
+    (a real cluster's nodes get theirs from their own AWS configuration)."""
     import ray
 
     from s4al_ray.config import load_config

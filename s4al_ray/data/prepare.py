@@ -381,8 +381,7 @@ def prepare_command(cfg, log: Log = print) -> int:
     from s4al_ray.data.check import check_dataset
     from s4al_ray.data.registry import cache_spec, load_dataset
 
-    if cfg.s3_endpoint:  # as runtime.connect does for a run
-        os.environ[storage.ENDPOINT_ENV] = cfg.s3_endpoint
+    storage.configure_endpoint(cfg.s3_endpoint)  # as a run does
     log(f"[prepare] {cfg.data.kind} dataset at {cfg.data.root}")
     try:
         info = load_dataset(cfg.data, cfg.seed, log)

@@ -1,0 +1,46 @@
+"""A whole experiment with data and results on S3 (a local moto server), and storage errors."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+
+from s4al_ray import storage
+from s4al_ray.config import load_config
+from s4al_ray.experiment import Experiment
+from s4al_ray.pool.state import PoolState
+
+
+def _client(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+
+
+def test_experiment_on_s3(ray_session, s3_server, s3_upload, smoke_data_root):
+    data_uri = s3_upload(smoke_data_root, "s4al-data", "synthetic_smoke")
+    _client(s3_server).create_bucket(Bucket="s4al-runs")
+    cfg = load_config("configs/smoke.yaml", [f"data.root={data_uri}", "storage=s3://s4al-runs/exp",
+                                             "name=s3run", "data.kind=folder"])
+    records = Experiment(cfg, log=lambda line: None).run()
+    assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]
+    keys = {o["Key"] for o in _client(s3_server).list_objects_v2(
+        Bucket="s4al-runs", Prefix="exp/s3run/")["Contents"]}
+    for expected in ("exp/s3run/config.yaml", "exp/s3run/rounds.csv", "exp/s3run/pool/state.json",
+                     "exp/s3run/checkpoints/round_000.pt", "exp/s3run/rounds/round_001.json"):
+        assert expected in keys
+    assert any(k.startswith("exp/s3run/teacher/round_000/") and k.endswith(".parquet") for k in keys)
+    assert any(k.startswith("exp/s3run/train/") for k in keys)
+    state = PoolState.from_json(storage.read_text("s3://s4al-runs/exp/s3run/pool/state.json"))
+    assert state.acquired_pixels == records[0]["pool/acquired_pixels"] > 0
+
+
+def test_missing_bucket_fails_before_training(s3_server):
+    with pytest.raises(storage.StorageError) as err:
+        storage.check_writable("s3://no-such-bucket/prefix")
+    message = str(err.value)
+    assert "no-such-bucket" in message and s3_server in message
+
+
+def test_unreachable_endpoint_names_it(monkeypatch):
+    monkeypatch.setenv(storage.ENDPOINT_ENV, "http://127.0.0.1:9")  # nothing listens on port 9
+    with pytest.raises(storage.StorageError, match=r"127\.0\.0\.1:9"):
+        storage.check_writable("s3://bucket/prefix")
