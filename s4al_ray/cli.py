@@ -11,7 +11,8 @@ import os
 import sys
 
 COMMANDS = {"run": "the active semi-supervised round loop (default)",
-            "prepare": "prepare (cache) the dataset and check every sample; no Ray"}
+            "prepare": "prepare (cache) the dataset and check every sample; no Ray",
+            "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)"}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.yaml")
 
@@ -24,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="examples:\n"
                "  python run.py                                  # default experiment, local Ray\n"
                "  python run.py --config configs/smoke.yaml train.epochs=1\n"
+               "  python run.py sweep --config configs/sweep_smoke.yaml num_samples=2\n"
                "  ray job submit -- python run.py --config configs/default.yaml storage=s3://b/p",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", default=None,
@@ -43,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     args = _parser().parse_args(argv)
+    if command == "sweep":  # its --config is a sweep file, validated by the sweep module
+        from s4al_ray.sweep import sweep_command
+
+        return sweep_command(args.config, args.overrides, args.address)
     path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
     try:
         cfg = load_config(path, args.overrides)

@@ -68,7 +68,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    num_workers: int = _spec(1, lo=0, hi=4096, doc="Ray Train workers (0 = in the driver)")
+    num_workers: int = _spec(1, lo=1, hi=4096, doc="Ray Train workers (DDP processes)")
     cpus_per_worker: int = _spec(2, lo=1)
     use_gpu: bool = _spec(False)
     amp: bool = _spec(True, doc="mixed precision when on GPU")
@@ -86,6 +86,13 @@ class TrainConfig:
     strong_aug: bool = _spec(True, doc="strong augmentation of pseudo-labeled images")
     mix: str = _spec("cutmix", choices=("none", "cutmix", "classmix"))
     fresh_student: bool = _spec(True, doc="re-initialise the student every round")
+    pseudo_labels: bool = _spec(True, doc="false = supervised-only baseline: pool images "
+                                          "contribute only their acquired ground truth")
+    class_balanced: bool = _spec(True, doc="repeat-factor sampling of pool images by the rarest "
+                                           "class they contain")
+    balance_threshold: float = _spec(0.3, lo=0.0, hi=1.0,
+                                     doc="class-balanced: classes in fewer images than this share "
+                                         "are oversampled")
     max_failures: int = _spec(1, lo=0, doc="worker-group restarts from the last checkpoint")
 
 
@@ -322,5 +329,3 @@ def validate(cfg: ExperimentConfig) -> None:
                 f"({syn.height}x{syn.width}); choose a region of at most {min(syn.height, syn.width)} px")
     if any(s <= 0 or s > 4 for s in cfg.teacher.scales) or not cfg.teacher.scales:
         raise ConfigError(f"teacher.scales: {cfg.teacher.scales} must be 1-4 factors in (0, 4]")
-    if cfg.train.num_workers == 0 and cfg.train.use_gpu:
-        raise ConfigError("train.use_gpu needs train.num_workers >= 1")

@@ -30,7 +30,8 @@ from s4al_ray.report import format_round_table, format_class_table, write_rounds
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student import fit_student
-from s4al_ray.teacher import class_thresholds, read_scores, run_teacher
+from s4al_ray.data.training import repeat_factors
+from s4al_ray.teacher import class_thresholds, read_teacher_output, run_teacher
 
 RUN_FORMAT = 1
 # Keys that may change between a run and its resumption without mixing incompatible results.
@@ -157,6 +158,8 @@ class Experiment:
             "pool_items": [by_id[s] for s in state.pool_ids] if previous else [],
             "pseudo_uri": self._teacher_uri(r - 1) if previous else None,
             "thresholds": previous["teacher/thresholds"] if previous else None,
+            "pool_weights": previous.get("teacher/pool_weights") if previous else None,
+            "use_pseudo_labels": cfg.train.pseudo_labels,
             "acquired": state.acquired, "region_size": state.region_size,
             "val_items": self.data.rows("val"), "init_checkpoint": init,
         }
@@ -198,10 +201,14 @@ class Experiment:
         }
         seconds = run_teacher(rows, teacher_cfg, self._teacher_uri(r), num_actors,
                               cfg.teacher.batch_size)
-        self.scores, hist = read_scores(self._teacher_uri(r))
+        output = read_teacher_output(self._teacher_uri(r))
+        self.scores, hist = output.scores, output.hist
         t = cfg.teacher
         thresholds = class_thresholds(hist, t.threshold, t.class_aware, t.class_quantile)
         kept = _kept_fraction(hist, thresholds)
+        if cfg.train.class_balanced:
+            record["teacher/pool_weights"] = repeat_factors(output.class_pixels,
+                                                            cfg.train.balance_threshold)
         record.update({"teacher/thresholds": thresholds, "teacher/kept_frac": kept,
                        "time/teacher_s": seconds,
                        "teacher/images_per_s": len(rows) / max(seconds, 1e-9)})
@@ -254,6 +261,17 @@ class Experiment:
         return record
 
     # -- the loop ------------------------------------------------------------------------------
+    def _load_record(self, r: int) -> dict | None:
+        """A finished round's record; a damaged one means the round is redone (idempotently)."""
+        uri = self._record_uri(r)
+        if not storage.exists(uri):
+            return None
+        try:
+            return json.loads(storage.read_text(uri))
+        except ValueError:
+            self.log(f"WARNING: {uri} is damaged; round {r} is redone")
+            return None
+
     def _notify(self, record: dict, resumed: bool) -> None:
         if self.on_record is not None:
             self.on_record(record, resumed)
@@ -263,8 +281,9 @@ class Experiment:
             self.resources = cluster_resources()
         self.prepare()
         for r in range(self.cfg.loop.rounds):
-            if storage.exists(self._record_uri(r)):
-                self.records.append(json.loads(storage.read_text(self._record_uri(r))))
+            done = self._load_record(r)
+            if done is not None:
+                self.records.append(done)
                 self.log(f"[round {r}] already done (record found), skipped")
                 self._notify(self.records[-1], resumed=True)
                 continue

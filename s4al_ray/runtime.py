@@ -27,8 +27,13 @@ def _runtime_env() -> dict:
     return {"env_vars": env}
 
 
-def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResources:
-    """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray."""
+def connect(cfg: ExperimentConfig, address: str | None = None,
+            custom_resources: dict[str, float] | None = None) -> ClusterResources:
+    """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray.
+
+    ``custom_resources`` are given to a local Ray only (a joined cluster's nodes declare theirs
+    with ``ray start --resources``); sweeps use one to schedule trials without taking a CPU.
+    """
     global _DASHBOARD_URL
     storage.configure_endpoint(cfg.s3_endpoint)
     if ray.is_initialized():
@@ -41,7 +46,8 @@ def connect(cfg: ExperimentConfig, address: str | None = None) -> ClusterResourc
     else:
         context = ray.init(num_cpus=cfg.ray.num_cpus or None,
                            object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
-                           include_dashboard=cfg.ray.dashboard, **kwargs)
+                           include_dashboard=cfg.ray.dashboard,
+                           resources=custom_resources or None, **kwargs)
     url = getattr(context, "dashboard_url", None)
     _DASHBOARD_URL = (url if url.startswith("http") else f"http://{url}") if url else None
     _quiet_ray_data()

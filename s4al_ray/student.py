@@ -21,11 +21,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.augment import classmix, cutmix
-from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages, endless,
+from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages,
                                     image_tensor, normalize, read_pseudo_labels)
 from s4al_ray.data.io import load_image, load_mask
 from s4al_ray.evaluate import confusion_matrix
@@ -47,33 +47,59 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return loss / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _loader(dataset, batch_size: int, steps: int, seed: int, workers: int) -> DataLoader:
-    sampler = RandomSampler(dataset, replacement=True, num_samples=batch_size * steps,
-                            generator=torch.Generator().manual_seed(seed))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      drop_last=True, persistent_workers=workers > 0)
+def _seed(cfg: dict, rank: int, epoch: int, stream: int = 0) -> int:
+    """Every random stream is a function of (seed, round, rank, epoch): a run resumed at epoch e
+    draws exactly the batches and augmentations an uninterrupted run would have drawn."""
+    return ((cfg["seed"] * 1009 + cfg["round"]) * 1013 + rank) * 1019 + epoch * 7 + stream
 
 
-def _build_loaders(cfg: dict, rank: int):
-    """Endless iterators of (images, masks) for the labeled and (if any) the pool part."""
-    train, data = cfg["train"], cfg["data"]
-    seed = cfg["seed"] * 1000 + cfg["round"] * 10 + rank
+def _reseed_worker(worker_id: int) -> None:
+    """DataLoader worker processes get a copy of the dataset; give each its own stream."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.generator.manual_seed(info.seed % 2 ** 63)
+
+
+def _epoch_batches(dataset, batch_size: int, steps: int, seed: int, workers: int,
+                   weights: list[float] | None = None):
+    """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced)."""
+    dataset.generator.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    count = batch_size * steps
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(dataset, replacement=True, num_samples=count, generator=generator)
+    return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                           drop_last=True, worker_init_fn=_reseed_worker if workers else None,
+                           generator=torch.Generator().manual_seed(seed + 2)))
+
+
+@dataclass
+class TrainingSets:
+    labeled: LabeledImages
+    labeled_batch: int
+    pool: PoolImages | None = None
+    pool_weights: list[float] | None = None
+
+
+def _build_datasets(cfg: dict) -> TrainingSets:
+    """The labeled set and (from round 1, with pseudo-labels) the pool set."""
+    train = cfg["train"]
     crop = (cfg["crop"][0], cfg["crop"][1])
     cache = DecodeCache()
-    steps = train["epochs"] * train["steps_per_epoch"]
-    labeled = LabeledImages(cfg["labeled_items"], crop, seed, cache)
+    labeled = LabeledImages(cfg["labeled_items"], crop, 0, cache)
     pool_items = cfg["pool_items"]
     use_pool = bool(pool_items) and cfg["pseudo_uri"] and train["pseudo_batch"] > 0
-    # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
-    labeled_batch = train["labeled_batch"] + (0 if use_pool else train["pseudo_batch"])
-    labeled_iter = endless(_loader(labeled, labeled_batch, steps, seed, data["loader_workers"]))
     if not use_pool:
-        return labeled_iter, None
+        # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
+        return TrainingSets(labeled, train["labeled_batch"] + train["pseudo_batch"])
     pseudo = read_pseudo_labels(cfg["pseudo_uri"], {i["sample_id"] for i in pool_items})
     pool = PoolImages(pool_items, pseudo, cfg["thresholds"], cfg["acquired"], cfg["region_size"],
-                      crop, seed + 1, strong=train["strong_aug"], cache=cache)
-    pool_iter = endless(_loader(pool, train["pseudo_batch"], steps, seed + 1, data["loader_workers"]))
-    return labeled_iter, pool_iter
+                      crop, 0, strong=train["strong_aug"], cache=cache,
+                      pseudo_labels=cfg["use_pseudo_labels"])
+    weights = cfg.get("pool_weights")
+    return TrainingSets(labeled, train["labeled_batch"], pool,
+                        [weights[i["sample_id"]] for i in pool_items] if weights else None)
 
 
 def _poly_lr(optimizer, base_lr: float, it: int, total: int, power: float) -> float:
@@ -189,7 +215,7 @@ def train_loop(cfg: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"] * 1000 + cfg["round"] * 10 + rank)
+    torch.manual_seed(cfg["seed"])  # identical initial weights on every rank and every rerun
     device = ray.train.torch.get_device()
     model = ray.train.torch.prepare_model(_init_model(cfg))
     inner = model.module if hasattr(model, "module") else model
@@ -197,18 +223,25 @@ def train_loop(cfg: dict) -> None:
     optimizer = torch.optim.SGD(inner.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
                                 weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
     start_epoch = _resume(model, optimizer)
-    labeled_iter, pool_iter = _build_loaders(cfg, rank)
-    generator = torch.Generator().manual_seed(cfg["seed"] + 7919 * (rank + 1) + cfg["round"])
+    sets = _build_datasets(cfg)
     steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
     use_amp = train["amp"] and device.type == "cuda"
+    workers = cfg["data"]["loader_workers"]
     for epoch in range(start_epoch, train["epochs"]):
         model.train()
+        torch.manual_seed(_seed(cfg, rank, epoch, 0))  # dropout
+        generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))  # mixing, ReCo
+        labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps,
+                                 _seed(cfg, rank, epoch, 2), workers)
+        pool = None if sets.pool is None else _epoch_batches(
+            sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
+            sets.pool_weights)
         started, sums = time.perf_counter(), {}
         for step in range(steps):
             lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = _step_losses(model, cfg, next(labeled_iter),
-                                      next(pool_iter) if pool_iter else None, device, generator)
+                losses = _step_losses(model, cfg, next(labeled),
+                                      next(pool) if pool else None, device, generator)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()

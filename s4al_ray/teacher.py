@@ -10,6 +10,7 @@ dataset per round; a rerun overwrites it, never appends.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -125,15 +126,23 @@ def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
     return time.perf_counter() - started
 
 
-def read_scores(output_uri: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """``(sample_id -> region scores, summed confidence histogram (C, HIST_BINS))``."""
+@dataclass
+class TeacherOutput:
+    scores: dict[str, np.ndarray]  # sample_id -> region scores
+    hist: np.ndarray  # (C, HIST_BINS) confidence histogram over the pool
+    class_pixels: dict[str, np.ndarray]  # sample_id -> predicted pixels per class
+
+
+def read_teacher_output(output_uri: str) -> TeacherOutput:
     fs, path = storage.filesystem(output_uri)
     table = pq.read_table(path, filesystem=fs, columns=["sample_id", "scores", "conf_hist"])
     ids = table.column("sample_id").to_pylist()
     scores = {sid: np.asarray(s, dtype=np.float32)
               for sid, s in zip(ids, table.column("scores").to_pylist())}
-    hist = np.asarray(table.column("conf_hist").to_pylist(), dtype=np.int64).sum(0)
-    return scores, hist.reshape(-1, HIST_BINS)
+    per_image = np.asarray(table.column("conf_hist").to_pylist(), dtype=np.int64)
+    per_image = per_image.reshape(len(ids), -1, HIST_BINS)
+    class_pixels = {sid: counts.sum(1) for sid, counts in zip(ids, per_image)}
+    return TeacherOutput(scores, per_image.sum(0), class_pixels)
 
 
 def class_thresholds(hist: np.ndarray, threshold: float, class_aware: bool,

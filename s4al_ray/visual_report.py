@@ -86,12 +86,19 @@ def _figure(size_px: tuple[int, int]):
     return Figure(figsize=((size_px[0] + 1e-3) / DPI, (size_px[1] + 1e-3) / DPI), dpi=DPI)
 
 
-def _png_bytes(fig) -> bytes:
+def _png_bytes(fig, panels: np.ndarray | None = None, painted: np.ndarray | None = None) -> bytes:
+    """Render ``fig`` at its own size and dpi (savefig's bbox rcParams do not apply) and encode
+    it as PNG; where ``painted`` (H, W) is set, the pixels of ``panels`` (H, W, 3) replace it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from PIL import Image
 
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    rgb = np.asarray(canvas.buffer_rgba())[..., :3]
+    if panels is not None and painted is not None:
+        rgb = np.where(painted[..., None], panels, rgb)
     buffer = io.BytesIO()
-    # print_png renders at the figure's own size and dpi (savefig's bbox rcParams do not apply).
-    FigureCanvasAgg(fig).print_png(buffer, metadata={"Software": None})
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, format="PNG", compress_level=6)
     return buffer.getvalue()
 
 
@@ -311,7 +318,7 @@ def draw_acquired_classes(classes: list[str], acquired: list[int], pool: list[in
     top = float(max(acq_share.max(initial=0), pool_share.max(initial=0)))
     ax.set_ylim(0, max(5.0, top * 1.12))
     ax.grid(True, axis="y", alpha=0.3)
-    ax.legend(loc="upper right", fontsize=9, frameon=False)
+    ax.legend(loc="best", fontsize=9, frameon=False)
     ax.set_title("Acquired pixels per class vs the pool's class distribution", fontsize=11)
     return _png_bytes(fig)
 
@@ -370,7 +377,8 @@ def _rgb(color: str) -> tuple[int, int, int]:
 def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_index: int,
                   max_examples: int, colors: list[tuple[int, int, int]]) -> bytes | None:
     """The examples grid. Panels are composed in numpy at their final pixel size and placed
-    with one ``figimage`` (no resampling, no per-panel axes); matplotlib adds only the text."""
+    into the rendered figure (no resampling, no per-panel axes); matplotlib draws only the
+    text and the legend."""
     from matplotlib.patches import Patch
 
     from s4al_ray.data.training import compose_target
@@ -394,6 +402,7 @@ def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_
     width, height = examples_size(len(ids), first["height"], first["width"], len(colors))
     panel_h = _panel_height(first["height"], first["width"])
     canvas = np.full((height, width, 3), 255, np.uint8)
+    painted = np.zeros((height, width), bool)
     fig = _figure((width, height))
     for j, title in enumerate(EXAMPLE_COLUMNS):
         x_mid = EXAMPLE_LEFT + j * (PANEL_WIDTH + PANEL_GAP) + PANEL_WIDTH / 2
@@ -413,6 +422,7 @@ def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_
             x0 = EXAMPLE_LEFT + j * (PANEL_WIDTH + PANEL_GAP)
             view = canvas[top:top + panel_h, x0:x0 + PANEL_WIDTH]
             view[:] = _upscale(panel, panel_h, PANEL_WIDTH)
+            painted[top:top + panel_h, x0:x0 + PANEL_WIDTH] = True
             if j == len(EXAMPLE_COLUMNS) - 1:
                 for regions, color, thick in ((earlier.get(sid, []), EARLIER_COLOR, 1),
                                               (this_round.get(sid, []), THIS_ROUND_COLOR, 2)):
@@ -424,7 +434,6 @@ def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_
         label_text = f"{sid}\n+{new_px:,} px" if new_px else sid
         fig.text((EXAMPLE_LEFT - 4) / width, 1 - (top + panel_h / 2) / height, label_text,
                  rotation=90, ha="right", va="center", fontsize=7, multialignment="center")
-    fig.figimage(canvas, 0, 0, origin="upper", zorder=0)
     handles = [Patch(facecolor=_hex(c), edgecolor="none", label=name)
                for name, c in zip(data.classes, colors)]
     handles.append(Patch(facecolor=_hex(IGNORE_COLOR), label="ignore / below threshold"))
@@ -434,7 +443,7 @@ def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_
     fig.legend(handles=handles, loc="lower center", ncol=LEGEND_COLUMNS, fontsize=8,
                frameon=False, bbox_to_anchor=(0.5, 2 / height), handlelength=1.4,
                columnspacing=1.2)
-    return _png_bytes(fig)
+    return _png_bytes(fig, canvas, painted)
 
 
 # ----------------------------------------------------------------------------------------------

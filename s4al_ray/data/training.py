@@ -106,13 +106,15 @@ class PoolImages(Dataset):
     def __init__(self, items: list[dict], pseudo: dict[str, tuple[bytes, bytes]],
                  thresholds: list[float], acquired: dict[str, list[int]], region_size: int,
                  crop: tuple[int, int], seed: int, strong: bool = True,
-                 cache: DecodeCache | None = None) -> None:
+                 cache: DecodeCache | None = None, pseudo_labels: bool = True) -> None:
         missing = [i["sample_id"] for i in items if i["sample_id"] not in pseudo]
         if missing:
             raise ValueError(f"no pseudo-labels for {len(missing)} pool images, e.g. {missing[:3]}")
         self.items, self.pseudo, self.crop, self.strong = items, pseudo, crop, strong
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.acquired, self.region_size = acquired, region_size
+        # Without pseudo-labels (the supervised-only baseline) only acquired ground truth counts.
+        self.pseudo_labels = pseudo_labels
         self.cache = cache or DecodeCache()
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -126,8 +128,13 @@ class PoolImages(Dataset):
         if regions:
             truth = self.cache.get(item["mask_uri"], load_mask)
             known = RegionGrid(item["height"], item["width"], self.region_size).mask(regions)
-        return compose_target(decode_mask(label_png), decode_mask(conf_png), self.thresholds,
-                              truth, known)
+        label = decode_mask(label_png)
+        if not self.pseudo_labels:
+            target = np.full_like(label, IGNORE_INDEX)
+            if known is not None:
+                target[known] = truth[known]
+            return target
+        return compose_target(label, decode_mask(conf_png), self.thresholds, truth, known)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.items[index]
@@ -137,7 +144,17 @@ class PoolImages(Dataset):
         return augment(image, target, self.crop, self.generator)
 
 
-def endless(loader):
-    """Iterate a DataLoader forever (each pass reshuffles)."""
-    while True:
-        yield from loader
+def repeat_factors(class_pixels: dict[str, np.ndarray], threshold: float) -> dict[str, float]:
+    """Class-balanced sampling weights for pool images (repeat-factor sampling, as in LVIS).
+
+    ``class_pixels`` holds each image's predicted pixels per class. A class present in a share
+    f_c of the images gets r_c = max(1, sqrt(threshold / f_c)); an image is drawn in proportion to
+    the largest r_c of the classes it contains, so images with rare classes (poles, signs) are seen
+    more often without dropping any image.
+    """
+    ids = sorted(class_pixels)
+    present = np.stack([np.asarray(class_pixels[i]) > 0 for i in ids])
+    share = present.mean(0)
+    factor = np.where(share > 0, np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12))), 1.0)
+    weights = np.where(present, factor[None, :], 1.0).max(1)
+    return {i: float(w) for i, w in zip(ids, weights)}

@@ -19,20 +19,43 @@ def state_uri(run_dir: str) -> str:
     return storage.join(run_dir, "pool", "state.json")
 
 
+def previous_uri(run_dir: str) -> str:
+    return storage.join(run_dir, "pool", "state.prev.json")
+
+
+def load_state(run_dir: str, warn=print) -> PoolState | None:
+    """The persisted state, or None for a new run. Writes are atomic, but a file damaged by
+    anything else (a copy cut short, a full disk on a network filesystem) must not lose the run:
+    the previous version, kept beside it, is used instead, with a warning."""
+    uri = state_uri(run_dir)
+    if not storage.exists(uri):
+        return None
+    try:
+        return PoolState.from_json(storage.read_text(uri))
+    except (ValueError, KeyError, TypeError) as err:
+        if "incompatible" in str(err) or not storage.exists(previous_uri(run_dir)):
+            raise
+        warn(f"WARNING: {uri} is unreadable ({str(err)[:80]}); using the previous version "
+             f"{previous_uri(run_dir)}: the last commit is redone")
+        return PoolState.from_json(storage.read_text(previous_uri(run_dir)))
+
+
 class PoolStateHolder:
     """The actor's body, kept importable without Ray so it can be tested directly."""
 
     def __init__(self, run_dir: str, initial_json: str, mask_uris: dict[str, str]) -> None:
-        self.uri = state_uri(run_dir)
-        if storage.exists(self.uri):
-            self.state = PoolState.from_json(storage.read_text(self.uri))
-        else:
-            self.state = PoolState.from_json(initial_json)
+        self.run_dir = run_dir
+        loaded = load_state(run_dir)
+        self.state = loaded or PoolState.from_json(initial_json)
+        if loaded is None:
             self._persist()
         self.oracle = SimulatedOracle(mask_uris, self.state.num_classes)
 
     def _persist(self) -> None:
-        storage.write_text(self.uri, self.state.to_json())
+        uri = state_uri(self.run_dir)
+        if storage.exists(uri):
+            storage.write_bytes(previous_uri(self.run_dir), storage.read_bytes(uri))
+        storage.write_text(uri, self.state.to_json())
 
     def snapshot(self) -> str:
         return self.state.to_json()
