@@ -94,7 +94,9 @@ class Experiment:
         train = self.data.rows("train")
         rng = np.random.default_rng(self.cfg.seed)
         count = int(round(self.cfg.data.initial_labeled_frac * len(train)))
-        count = min(max(count, 1), len(train) - 1)
+        # At least one labeled image; all of them only when asked (the fully supervised reference).
+        count = max(count, 1) if self.cfg.data.initial_labeled_frac >= 1.0 else \
+            min(max(count, 1), len(train) - 1)
         labeled = sorted(train[i]["sample_id"] for i in rng.permutation(len(train))[:count])
         by_id = {r["sample_id"]: r for r in train}
         counts = sum(class_histogram(load_mask(by_id[s]["mask_uri"]), self.data.num_classes)
@@ -239,7 +241,7 @@ class Experiment:
                   "pool/labeled_pixels": state.labeled_pixels, "pool/acquired_pixels": 0,
                   "pool/acquired_regions": 0, "time/teacher_s": 0.0, "time/acquire_s": 0.0}
         checkpoint = self._train(r, state, record)
-        if r < self.cfg.loop.rounds - 1:
+        if r < self.cfg.loop.rounds - 1 and state.pool_ids:
             self._teach(r, state, checkpoint, record)
             self._acquire(r, state, record)
         record["time/round_s"] = sum(record[k] for k in

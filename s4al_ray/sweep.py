@@ -116,7 +116,6 @@ class Spec:
         return len(self.values) if self.kind == "grid" else 1
 
     def domain(self) -> Any:
-
         lo, hi = self.values[0], self.values[-1]
         if self.kind == "grid":
             return tune.grid_search(list(self.values))

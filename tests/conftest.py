@@ -19,7 +19,8 @@ def ray_session(s3_server):
     from s4al_ray.runtime import connect
 
     cfg = load_config(None, ["ray.num_cpus=2", "ray.object_store_mb=256"])
-    connect(cfg)
+    # s4al_trial: what sweep trials reserve instead of a CPU (tests/test_sweep.py)
+    connect(cfg, custom_resources={"s4al_trial": 2})
     yield ray
     ray.shutdown()
 
