@@ -22,6 +22,7 @@ a resumed trial reports each round exactly once (and Tune restores its result lo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import difflib
 import itertools
@@ -32,7 +33,7 @@ import re
 import sys
 import tempfile
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import yaml
 from ray import tune
@@ -630,35 +631,56 @@ def _build_tuner(sweep: Sweep, trainable: Any, concurrency: int, log: Callable[[
             failure_config=tune.FailureConfig(max_failures=0)))
 
 
+@contextlib.contextmanager
+def _tune_environment() -> Iterator[None]:
+    """Tune settings read from the environment, for the duration of one sweep only."""
+    settings = {
+        # Per-round checkpoints force an experiment-state save each time: intended here.
+        "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+        # Tune's new console output prints a banner and a TensorBoard path into its temporary
+        # staging directory even at verbose=0; the classic output is silent at verbose=0 and
+        # SweepProgress prints one line per round instead.
+        "RAY_AIR_NEW_OUTPUT": "0",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update({k: v for k, v in settings.items() if saved[k] is None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+def _trial_plan(sweep: Sweep, cpus: int, gpus: int, concurrency: int) -> TrialPlan:
+    return TrialPlan(sweep=sweep.cfg.name, base_tree=to_dict(sweep.base),
+                     trials_uri=sweep.trials_uri, cwd=sweep.cwd, metric=sweep.cfg.metric,
+                     budget=sweep.cfg.budget, cpus=max(sweep.need_cpus, cpus // concurrency),
+                     gpus=gpus // concurrency if sweep.need_gpus else 0)
+
+
 def run_sweep(sweep: Sweep, address: str | None = None,
               log: Callable[[str], None] = print) -> SweepOutcome:
     """Run (or resume) the sweep, then write and print its report."""
     from s4al_ray.runtime import connect, dashboard_url
 
-    # Per-round checkpoints force an experiment-state save each time; that is intended here.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    # Tune's new console output prints a banner and a TensorBoard path into its temporary
-    # staging directory even at verbose=0; the classic output is silent and SweepProgress
-    # prints one line per round instead.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _print_plan(sweep, log)
+    storage.configure_endpoint(sweep.base.s3_endpoint)
     _check_sweep_dir(sweep)  # before Ray starts: a mismatched sweep directory fails fast
+    # A local Ray gets the trial resource; one per CPU is more trials than can ever fit.
     cpus_hint = sweep.base.ray.num_cpus or os.cpu_count() or 1
     res = connect(sweep.base, address, custom_resources={TRIAL_RESOURCE: cpus_hint})
-    _print_plan(sweep, log)
-    url = dashboard_url()
     concurrency = _concurrency(sweep, res.cpus, res.gpus, log)
-    log(f"[ray] {res.cpus} CPU, {res.gpus} GPU: {concurrency} trial(s) at a time, each trainer "
+    url = dashboard_url()
+    log(f"[ray] {res.cpus} CPU, {res.gpus} GPU: {concurrency} trial(s) at a time, each needing "
         f"{sweep.need_cpus} CPU" + (f" {sweep.need_gpus} GPU" if sweep.need_gpus else "")
         + (f"; dashboard {url}" if url else ""))
-    plan = TrialPlan(sweep=sweep.cfg.name, base_tree=to_dict(sweep.base),
-                     trials_uri=sweep.trials_uri, cwd=sweep.cwd, metric=sweep.cfg.metric,
-                     budget=sweep.cfg.budget,
-                     cpus=max(sweep.need_cpus, res.cpus // concurrency),
-                     gpus=res.gpus // concurrency if sweep.need_gpus else 0)
+    plan = _trial_plan(sweep, res.cpus, res.gpus, concurrency)
     trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
                                     _trial_resources(log))
     log(f"[sweep] results in {sweep.uri}\n[sweep] dashboards: tensorboard --logdir {sweep.uri}")
-    results = _build_tuner(sweep, trainable, concurrency, log).fit()
+    with _tune_environment():
+        results = _build_tuner(sweep, trainable, concurrency, log).fit()
     return write_report(sweep, results, log)
 
 

@@ -25,7 +25,7 @@ import posixpath
 
 import numpy as np
 
-from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray import storage
 from s4al_ray.data.io import decode_mask, load_image, load_mask
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
@@ -483,7 +483,8 @@ def _html_table(header: list[str], rows: list[list[str]]) -> str:
 
 def _figure_html(name: str, caption: str) -> str:
     src = html.escape(name, quote=True)
-    return (f'<figure><a href="{src}"><img src="{src}" alt="{html.escape(caption, quote=True)}">'
+    alt = html.escape(name[: -len(".png")].replace("_", " "), quote=True)
+    return (f'<figure><a href="{src}"><img src="{src}" alt="{alt}">'
             f"</a><figcaption>{html.escape(caption)}</figcaption></figure>")
 
 

@@ -159,7 +159,7 @@ def test_example_choice_is_by_acquired_pixels_then_first_ids(fake_run):
     assert vr.example_ids(state, 5, 2) == pool[:2]  # a round without commit: first ids
 
 
-def test_examples_figure_grows_with_examples(fake_run, tmp_path):
+def test_examples_figure_grows_with_examples(fake_run):
     run_dir, data, state, records = fake_run
     png = vr.draw_examples(data, state, records[0], os.path.join(run_dir, "teacher", "round_000"),
                            0, 2, vr.class_colors(data))
