@@ -12,7 +12,8 @@ import sys
 
 COMMANDS = {"run": "the active semi-supervised round loop (default)",
             "prepare": "prepare (cache) the dataset and check every sample; no Ray",
-            "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)"}
+            "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
+            "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)"}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.yaml")
 
@@ -37,13 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     from s4al_ray.config import ConfigError, load_config
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
+    if command == "sync":
+        return _sync(argv)
     args = _parser().parse_args(argv)
     if command == "sweep":  # its --config is a sweep file, validated by the sweep module
         from s4al_ray.sweep import sweep_command
@@ -60,6 +61,23 @@ def main(argv: list[str] | None = None) -> int:
 
         return prepare_command(cfg)
     return _run(cfg, args.address)
+
+
+def _sync(argv: list[str]) -> int:
+    from s4al_ray.transfer import sync
+
+    parser = argparse.ArgumentParser(prog="run.py sync",
+                                     description="copy a directory tree to or from s3://")
+    parser.add_argument("source")
+    parser.add_argument("destination")
+    parser.add_argument("--endpoint", default=None, help="S3-compatible endpoint URL")
+    args = parser.parse_args(argv)
+    try:
+        sync(args.source, args.destination, args.endpoint)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run(cfg, address: str | None) -> int:

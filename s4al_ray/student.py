@@ -60,7 +60,7 @@ def _reseed_worker(worker_id: int) -> None:
 
 
 def _epoch_batches(dataset, batch_size: int, steps: int, seed: int, workers: int,
-                   weights: list[float] | None = None):
+                   weights: list[float] | None = None, pin_memory: bool = False):
     """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced)."""
     dataset.generator.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed + 1)
@@ -71,6 +71,7 @@ def _epoch_batches(dataset, batch_size: int, steps: int, seed: int, workers: int
         sampler = RandomSampler(dataset, replacement=True, num_samples=count, generator=generator)
     return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                            drop_last=True, worker_init_fn=_reseed_worker if workers else None,
+                           pin_memory=pin_memory,
                            generator=torch.Generator().manual_seed(seed + 2)))
 
 
@@ -124,8 +125,8 @@ def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[
         images_u, targets_u = _mix(*batch_u, cfg, generator)
         parts_x.append(images_u)
         parts_y.append(targets_u)
-    x = normalize(torch.cat(parts_x).to(device))
-    y = torch.cat(parts_y).to(device)
+    x = normalize(torch.cat(parts_x).to(device, non_blocking=True))
+    y = torch.cat(parts_y).to(device, non_blocking=True)
     reco_w = cfg["train"]["reco_weight"]
     out = model(x, with_embedding=reco_w > 0)
     n_l = images_l.shape[0]
@@ -217,7 +218,10 @@ def train_loop(cfg: dict) -> None:
     torch.set_num_threads(cfg["threads"])
     torch.manual_seed(cfg["seed"])  # identical initial weights on every rank and every rerun
     device = ray.train.torch.get_device()
-    model = ray.train.torch.prepare_model(_init_model(cfg))
+    model = _init_model(cfg)
+    if cfg["train"]["sync_bn"] and world > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = ray.train.torch.prepare_model(model)
     inner = model.module if hasattr(model, "module") else model
     train = cfg["train"]
     optimizer = torch.optim.SGD(inner.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
@@ -231,11 +235,12 @@ def train_loop(cfg: dict) -> None:
         model.train()
         torch.manual_seed(_seed(cfg, rank, epoch, 0))  # dropout
         generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))  # mixing, ReCo
+        pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
         labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps,
-                                 _seed(cfg, rank, epoch, 2), workers)
+                                 _seed(cfg, rank, epoch, 2), workers, pin_memory=pin)
         pool = None if sets.pool is None else _epoch_batches(
             sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
-            sets.pool_weights)
+            sets.pool_weights, pin_memory=pin)
         started, sums = time.perf_counter(), {}
         for step in range(steps):
             lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])

@@ -126,3 +126,15 @@ def upload_tree(endpoint: str, local_dir: str, bucket: str, prefix: str = "") ->
 def s3_upload(s3_server):
     """``s3_upload(local_dir, bucket, prefix="") -> "s3://bucket/prefix"`` on the moto server."""
     return lambda local_dir, bucket, prefix="": upload_tree(s3_server, local_dir, bucket, prefix)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; without it they are skipped, not failed."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

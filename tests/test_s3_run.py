@@ -44,3 +44,19 @@ def test_unreachable_endpoint_names_it(monkeypatch):
     monkeypatch.setenv(storage.ENDPOINT_ENV, "http://127.0.0.1:9")  # nothing listens on port 9
     with pytest.raises(storage.StorageError, match=r"127\.0\.0\.1:9"):
         storage.check_writable("s3://bucket/prefix")
+
+
+def test_sync_up_and_down_skips_what_is_there(s3_server, smoke_data_root, tmp_path):
+    from s4al_ray.transfer import sync
+
+    _client(s3_server).create_bucket(Bucket="sync-bucket")
+    lines: list[str] = []
+    copied = sync(smoke_data_root, "s3://sync-bucket/data", log=lines.append)
+    assert copied > 30 and "files to copy" in lines[0] and lines[-1].startswith("[sync]")
+    assert sync(smoke_data_root, "s3://sync-bucket/data", log=lines.append) == 0  # resumable
+    back = tmp_path / "back"
+    assert sync("s3://sync-bucket/data", str(back), log=lines.append) == copied
+    original = open(f"{smoke_data_root}/classes.yaml", "rb").read()
+    assert (back / "classes.yaml").read_bytes() == original
+    with pytest.raises(ValueError, match="between a local directory and an s3://"):
+        sync(str(tmp_path), str(back))
