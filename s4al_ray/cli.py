@@ -13,6 +13,7 @@ import sys
 COMMANDS = {"run": "the active semi-supervised round loop (default)",
             "prepare": "prepare (cache) the dataset and check every sample; no Ray",
             "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
+            "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
             "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)"}
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                               "configs", "default.yaml")
@@ -33,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="experiment YAML (default: configs/default.yaml)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address (else RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--import", dest="import_dir", default=None, metavar="FOLDER",
+                        help="annotate: the folder of returned PNG masks")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="config overrides, e.g. train.epochs=3 loop.rounds=2")
     return parser
@@ -60,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         from s4al_ray.data.prepare import prepare_command
 
         return prepare_command(cfg)
+    if command == "annotate":
+        from s4al_ray.annotate import annotate_command
+
+        return annotate_command(cfg, args.import_dir, args.address)
     return _run(cfg, args.address)
 
 

@@ -155,6 +155,9 @@ class ExperimentConfig:
     seed: int = _spec(0)
     storage: str = _spec("runs", doc="local directory or s3://bucket/prefix for all artefacts")
     s3_endpoint: str = _spec("", doc="S3-compatible endpoint URL; empty = AWS")
+    oracle: str = _spec("simulated", choices=("simulated", "manual"),
+                        doc="simulated: reveal regions from the dataset's masks; manual: write "
+                            "a query package for annotators and stop (run.py annotate)")
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

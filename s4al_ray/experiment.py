@@ -24,6 +24,7 @@ from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.evaluate import iou_per_class, mean_iou, pixel_accuracy
 from s4al_ray.pool.actor import get_pool_actor
+from s4al_ray.pool.manual import AwaitingAnnotation, label_uri, write_query_package
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import format_round_table, format_class_table, write_rounds_csv
@@ -157,7 +158,8 @@ class Experiment:
             "seed": cfg.seed, "round": r, "num_classes": self.data.num_classes,
             "threads": cfg.train.cpus_per_worker, "crop": [height, width],
             "labeled_items": [by_id[s] for s in state.labeled],
-            "pool_items": [by_id[s] for s in state.pool_ids] if previous else [],
+            "pool_items": [self._pool_item(by_id[s], state) for s in state.pool_ids]
+                          if previous else [],
             "pseudo_uri": self._teacher_uri(r - 1) if previous else None,
             "thresholds": previous["teacher/thresholds"] if previous else None,
             "pool_weights": previous.get("teacher/pool_weights") if previous else None,
@@ -166,26 +168,54 @@ class Experiment:
             "val_items": self.data.rows("val"), "init_checkpoint": init,
         }
 
+    def _pool_item(self, item: dict, state: PoolState) -> dict:
+        """A pool image as the student sees it: with a manual oracle, acquired labels come from
+        the annotators' files, not from the dataset's masks."""
+        if self.cfg.oracle == "manual" and item["sample_id"] in state.acquired:
+            return {**item, "mask_uri": label_uri(self.run_dir, item["sample_id"])}
+        return item
+
     def _train(self, r: int, state: PoolState, record: dict) -> str:
-        self.log(f"[round {r}] train   {self.cfg.train.num_workers} worker(s), "
-                 f"{self.cfg.train.epochs}x{self.cfg.train.steps_per_epoch} steps, "
-                 f"labeled {100 * state.labeled_frac:.2f}% of pixels ...")
+        published = self._uri("checkpoints", f"round_{r:03d}.pt")
+        metrics_uri = self._uri("checkpoints", f"round_{r:03d}.json")
         t0 = time.perf_counter()
-        result = fit_student(self._loop_config(r, state), self.run_dir, self.cfg.name)
-        confusion = np.asarray(result.metrics["val/confusion"])
+        if storage.exists(published) and storage.exists(metrics_uri):
+            metrics = json.loads(storage.read_text(metrics_uri))  # finished before a restart
+            self.log(f"[round {r}] train   reusing the finished student {published}")
+        else:
+            self.log(f"[round {r}] train   {self.cfg.train.num_workers} worker(s), "
+                     f"{self.cfg.train.epochs}x{self.cfg.train.steps_per_epoch} steps, "
+                     f"labeled {100 * state.labeled_frac:.2f}% of pixels ...")
+            result = fit_student(self._loop_config(r, state), self.run_dir, self.cfg.name)
+            metrics = result.metrics
+            storage.write_text(metrics_uri, json.dumps(metrics))
+        confusion = np.asarray(metrics["val/confusion"])
         ious = iou_per_class(confusion)
         record.update({
             "val/miou": mean_iou(confusion), "val/pixel_acc": pixel_accuracy(confusion),
             **{f"val/iou/{c}": (None if np.isnan(v) else float(v))
                for c, v in zip(self.data.classes, ious)},
-            "train/loss": result.metrics.get("train/loss_total"),
+            "train/loss": metrics.get("train/loss_total"),
             "time/train_s": time.perf_counter() - t0,
         })
         self.log(f"[round {r}] train   done in {record['time/train_s']:.1f}s: "
                  f"loss {record['train/loss']:.3f}, val mIoU {100 * record['val/miou']:.1f}")
-        return result.checkpoint_uri
+        return published
 
     def _teach(self, r: int, state: PoolState, checkpoint: str, record: dict) -> None:
+        """Teacher pass, or its saved summary when it already finished (e.g. before a stop
+        for annotation); a pass cut short leaves no summary and is redone from scratch."""
+        summary_uri = self._uri("teacher", f"round_{r:03d}.json")
+        if storage.exists(summary_uri):
+            record.update(json.loads(storage.read_text(summary_uri)))
+            self.scores = read_teacher_output(self._teacher_uri(r)).scores
+            self.log(f"[round {r}] teacher reusing the finished pass {self._teacher_uri(r)}")
+            return
+        before = set(record)
+        self._run_teacher(r, state, checkpoint, record)
+        storage.write_text(summary_uri, json.dumps({k: record[k] for k in set(record) - before}))
+
+    def _run_teacher(self, r: int, state: PoolState, checkpoint: str, record: dict) -> None:
         cfg = self.cfg
         num_actors = teacher_actors(cfg, self.resources)
         self.log(f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
@@ -224,11 +254,18 @@ class Experiment:
         budget = min(int(acq.round_budget * total),
                      int(acq.total_budget * total) - state.labeled_pixels)
         t0 = time.perf_counter()
-        grids = {s: state.grid(s) for s in self.scores}
-        selection = select_regions(self.scores, grids, state.acquired, mode=acq.mode,
-                                   budget_pixels=max(budget, 0), top_k=acq.top_k,
-                                   exclude_border=acq.exclude_border)
-        entry = ray.get(self.pool.commit.remote(r, selection))
+        entry = PoolState.from_json(ray.get(self.pool.snapshot.remote())).entry(r)
+        if entry is None:  # not committed yet (a manual import commits before the rerun)
+            grids = {s: state.grid(s) for s in self.scores}
+            selection = select_regions(self.scores, grids, state.acquired, mode=acq.mode,
+                                       budget_pixels=max(budget, 0), top_k=acq.top_k,
+                                       exclude_border=acq.exclude_border)
+            if self.cfg.oracle == "manual":
+                by_id = {row["sample_id"]: row for row in self.data.rows("train")}
+                package = write_query_package(self.run_dir, r, selection, state, by_id,
+                                              self.data.classes)
+                raise AwaitingAnnotation(r, package)
+            entry = ray.get(self.pool.commit.remote(r, selection))
         record.update({"pool/acquired_pixels": entry["pixels"],
                        "pool/acquired_regions": entry["regions"],
                        "time/acquire_s": time.perf_counter() - t0})
@@ -274,6 +311,13 @@ class Experiment:
             self.log(f"WARNING: {uri} is damaged; round {r} is redone")
             return None
 
+    def _explain_query(self, waiting: AwaitingAnnotation) -> None:
+        self.log(f"[round {waiting.round_index}] acquire: query package for annotators written to "
+                 f"{waiting.package}/ (query.json, images/, README.txt)")
+        self.log("Stopped: annotate the requested regions, then run\n"
+                 "  python run.py annotate --import <folder of masks> <same config and options>\n"
+                 "  python run.py <same config and options>      # continues this experiment")
+
     def _notify(self, record: dict, resumed: bool) -> None:
         if self.on_record is not None:
             self.on_record(record, resumed)
@@ -289,7 +333,11 @@ class Experiment:
                 self.log(f"[round {r}] already done (record found), skipped")
                 self._notify(self.records[-1], resumed=True)
                 continue
-            self.records.append(self.run_round(r))
+            try:
+                self.records.append(self.run_round(r))
+            except AwaitingAnnotation as waiting:
+                self._explain_query(waiting)
+                return self.records
             self._notify(self.records[-1], resumed=False)
             write_rounds_csv(self.records, self._uri("rounds.csv"))
             self.log(format_round_table(self.records))

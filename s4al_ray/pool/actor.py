@@ -60,13 +60,16 @@ class PoolStateHolder:
     def snapshot(self) -> str:
         return self.state.to_json()
 
-    def commit(self, round_index: int, selection: Selection) -> dict:
+    def commit(self, round_index: int, selection: Selection,
+               class_pixels: list[int] | None = None) -> dict:
+        """Commit a round. The simulated oracle counts the revealed classes from the dataset's
+        masks; a manual import passes the counts of the annotators' masks."""
         previous = self.state.entry(round_index)
-        if previous is None:
+        if previous is not None:
+            class_pixels = previous["class_pixels"]
+        elif class_pixels is None:
             self.state.validate_selection(selection)
             class_pixels = self.oracle.reveal(self.state, selection)
-        else:
-            class_pixels = previous["class_pixels"]
         entry = self.state.commit(round_index, selection, class_pixels)
         self._persist()
         return entry

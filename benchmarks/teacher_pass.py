@@ -1,0 +1,212 @@
+"""Teacher pass: Ray Data ``run_teacher`` against a plain PyTorch loop doing the same work.
+
+Both sides read the pool images, predict them with ``TeacherPredictor`` (the Ray side in an actor
+pool, the plain side in this process), encode the label/confidence PNGs, region scores and
+histograms, and write the same pseudo-label parquet. Images/s include reading and writing, and
+each pass pays its own model load (as every round does). Also: 1 actor x 2 CPUs against 2 actors x
+1 CPU, and the model's raw forward throughput on random tensors (the ceiling).
+
+The teacher's config and rows are the ones the round loop builds (``Experiment._teach`` on
+``configs/default.yaml``, captured), with an untrained round-0 checkpoint (speed does not depend on
+the weights).
+
+    .venv/bin/python benchmarks/teacher_pass.py            # ~3-5 min on 2 loaded cores
+    .venv/bin/python benchmarks/teacher_pass.py --quick    # ~1 min
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402
+
+
+def plain_teacher(rows: list[dict], cfg: dict, output_uri: str, batch_size: int) -> None:
+    """The same work as ``run_teacher`` without Ray: one process, ``cfg['threads']`` threads."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from s4al_ray import storage
+    from s4al_ray.teacher import TeacherPredictor
+
+    storage.delete_dir(output_uri)
+    fs, path = storage.filesystem(output_uri)
+    predictor = TeacherPredictor(cfg)  # model build + checkpoint load, as each actor does
+    sizes = sorted({(r["height"], r["width"]) for r in rows})
+    for index, size in enumerate(sizes):
+        subset = [r for r in rows if (r["height"], r["width"]) == size]
+        tables = []
+        for start in range(0, len(subset), batch_size):
+            chunk = subset[start:start + batch_size]
+            tables.append(predictor({key: [r[key] for r in chunk] for key in chunk[0]}))
+        fs.create_dir(f"{path}/size_{index:02d}", recursive=True)
+        pq.write_table(pa.concat_tables(tables), f"{path}/size_{index:02d}/part-00000.parquet",
+                       filesystem=fs)
+
+
+def breakdown(rows: list[dict], cfg: dict, batch_size: int) -> dict:
+    """Seconds per image of each part of a teacher batch, in this process (threads as cfg)."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    from s4al_ray.data.io import load_image
+    from s4al_ray.data.training import image_tensor
+    from s4al_ray.teacher import OUTPUT_SCHEMA, TeacherPredictor, predict_probs
+
+    t0 = time.perf_counter()
+    predictor = TeacherPredictor(cfg)
+    init_s = time.perf_counter() - t0
+    parts = {"read+decode": 0.0, "forward": 0.0, "emit (PNGs, scores, hist)": 0.0}
+    tables = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        t0 = time.perf_counter()
+        images = torch.stack([image_tensor(load_image(r["image_uri"])) for r in chunk])
+        t1 = time.perf_counter()
+        probs = predict_probs(predictor.model, images, cfg["scales"], cfg["flip"])
+        t2 = time.perf_counter()
+        out = {name: [] for name in OUTPUT_SCHEMA.names}
+        for row, p in zip(chunk, probs):
+            predictor._emit(row, p, out)
+        tables.append(pa.table(out, schema=OUTPUT_SCHEMA))
+        t3 = time.perf_counter()
+        parts["read+decode"] += t1 - t0
+        parts["forward"] += t2 - t1
+        parts["emit (PNGs, scores, hist)"] += t3 - t2
+    t0 = time.perf_counter()
+    pq.write_table(pa.concat_tables(tables), io.BytesIO())
+    parts["parquet write"] = time.perf_counter() - t0
+    per_image = {k: v / len(rows) for k, v in parts.items()}
+    per_image["model init (once per pass)"] = init_s
+    return per_image
+
+
+def raw_forward(model, shape: tuple[int, int], batch_size: int, threads: int,
+                batches: int) -> float:
+    """Images/s of ``model(normalize(x))`` on random tensors (no I/O, no post-processing)."""
+    import torch
+
+    from s4al_ray.data.training import normalize
+
+    torch.set_num_threads(threads)
+    x = torch.rand(batch_size, 3, *shape)
+    with torch.no_grad():
+        model(normalize(x))  # warm-up
+        started = time.perf_counter()
+        for _ in range(batches):
+            model(normalize(x))
+    return batch_size * batches / (time.perf_counter() - started)
+
+
+def compare_outputs(uri_a: str, uri_b: str) -> float:
+    """Share of images whose label PNG is byte-identical in both outputs (same weights)."""
+    import pyarrow.parquet as pq
+
+    from s4al_ray import storage
+
+    def labels(uri):
+        fs, path = storage.filesystem(uri)
+        table = pq.read_table(path, filesystem=fs, columns=["sample_id", "label_png"])
+        return dict(zip(table.column("sample_id").to_pylist(), table.column("label_png").to_pylist()))
+
+    a, b = labels(uri_a), labels(uri_b)
+    if set(a) != set(b):
+        return 0.0
+    return sum(a[k] == b[k] for k in a) / max(len(a), 1)
+
+
+def main(argv=None) -> int:
+    args = common.base_parser(__doc__.splitlines()[0]).parse_args(argv)
+    repeat = args.repeat or (1 if args.quick else 3)
+    common.header("Teacher pass: Ray Data vs plain PyTorch", args.quick)
+    import torch
+
+    from s4al_ray import storage
+    from s4al_ray.teacher import TeacherPredictor, run_teacher
+
+    cfg = common.bench_config(args.overrides, name="bench-teacher")
+    res, init_s = common.connect(cfg)
+    print(f"ray: {res.cpus} CPU, {res.gpus} GPU (ray.init {init_s:.1f}s)")
+    exp = common.experiment(cfg, res)
+    checkpoint = common.save_untrained_checkpoint(exp, 0)
+    t0 = time.perf_counter()
+    call, _ = common.capture_teacher_call(exp, 0, checkpoint)  # the round loop's own call; warm-up
+    print(f"round loop's teacher call: {len(call['rows'])} images, {call['num_actors']} actor(s) x "
+          f"{call['cfg']['cpus_per_actor']} CPU, batch {call['batch_size']} "
+          f"({time.perf_counter() - t0:.1f}s incl. reading the output)")
+    rows, tcfg, batch = call["rows"], call["cfg"], call["batch_size"]
+    if args.quick:
+        rows = rows[:96]
+    n = len(rows)
+    out = exp._uri("bench")
+    cpus = res.cpus
+    one = {**tcfg, "threads": cpus, "cpus_per_actor": cpus}
+    per_actor = {**tcfg, "threads": 1, "cpus_per_actor": 1}
+
+    def ray_pass(tcfg_: dict, where: str, actors: int):
+        return lambda: {"ray_s": run_teacher(rows, tcfg_, storage.join(out, where), actors, batch)}
+
+    variants = {
+        f"ray {cpus} actors x 1 CPU": ray_pass(per_actor, "ray_n", cpus),
+        f"ray 1 actor x {cpus} CPU": ray_pass(one, "ray_1", 1),
+        f"plain {cpus} threads": lambda: plain_teacher(rows, one, storage.join(out, "plain_n"), batch),
+        "plain 1 thread": lambda: plain_teacher(rows, per_actor, storage.join(out, "plain_1"), batch),
+    }
+    print(f"\n{n} images {rows[0]['height']}x{rows[0]['width']}, {repeat} repeat(s), interleaved:")
+    samples = common.interleave(variants, repeat)
+    torch.set_num_threads(cpus)
+    same = compare_outputs(storage.join(out, "ray_n"), storage.join(out, "plain_n"))
+
+    # The ceiling: the model alone on random tensors, same process, same batch.
+    model = TeacherPredictor(one).model
+    shape = (rows[0]["height"], rows[0]["width"])
+    batches = 2 if args.quick else 6
+    ceiling = common.Samples("forward")
+    for threads in (1, cpus):
+        for _ in range(repeat):
+            ips = raw_forward(model, shape, batch, threads, batches)
+            ceiling.add(ips, threads=threads)
+    fwd = {t: statistics.median([v for v, e in zip(ceiling.values, ceiling.extra)
+                                        if e["threads"] == t]) for t in (1, cpus)}
+    fwd_load = ceiling.load
+    parts = breakdown(rows[: 4 * batch] if not args.quick else rows[:batch], per_actor, batch)
+    torch.set_num_threads(cpus)
+
+    names = list(variants)
+    ips = {name: n / samples[name].median for name in names}
+    best_plain = max(ips[f"plain {cpus} threads"], ips["plain 1 thread"])
+    rows_out = [[name, f"{samples[name].median:.2f}", f"{ips[name]:.1f}",
+                 f"{ips[name] / best_plain:.2f}", f"{samples[name].load:.1f}"] for name in names]
+    rows_out.append([f"raw forward, 1 thread (ceiling per 1-CPU actor)", "-", f"{fwd[1]:.1f}",
+                     f"{fwd[1] / best_plain:.2f}", f"{fwd_load:.1f}"])
+    rows_out.append([f"raw forward, {cpus} threads", "-", f"{fwd[cpus]:.1f}",
+                     f"{fwd[cpus] / best_plain:.2f}", f"{fwd_load:.1f}"])
+    print(common.table(["variant", "median s", "images/s", "x best plain", "load"], rows_out,
+                       f"Teacher pass over {n} pool images (median of {repeat})"))
+    default = f"ray {cpus} actors x 1 CPU"
+    print(f"\nRay (default: {default}) / plain {cpus} threads = "
+          f"{ips[default] / ips[f'plain {cpus} threads']:.2f}x;  / best plain = "
+          f"{ips[default] / best_plain:.2f}x;  ray {cpus} actors / 1 actor = "
+          f"{ips[default] / ips[f'ray 1 actor x {cpus} CPU']:.2f}x")
+    print(f"label PNGs identical between Ray and plain outputs: {100 * same:.0f}% of images")
+    print(common.table(["part (plain, 1 thread)", "ms per image"],
+                       [[k, f"{1000 * v:.2f}" if "init" not in k else f"{1000 * v:.0f} (per pass)"]
+                        for k, v in parts.items()], "Where a teacher image's time goes"))
+    common.write_json(args.json, {
+        "machine": common.machine(), "images": n, "repeat": repeat, "batch_size": batch,
+        "variants": {k: v.as_dict() for k, v in samples.items()},
+        "images_per_s": ips, "raw_forward_images_per_s": fwd, "raw_forward_load": fwd_load,
+        "breakdown_s_per_image": parts, "identical_label_share": same})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""``python run.py annotate --import <folder>``: commit human annotations of a query package."""
+
+from __future__ import annotations
+
+import sys
+
+import ray
+
+from s4al_ray.config import ExperimentConfig
+from s4al_ray.experiment import Experiment
+from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
+from s4al_ray.pool.state import PoolState
+from s4al_ray.runtime import connect
+
+
+def import_annotations(cfg: ExperimentConfig, folder: str, address: str | None = None,
+                       log=print) -> dict:
+    """Check the masks in ``folder`` against the pending query and commit them through the pool
+    actor. Raises AnnotationError (nothing committed) when a mask is missing or incomplete."""
+    experiment = Experiment(cfg, log=log)
+    experiment.preflight()
+    experiment.resources = connect(cfg, address)
+    experiment.prepare()
+    state = PoolState.from_json(ray.get(experiment.pool.snapshot.remote()))
+    round_index = pending_round(experiment.run_dir, state)
+    if round_index is None:
+        raise AnnotationError(f"{experiment.run_dir} has no query waiting for annotations")
+    selection, class_pixels, masks = read_answers(experiment.run_dir, round_index, folder,
+                                                  experiment.data.num_classes)
+    store_labels(experiment.run_dir, state, masks, selection)
+    entry = ray.get(experiment.pool.commit.remote(round_index, selection, class_pixels))
+    log(f"[annotate] round {round_index}: committed {entry['regions']} regions in "
+        f"{entry['images']} images ({entry['pixels']} px). Continue with: python run.py "
+        f"<same config and options>")
+    return entry
+
+
+def annotate_command(cfg: ExperimentConfig, folder: str | None, address: str | None) -> int:
+    if not folder:
+        print("error: annotate needs --import <folder of PNG masks>", file=sys.stderr)
+        return 2
+    try:
+        import_annotations(cfg, folder, address)
+    except AnnotationError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
