@@ -19,7 +19,8 @@ ROUND_COLUMNS = (
 )
 
 
-def _cell(fmt: str, value) -> str:
+def cell(fmt: str, value) -> str:
+    """A table cell: formatted, percent signs dropped (the header says %), "-" when missing."""
     if value is None:
         return "-"
     try:
@@ -38,12 +39,12 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def format_round_table(records: list[dict]) -> str:
     header = [name for name, _, _ in ROUND_COLUMNS]
-    rows = [[_cell(fmt, rec.get(key)) for _, key, fmt in ROUND_COLUMNS] for rec in records]
+    rows = [[cell(fmt, rec.get(key)) for _, key, fmt in ROUND_COLUMNS] for rec in records]
     return _table(header, rows)
 
 
 def format_class_table(record: dict, classes: list[str]) -> str:
-    rows = [[name, _cell("{:.1%}", record.get(f"val/iou/{name}"))] for name in classes]
+    rows = [[name, cell("{:.1%}", record.get(f"val/iou/{name}"))] for name in classes]
     return f"Per-class IoU %, round {record['round']}:\n" + _table(["class", "IoU %"], rows)
 
 

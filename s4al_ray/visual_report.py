@@ -29,7 +29,7 @@ from s4al_ray import storage
 from s4al_ray.data.io import decode_mask, load_image, load_mask
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
-from s4al_ray.report import ROUND_COLUMNS
+from s4al_ray.report import ROUND_COLUMNS, cell as _cell
 
 DPI = 100
 REPORT_DIR = "report"
@@ -448,15 +448,6 @@ def draw_examples(data, state: PoolState, record: dict, teacher_uri: str, round_
 
 # ----------------------------------------------------------------------------------------------
 # The page
-
-
-def _cell(fmt: str, value) -> str:
-    if value is None:
-        return "-"
-    try:
-        return fmt.format(value).replace("%", "")
-    except (ValueError, TypeError):
-        return str(value)
 
 
 CSS = """

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from conftest import pids_matching
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
 from s4al_ray.pool.actor import PoolStateHolder, get_pool_actor, state_uri
@@ -82,19 +83,7 @@ def _smoke(storage: str, data_root: str, name: str, *extra: str):
 
 
 def _train_worker_pids() -> list[int]:
-    """Ray names its worker processes by actor class (``ray::RayTrainWorker...``)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        if "RayTrainWorker" in cmdline:
-            pids.append(int(entry))
-    return pids
+    return pids_matching("RayTrainWorker")
 
 
 def test_killed_training_worker_round_still_completes(ray_session, smoke_data_root, tmp_path):

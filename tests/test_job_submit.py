@@ -14,6 +14,7 @@ import time
 
 import boto3
 import pytest
+from conftest import pids_matching
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -31,19 +32,11 @@ def _free_ports(count: int) -> list[int]:
 
 def _kill_cluster(marker: str) -> None:
     """Stop only this test's cluster (``ray stop`` would also stop the session's Ray)."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in pids_matching(marker):
         try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            try:
-                os.kill(int(entry), signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 @pytest.fixture(scope="module")

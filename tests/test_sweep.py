@@ -187,7 +187,8 @@ def test_resume_does_not_rerun_the_finished_trial(resumed_sweep):
     first_id = os.path.basename(r["first"])[len("tiny-"):]
     second_id = os.path.basename(r["second"])[len("tiny-"):]
     assert f"{first_id} (round_budget=0.03) started" in r["driver_log"]
-    assert first_id not in r["output"], r["output"]          # never restarted
+    assert f"{first_id} (round_budget=0.03) started" not in r["output"], r["output"]
+    assert f"{first_id} round" not in r["output"]            # never restarted
     assert f"{second_id} round 0" not in r["output"]         # round 0 not reported again
     assert f"{second_id} round 1/1" in r["output"]
     assert _mtimes(r["first"]) == r["before"]["first"]       # nothing of it rewritten
