@@ -21,6 +21,12 @@ import tempfile
 import time
 from typing import Callable
 
+# torch's OpenMP threads spin while they wait for each other; on cores shared with other jobs a
+# spinning thread waits on a descheduled one and 2 threads run several times slower than 1 (see
+# BENCHMARKS.md). Passive waiting for both sides (this process and, inherited, Ray's workers);
+# run with OMP_WAIT_POLICY= (empty) for OpenMP's own default. Set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")
 
@@ -35,7 +41,8 @@ def machine() -> dict:
 
     import torch
 
-    return {"cpus": os.cpu_count(), "load_at_start": [round(v, 2) for v in os.getloadavg()],
+    return {"cpus": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+            "RAY_worker_niceness": os.environ.get("RAY_worker_niceness"), "load_at_start": [round(v, 2) for v in os.getloadavg()],
             "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads_default": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
@@ -224,11 +231,11 @@ def current_state(exp, round_index: int):
     return PoolState.from_json(ray.get(exp.pool.snapshot.remote())).before(round_index)
 
 
-def round1_setup(exp) -> dict:
-    """What round 1 of the default run trains on: round 0's (untrained) checkpoint, its teacher
-    pass and acquisition, then ``Experiment._loop_config(1, state)``. Returns
+def round1_setup(exp, checkpoint: str | None = None) -> dict:
+    """What round 1 of the default run trains on: round 0's checkpoint (untrained unless given),
+    its teacher pass and acquisition, then ``Experiment._loop_config(1, state)``. Returns
     {"loop_config", "teacher_call", "teacher_record", "checkpoint"}."""
-    checkpoint = save_untrained_checkpoint(exp, 0)
+    checkpoint = checkpoint or save_untrained_checkpoint(exp, 0)
     call, record = capture_teacher_call(exp, 0, checkpoint)
     exp._acquire(0, current_state(exp, 0), record)
     exp.records = [record]
@@ -237,9 +244,87 @@ def round1_setup(exp) -> dict:
             "checkpoint": checkpoint}
 
 
+def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
+    """``student.train_loop``'s work for one epoch, rank 0 of 1, in this process without Ray:
+    the same functions, seeds, batches and augmentation. Returns its parts' seconds (and appends
+    the trained model to ``model_out`` when given)."""
+    import json
+
+    import torch
+
+    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _epoch_batches,
+                                  _init_model, _poly_lr, _seed, _step_losses, evaluate_items)
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(cfg["threads"])
+    torch.manual_seed(cfg["seed"])
+    device = torch.device("cpu")
+    model = _init_model(cfg)
+    train = cfg["train"]
+    optimizer = torch.optim.SGD(model.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
+                                weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+    sets = _build_datasets(cfg)
+    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
+    workers = cfg["data"]["loader_workers"]
+    epoch, rank = 0, 0
+    model.train()
+    torch.manual_seed(_seed(cfg, rank, epoch, 0))
+    generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))
+    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(cfg, rank, epoch, 2),
+                             workers)
+    pool = None if sets.pool is None else _epoch_batches(
+        sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
+        sets.pool_weights)
+    t1 = time.perf_counter()
+    sums = {}
+    for step in range(steps):
+        _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
+        losses = _step_losses(model, cfg, next(labeled), next(pool) if pool else None, device,
+                              generator)
+        optimizer.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        optimizer.step()
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+    t2 = time.perf_counter()
+    evaluate_items(model, cfg["val_items"], cfg["num_classes"], device)
+    t3 = time.perf_counter()
+    directory = tempfile.mkdtemp(prefix="s4al-bench-ckpt-")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+               os.path.join(directory, MODEL_FILE))
+    with open(os.path.join(directory, METRICS_FILE), "w") as handle:
+        json.dump({k: v / steps for k, v in sums.items()}, handle)
+    t4 = time.perf_counter()
+    if model_out is not None:
+        model_out.append(model)
+    return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3}
+
+
+def train_round0(exp, steps: int) -> str:
+    """A briefly trained round-0 student (plain loop, round 0's own loop_config), saved where the
+    round loop publishes it: for figures that depend on the weights (pseudo-label sizes)."""
+    import io
+
+    import torch
+
+    from s4al_ray import storage
+
+    cfg = exp._loop_config(0, current_state(exp, 0))
+    cfg["train"].update(epochs=1, steps_per_epoch=steps)
+    models: list = []
+    plain_epoch(cfg, models)
+    buffer = io.BytesIO()
+    torch.save({"model": models[0].state_dict()}, buffer)
+    uri = exp._uri("checkpoints", "round_000.pt")
+    storage.write_bytes(uri, buffer.getvalue())
+    return uri
+
+
 def header(title: str, quick: bool) -> None:
     info = machine()
     print(f"# {title}{'  (--quick)' if quick else ''}")
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')!r}, "
+          f"RAY_worker_niceness={os.environ.get('RAY_worker_niceness')!r}")
     print(f"machine: {info['cpus']} CPUs, torch {info['torch']} (default {info['torch_threads_default']}"
           f" threads), CUDA: {info['cuda']}, load average at start {info['load_at_start']}")
     sys.stdout.flush()

@@ -259,15 +259,20 @@ def load_sweep(path: str, overrides: Sequence[str] = ()) -> Sweep:
     except ConfigError as err:
         raise ConfigError(f"{err} (base {base_path} with the sweep's overrides)") from None
     cfg.storage = cfg.storage or base.storage
-    leaves = set(_config_keys()[0])
-    flat_space = _flatten_space(cfg.search_space, leaves)
-    for key in flat_space:  # keys first: a typo is named before any value is looked at
-        _check_key(key)
-    space = {k: Spec.parse(k, v) for k, v in flat_space.items()}
-    sweep = Sweep(cfg, path, base_path, base, space)
-    _validate_space(sweep)
-    _validate_scheduler(sweep)
+    try:
+        sweep = Sweep(cfg, path, base_path, base, _parse_space(cfg.search_space))
+        _validate_space(sweep)
+        _validate_scheduler(sweep)
+    except ConfigError as err:
+        raise ConfigError(f"{err} (in {path})") from None
     return sweep
+
+
+def _parse_space(tree: dict) -> dict[str, Spec]:
+    flat = _flatten_space(tree, set(_config_keys()[0]))
+    for key in flat:  # keys first: a typo is named before any value is looked at
+        _check_key(key)
+    return {key: Spec.parse(key, raw) for key, raw in flat.items()}
 
 
 def _validate_scheduler(sweep: Sweep) -> None:

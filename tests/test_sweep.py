@@ -79,6 +79,12 @@ def test_spaces_and_concurrency_needs(tmp_path):
     assert Spec.parse("k", {"randint": [8, 24]}).domain().upper == 25  # inclusive upper bound
 
 
+@pytest.mark.parametrize("name, trials", [("sweep_smoke.yaml", 2), ("sweep_synthetic.yaml", 8)])
+def test_shipped_sweeps_load(name, trials):
+    sweep = load_sweep(os.path.join(REPO, "configs", name))
+    assert sweep.num_trials == trials
+
+
 def test_targets():
     points = [(0.1, 0.2), (0.2, 0.4), (0.4, 0.4)]
     assert curve_auc(points) == pytest.approx((0.1 * 0.3 + 0.2 * 0.4) / 0.3)
