@@ -87,6 +87,10 @@ class TrainConfig:
     strong_aug: bool = _spec(True, doc="strong augmentation of pseudo-labeled images")
     mix: str = _spec("cutmix", choices=("none", "cutmix", "classmix"))
     fresh_student: bool = _spec(True, doc="re-initialise the student every round")
+    method: str = _spec("self_training", choices=("self_training", "mean_teacher"),
+                        doc="self_training: S4AL+ (pseudo-labels once per round, offline); "
+                            "mean_teacher: the S4AL baseline (an EMA teacher labels every batch)")
+    ema_decay: float = _spec(0.99, lo=0.0, hi=1.0, doc="mean_teacher: EMA decay of the teacher")
     pseudo_labels: bool = _spec(True, doc="false = supervised-only baseline: pool images "
                                           "contribute only their acquired ground truth")
     class_balanced: bool = _spec(True, doc="repeat-factor sampling of pool images by the rarest "

@@ -163,7 +163,9 @@ class Experiment:
             "pseudo_uri": self._teacher_uri(r - 1) if previous else None,
             "thresholds": previous["teacher/thresholds"] if previous else None,
             "pool_weights": previous.get("teacher/pool_weights") if previous else None,
-            "use_pseudo_labels": cfg.train.pseudo_labels,
+            # The mean-teacher baseline labels pool batches online: its pool set carries only
+            # acquired ground truth, weakly augmented.
+            "use_pseudo_labels": cfg.train.pseudo_labels and cfg.train.method == "self_training",
             "acquired": state.acquired, "region_size": state.region_size,
             "val_items": self.data.rows("val"), "init_checkpoint": init,
         }

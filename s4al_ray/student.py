@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from s4al_ray import IGNORE_INDEX, storage
-from s4al_ray.data.augment import classmix, cutmix
+from s4al_ray.data.augment import classmix, cutmix, strong_augment
 from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages,
                                     image_tensor, normalize, read_pseudo_labels)
 from s4al_ray.data.io import load_image, load_mask
@@ -96,8 +96,9 @@ def _build_datasets(cfg: dict) -> TrainingSets:
         return TrainingSets(labeled, train["labeled_batch"] + train["pseudo_batch"])
     pseudo = read_pseudo_labels(cfg["pseudo_uri"], {i["sample_id"] for i in pool_items})
     pool = PoolImages(pool_items, pseudo, cfg["thresholds"], cfg["acquired"], cfg["region_size"],
-                      crop, 0, strong=train["strong_aug"], cache=cache,
-                      pseudo_labels=cfg["use_pseudo_labels"])
+                      crop, 0, cache=cache, pseudo_labels=cfg["use_pseudo_labels"],
+                      # the mean teacher augments strongly after labeling the weak view
+                      strong=train["strong_aug"] and train["method"] == "self_training")
     weights = cfg.get("pool_weights")
     return TrainingSets(labeled, train["labeled_batch"], pool,
                         [weights[i["sample_id"]] for i in pool_items] if weights else None)
@@ -116,6 +117,22 @@ def _mix(images, masks, cfg: dict, generator):
     if cfg["train"]["mix"] == "classmix":
         return classmix(images, masks, generator)
     return images, masks
+
+
+@torch.no_grad()
+def mean_teacher_batch(teacher, images: torch.Tensor, known: torch.Tensor, thresholds: list[float],
+                       crop: tuple[int, int], generator: torch.Generator):
+    """The S4AL baseline's per-iteration pseudo-labels: the EMA teacher labels the weakly
+    augmented pool batch (ignore below the class threshold, ground truth where acquired), then
+    each image and its target are strongly augmented together."""
+    device = next(teacher.parameters()).device
+    probs = torch.softmax(teacher(normalize(images.to(device)))["logits"].float(), dim=1).cpu()
+    confidence, label = probs.max(1)
+    limits = torch.tensor(thresholds, dtype=confidence.dtype)[label]
+    target = torch.where(confidence >= limits, label, torch.full_like(label, IGNORE_INDEX))
+    target = torch.where(known != IGNORE_INDEX, known, target)
+    pairs = [strong_augment(image, mask, crop, generator) for image, mask in zip(images, target)]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
 def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[str, torch.Tensor]:
@@ -183,6 +200,14 @@ def _init_model(cfg: dict) -> torch.nn.Module:
     return model
 
 
+def _ema_teacher(model: torch.nn.Module, decay: float):
+    """An exponential moving average of the student (weights and batch-norm buffers)."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return ema.eval()
+
+
 def _save_checkpoint(model, optimizer, epoch: int, metrics: dict) -> Checkpoint | None:
     """Rank 0 writes the checkpoint directory; the other ranks report without one."""
     if ray.train.get_context().get_world_rank() != 0:
@@ -228,6 +253,8 @@ def train_loop(cfg: dict) -> None:
                                 weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
     start_epoch = _resume(model, optimizer)
     sets = _build_datasets(cfg)
+    mean_teacher = train["method"] == "mean_teacher"
+    ema = _ema_teacher(inner, train["ema_decay"]) if mean_teacher and sets.pool else None
     steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
     use_amp = train["amp"] and device.type == "cuda"
     workers = cfg["data"]["loader_workers"]
@@ -244,12 +271,17 @@ def train_loop(cfg: dict) -> None:
         started, sums = time.perf_counter(), {}
         for step in range(steps):
             lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
+            batch_u = next(pool) if pool else None
+            if ema is not None:
+                batch_u = mean_teacher_batch(ema, *batch_u, cfg["thresholds"], tuple(cfg["crop"]),
+                                             generator)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = _step_losses(model, cfg, next(labeled),
-                                      next(pool) if pool else None, device, generator)
+                losses = _step_losses(model, cfg, next(labeled), batch_u, device, generator)
             optimizer.zero_grad(set_to_none=True)
             losses["total"].backward()
             optimizer.step()
+            if ema is not None:
+                ema.update_parameters(inner)
             for key, value in losses.items():
                 sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
         metrics = {f"train/loss_{k}": v / steps for k, v in sums.items()}

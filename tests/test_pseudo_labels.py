@@ -53,3 +53,30 @@ def test_histogram_counts_every_pixel():
     hist = confidence_histogram(label, conf, 4).reshape(4, HIST_BINS)
     assert hist.sum() == 256
     assert hist.sum(1).tolist() == np.bincount(label.ravel(), minlength=4).tolist()
+
+
+def test_mean_teacher_batch_keeps_known_pixels_and_ignores_unsure():
+    import torch
+
+    from s4al_ray.student import mean_teacher_batch
+
+    class Fixed(torch.nn.Module):
+        """A 'teacher' that is sure of class 1 on the left half and unsure on the right."""
+
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            logits = torch.zeros(x.shape[0], 3, *x.shape[-2:])
+            logits[:, 1, :, : x.shape[-1] // 2] = 10.0
+            return {"logits": logits}
+
+    images = torch.rand(2, 3, 8, 8)
+    known = torch.full((2, 8, 8), 255, dtype=torch.long)
+    known[:, 0, 7] = 2  # one acquired pixel on the unsure side
+    generator = torch.Generator().manual_seed(0)
+    _, targets = mean_teacher_batch(Fixed(), images, known, [0.7, 0.7, 0.7], (8, 8), generator)
+    values = set(torch.unique(targets).tolist())
+    assert values <= {1, 2, 255} and 1 in values
+    assert (targets == 2).sum() <= 2  # only the acquired pixels carry class 2

@@ -68,3 +68,12 @@ def test_rerun_skips_finished_rounds(smoke_run):
     again = Experiment(cfg, resources(), log=lines.append).run()
     assert [r["val/miou"] for r in again] == [r["val/miou"] for r in records]
     assert sum("already done" in line for line in lines) == 2
+
+
+def test_mean_teacher_baseline_runs_on_the_same_path(ray_session, smoke_data_root, tmp_path):
+    cfg = load_config("configs/smoke.yaml", [f"storage={tmp_path}", f"data.root={smoke_data_root}",
+                                             "name=mt", "train.method=mean_teacher"])
+    records = Experiment(cfg, log=lambda line: None).run()
+    assert [r["round"] for r in records] == [0, 1]
+    metrics = json.load(open(os.path.join(tmp_path, "mt", "checkpoints", "round_001.json")))
+    assert metrics["train/loss_unsup"] >= 0.0  # round 1 trained on teacher-labeled pool batches
