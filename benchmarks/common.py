@@ -135,9 +135,39 @@ def base_parser(description: str):
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke version")
     parser.add_argument("--repeat", type=int, default=None, help="repeats per variant")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    parser.add_argument("--background-load", type=int, default=0, metavar="N",
+                        help="run N busy-looping processes (nice 0) meanwhile: a reproducible "
+                             "stand-in for other jobs sharing the cores")
     parser.add_argument("overrides", nargs="*", metavar="key.path=value",
                         help="config overrides on configs/default.yaml")
     return parser
+
+
+def run(main: Callable[[], int]) -> int:
+    """Run a benchmark's ``main`` under ``--background-load N`` when given."""
+    import argparse
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--background-load", type=int, default=0)
+    known, _ = pre.parse_known_args()
+    with background_load(known.background_load):
+        return main()
+
+
+@contextlib.contextmanager
+def background_load(count: int):
+    """``count`` CPU-bound processes for the duration of the block (0: none)."""
+    import subprocess
+
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    if procs:
+        print(f"background load: {count} busy-looping processes (nice 0)", flush=True)
+    try:
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 # ---------------------------------------------------------------------------------------------

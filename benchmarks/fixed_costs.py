@@ -12,6 +12,7 @@ descendants) by a sampler reading /proc every 0.5 s, plus /usr/bin/time's larges
     .venv/bin/python benchmarks/fixed_costs.py             # ~6 min (run.py is ~4 of them)
     .venv/bin/python benchmarks/fixed_costs.py --quick     # ~1.5 min: stages once, no run.py
     .venv/bin/python benchmarks/fixed_costs.py --skip-run  # stages only
+    .venv/bin/python benchmarks/fixed_costs.py --run-only  # python run.py only
 """
 
 from __future__ import annotations
@@ -222,12 +223,33 @@ def checkpoint_io(exp, uri_dir: str) -> dict:
             "size_mb": os.path.getsize(path) / 2 ** 20}
 
 
+def report_run(overrides: list[str]) -> dict:
+    print("\npython run.py (default config) ...", flush=True)
+    run = run_default(overrides)
+    print(common.table(["figure", "value"], [[k, f"{v:.1f}" if isinstance(v, float) else v]
+                                             for k, v in run.items()
+                                             if k not in ("rounds", "tail", "cmd")],
+                       "Default run (python run.py)"))
+    if run.get("rounds"):
+        print(common.table(list(run["rounds"][0]),
+                           [[f"{float(v):.1f}" if v else "-" for v in r.values()]
+                            for r in run["rounds"]], "Its rounds (from rounds.csv)"))
+    if run.get("tail"):
+        print(run["tail"])
+    return run
+
+
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--skip-run", action="store_true", help="do not run python run.py")
+    parser.add_argument("--run-only", action="store_true", help="only python run.py")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     common.header("Fixed costs per stage", args.quick)
+    if args.run_only:
+        run = report_run(args.overrides)
+        common.write_json(args.json, {"machine": common.machine(), "run_py": run})
+        return 0
     import ray
 
     from s4al_ray.config import to_dict
@@ -319,18 +341,7 @@ def main(argv=None) -> int:
 
     run = None
     if not args.skip_run and not args.quick:
-        print("\npython run.py (default config) ...", flush=True)
-        run = run_default(args.overrides)
-        print(common.table(["figure", "value"], [[k, f"{v:.1f}" if isinstance(v, float) else v]
-                                                 for k, v in run.items()
-                                                 if k not in ("rounds", "tail", "cmd")],
-                           "Default run (python run.py)"))
-        if run.get("rounds"):
-            print(common.table(list(run["rounds"][0]),
-                               [[f"{float(v):.1f}" if v else "-" for v in r.values()]
-                                for r in run["rounds"]], "Its rounds (from rounds.csv)"))
-        if run.get("tail"):
-            print(run["tail"])
+        run = report_run(args.overrides)
     common.write_json(args.json, {"machine": common.machine(), "repeat": repeat,
                                   "stages": {k: v.as_dict() for k, v in stages.items()},
                                   "per_round": per_round, "per_round_total_s": total,
@@ -340,4 +351,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run(main))

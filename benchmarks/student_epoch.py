@@ -11,8 +11,9 @@ Figures: steps/s and images/s inside the loop (Ray's from the ``train/seconds`` 
 reports), end-to-end seconds, and Ray Train's fixed cost: fit() wall time minus in-loop time,
 minus what the same set-up/validation/checkpoint cost without Ray.
 
-    .venv/bin/python benchmarks/student_epoch.py            # ~4-5 min on 2 loaded cores
-    .venv/bin/python benchmarks/student_epoch.py --quick    # ~1-2 min
+    .venv/bin/python benchmarks/student_epoch.py              # 10 steps x 3 repeats: ~5 min
+    .venv/bin/python benchmarks/student_epoch.py --steps 25   # the default config's whole epoch
+    .venv/bin/python benchmarks/student_epoch.py --quick      # 4 steps once: ~1-2 min
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def epoch_config(loop_config: dict, steps: int, workers: int, cpus_per_worker: i
 def main(argv=None) -> int:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="steps in the epoch (default: train.steps_per_epoch; --quick: 6)")
+                        help="steps in the epoch (default 10; the default config's epoch is 25; "
+                             "--quick: 4)")
     args = parser.parse_args(argv)
     repeat = args.repeat or (1 if args.quick else 3)
     common.header("Student epoch: Ray Train vs plain PyTorch", args.quick)
@@ -49,7 +51,7 @@ def main(argv=None) -> int:
     exp = common.experiment(cfg, res)
     setup = common.round1_setup(exp)
     lc = setup["loop_config"]
-    steps = args.steps or (6 if args.quick else lc["train"]["steps_per_epoch"])
+    steps = args.steps or (4 if args.quick else 10)
     cpus = res.cpus
     one = epoch_config(lc, steps, 1, cpus)
     two = epoch_config(lc, steps, 2, max(1, cpus // 2))
@@ -113,4 +115,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run(main))

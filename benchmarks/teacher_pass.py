@@ -10,8 +10,8 @@ The teacher's config and rows are the ones the round loop builds (``Experiment._
 ``configs/default.yaml``, captured), with an untrained round-0 checkpoint (speed does not depend on
 the weights).
 
-    .venv/bin/python benchmarks/teacher_pass.py            # ~3-5 min on 2 loaded cores
-    .venv/bin/python benchmarks/teacher_pass.py --quick    # ~1 min
+    .venv/bin/python benchmarks/teacher_pass.py            # ~5 min on 2 loaded cores
+    .venv/bin/python benchmarks/teacher_pass.py --quick    # ~1-2 min (64 images, once)
 """
 
 from __future__ import annotations
@@ -144,22 +144,31 @@ def main(argv=None) -> int:
           f"({time.perf_counter() - t0:.1f}s incl. reading the output)")
     rows, tcfg, batch = call["rows"], call["cfg"], call["batch_size"]
     if args.quick:
-        rows = rows[:96]
+        rows = rows[:64]
     n = len(rows)
+    # The same pool 4 times over (new ids, same files): the per-image (marginal) rate is
+    # (4n - n) / (t(4n) - t(n)), separating throughput from the fixed cost of a pass.
+    big = [{**r, "sample_id": f"{r['sample_id']}~{k}"} for k in range(4) for r in rows]
     out = exp._uri("bench")
     cpus = res.cpus
     one = {**tcfg, "threads": cpus, "cpus_per_actor": cpus}
     per_actor = {**tcfg, "threads": 1, "cpus_per_actor": 1}
 
-    def ray_pass(tcfg_: dict, where: str, actors: int):
-        return lambda: {"ray_s": run_teacher(rows, tcfg_, storage.join(out, where), actors, batch)}
+    def ray_pass(items: list, tcfg_: dict, where: str, actors: int):
+        return lambda: {"ray_s": run_teacher(items, tcfg_, storage.join(out, where), actors, batch)}
 
-    variants = {
-        f"ray {cpus} actors x 1 CPU": ray_pass(per_actor, "ray_n", cpus),
-        f"ray 1 actor x {cpus} CPU": ray_pass(one, "ray_1", 1),
-        f"plain {cpus} threads": lambda: plain_teacher(rows, one, storage.join(out, "plain_n"), batch),
-        "plain 1 thread": lambda: plain_teacher(rows, per_actor, storage.join(out, "plain_1"), batch),
-    }
+    def plain_pass(items: list, tcfg_: dict, where: str):
+        return lambda: plain_teacher(items, tcfg_, storage.join(out, where), batch)
+
+    ray_n, ray_1 = f"ray {cpus} actors x 1 CPU", f"ray 1 actor x {cpus} CPU"
+    plain_n, plain_1 = f"plain {cpus} threads", "plain 1 thread"
+    variants = {ray_n: ray_pass(rows, per_actor, "ray_n", cpus),
+                ray_1: ray_pass(rows, one, "ray_1", 1),
+                plain_n: plain_pass(rows, one, "plain_n"),
+                plain_1: plain_pass(rows, per_actor, "plain_1")}
+    if not args.quick:
+        variants[ray_n + ", 4x pool"] = ray_pass(big, per_actor, "ray_big", cpus)
+        variants[plain_n + ", 4x pool"] = plain_pass(big, one, "plain_big")
     print(f"\n{n} images {rows[0]['height']}x{rows[0]['width']}, {repeat} repeat(s), interleaved:")
     samples = common.interleave(variants, repeat)
     torch.set_num_threads(cpus)
@@ -175,27 +184,34 @@ def main(argv=None) -> int:
             ips = raw_forward(model, shape, batch, threads, batches)
             ceiling.add(ips, threads=threads)
     fwd = {t: statistics.median([v for v, e in zip(ceiling.values, ceiling.extra)
-                                        if e["threads"] == t]) for t in (1, cpus)}
+                                 if e["threads"] == t]) for t in (1, cpus)}
     fwd_load = ceiling.load
     parts = breakdown(rows[: 4 * batch] if not args.quick else rows[:batch], per_actor, batch)
     torch.set_num_threads(cpus)
 
-    names = list(variants)
-    ips = {name: n / samples[name].median for name in names}
-    best_plain = max(ips[f"plain {cpus} threads"], ips["plain 1 thread"])
+    ips = {name: (4 * n if name.endswith("4x pool") else n) / s.median for name, s in samples.items()}
+    best_plain = max(ips[plain_n], ips[plain_1])
     rows_out = [[name, f"{samples[name].median:.2f}", f"{ips[name]:.1f}",
-                 f"{ips[name] / best_plain:.2f}", f"{samples[name].load:.1f}"] for name in names]
-    rows_out.append([f"raw forward, 1 thread (ceiling per 1-CPU actor)", "-", f"{fwd[1]:.1f}",
+                 f"{ips[name] / best_plain:.2f}", f"{samples[name].load:.1f}"] for name in samples]
+    rows_out.append(["raw forward, 1 thread (ceiling of one 1-CPU actor)", "-", f"{fwd[1]:.1f}",
                      f"{fwd[1] / best_plain:.2f}", f"{fwd_load:.1f}"])
     rows_out.append([f"raw forward, {cpus} threads", "-", f"{fwd[cpus]:.1f}",
                      f"{fwd[cpus] / best_plain:.2f}", f"{fwd_load:.1f}"])
     print(common.table(["variant", "median s", "images/s", "x best plain", "load"], rows_out,
                        f"Teacher pass over {n} pool images (median of {repeat})"))
-    default = f"ray {cpus} actors x 1 CPU"
-    print(f"\nRay (default: {default}) / plain {cpus} threads = "
-          f"{ips[default] / ips[f'plain {cpus} threads']:.2f}x;  / best plain = "
-          f"{ips[default] / best_plain:.2f}x;  ray {cpus} actors / 1 actor = "
-          f"{ips[default] / ips[f'ray 1 actor x {cpus} CPU']:.2f}x")
+    print(f"\nRay ({ray_n}, the default) / {plain_n} = {ips[ray_n] / ips[plain_n]:.2f}x; / best plain "
+          f"= {ips[ray_n] / best_plain:.2f}x; {ray_n} / {ray_1} = {ips[ray_n] / ips[ray_1]:.2f}x")
+    marginal = {}
+    if not args.quick:
+        for name in (ray_n, plain_n):
+            extra = samples[name + ", 4x pool"].median - samples[name].median
+            rate = 3 * n / extra if extra > 0 else float("inf")
+            marginal[name] = {"images_per_s": rate, "fixed_s": samples[name].median - n / rate}
+        print(common.table(["variant", "marginal images/s", "fixed s per pass", "x plain marginal"],
+                           [[k, f"{v['images_per_s']:.1f}", f"{v['fixed_s']:.1f}",
+                             f"{v['images_per_s'] / marginal[plain_n]['images_per_s']:.2f}"]
+                            for k, v in marginal.items()],
+                           "Throughput once running vs fixed cost per pass (from n and 4n images)"))
     print(f"label PNGs identical between Ray and plain outputs: {100 * same:.0f}% of images")
     print(common.table(["part (plain, 1 thread)", "ms per image"],
                        [[k, f"{1000 * v:.2f}" if "init" not in k else f"{1000 * v:.0f} (per pass)"]
@@ -203,10 +219,10 @@ def main(argv=None) -> int:
     common.write_json(args.json, {
         "machine": common.machine(), "images": n, "repeat": repeat, "batch_size": batch,
         "variants": {k: v.as_dict() for k, v in samples.items()},
-        "images_per_s": ips, "raw_forward_images_per_s": fwd, "raw_forward_load": fwd_load,
+        "images_per_s": ips, "marginal": marginal, "raw_forward_images_per_s": fwd, "raw_forward_load": fwd_load,
         "breakdown_s_per_image": parts, "identical_label_share": same})
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(common.run(main))

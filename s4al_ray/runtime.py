@@ -18,12 +18,28 @@ class ClusterResources:
     gpus: int
 
 
+# Worker settings measured in BENCHMARKS.md (# Performance). A value in the driver's environment
+# wins; an empty one leaves the library's own default.
+WORKER_ENV_DEFAULTS = {
+    # torch's OpenMP threads otherwise spin while they wait for each other: on cores shared with
+    # other processes a spinning thread waits on a descheduled one (2 threads ran up to 10x slower
+    # than 1 under load).
+    "OMP_WAIT_POLICY": "PASSIVE",
+    # Ray Train's controller polls its workers every 2 s: each fit() sat ~3 s after the last step.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+}
+
+
 def _runtime_env() -> dict:
     """Environment every worker must share: S3 endpoint/region (never credentials, which come
-    from each node's own AWS sources) and the quiet logging settings."""
+    from each node's own AWS sources), the quiet logging settings and WORKER_ENV_DEFAULTS."""
     names = (storage.ENDPOINT_ENV, "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
     env = {name: os.environ[name] for name in names if os.environ.get(name)}
     env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    for name, default in WORKER_ENV_DEFAULTS.items():
+        value = os.environ.get(name, default)
+        if value:
+            env[name] = value
     return {"env_vars": env}
 
 
@@ -44,10 +60,13 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
     if target:
         context = ray.init(address=target, **kwargs)
     else:
+        # Ray starts workers at nice 15, so on a shared machine they starve behind every ordinary
+        # process (the driver included). RAY_worker_niceness in the environment wins.
+        system = None if os.environ.get("RAY_worker_niceness") else {"worker_niceness": 0}
         context = ray.init(num_cpus=cfg.ray.num_cpus or None,
                            object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
                            include_dashboard=cfg.ray.dashboard,
-                           resources=custom_resources or None, **kwargs)
+                           resources=custom_resources or None, _system_config=system, **kwargs)
     url = getattr(context, "dashboard_url", None)
     _DASHBOARD_URL = (url if url.startswith("http") else f"http://{url}") if url else None
     _quiet_ray_data()
