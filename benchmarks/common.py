@@ -282,8 +282,9 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
 
     import torch
 
-    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _epoch_batches,
-                                  _init_model, _poly_lr, _seed, _step_losses, evaluate_items)
+    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _ema_teacher,
+                                  _epoch_batches, _init_model, _poly_lr, _seed, evaluate_items,
+                                  train_step)
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg["threads"])
@@ -306,16 +307,15 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
         sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
         sets.pool_weights)
     t1 = time.perf_counter()
+    ema = _ema_teacher(model, train["ema_decay"]) if train["method"] == "mean_teacher" and pool \
+        else None
     sums = {}
     for step in range(steps):
         _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
-        losses = _step_losses(model, cfg, next(labeled), next(pool) if pool else None, device,
-                              generator)
-        optimizer.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        optimizer.step()
+        losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
+                            device, generator, ema)
         for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+            sums[key] = sums.get(key, 0.0) + value
     t2 = time.perf_counter()
     evaluate_items(model, cfg["val_items"], cfg["num_classes"], device)
     t3 = time.perf_counter()
@@ -327,7 +327,8 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
     t4 = time.perf_counter()
     if model_out is not None:
         model_out.append(model)
-    return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3}
+    return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3,
+            "step_s": (t2 - t1) / steps}
 
 
 def train_round0(exp, steps: int) -> str:

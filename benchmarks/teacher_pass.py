@@ -154,16 +154,23 @@ def main(argv=None) -> int:
     one = {**tcfg, "threads": cpus, "cpus_per_actor": cpus}
     per_actor = {**tcfg, "threads": 1, "cpus_per_actor": 1}
 
+    passes = iter(range(10 ** 6))
+
     def ray_pass(items: list, tcfg_: dict, where: str, actors: int):
-        return lambda: {"ray_s": run_teacher(items, tcfg_, storage.join(out, where), actors, batch)}
+        # A new key per pass: task workers reload the model, as they do for each round's checkpoint.
+        return lambda: {"ray_s": run_teacher(items, {**tcfg_, "pass": next(passes)},
+                                             storage.join(out, where), actors, batch)}
 
     def plain_pass(items: list, tcfg_: dict, where: str):
         return lambda: plain_teacher(items, tcfg_, storage.join(out, where), batch)
 
-    ray_n, ray_1 = f"ray {cpus} actors x 1 CPU", f"ray 1 actor x {cpus} CPU"
+    actor_pool = {**per_actor, "reuse_workers": False}
+    ray_n, ray_1 = f"ray {cpus} tasks x 1 CPU", f"ray 1 task x {cpus} CPU"
+    ray_a = f"ray {cpus} actors x 1 CPU"
     plain_n, plain_1 = f"plain {cpus} threads", "plain 1 thread"
-    variants = {ray_n: ray_pass(rows, per_actor, "ray_n", cpus),
-                ray_1: ray_pass(rows, one, "ray_1", 1),
+    variants = {ray_n: ray_pass(rows, {**per_actor, "reuse_workers": True}, "ray_n", cpus),
+                ray_1: ray_pass(rows, {**one, "reuse_workers": True}, "ray_1", 1),
+                ray_a: ray_pass(rows, actor_pool, "ray_a", cpus),
                 plain_n: plain_pass(rows, one, "plain_n"),
                 plain_1: plain_pass(rows, per_actor, "plain_1")}
     if not args.quick:
@@ -200,7 +207,8 @@ def main(argv=None) -> int:
     print(common.table(["variant", "median s", "images/s", "x best plain", "load"], rows_out,
                        f"Teacher pass over {n} pool images (median of {repeat})"))
     print(f"\nRay ({ray_n}, the default) / {plain_n} = {ips[ray_n] / ips[plain_n]:.2f}x; / best plain "
-          f"= {ips[ray_n] / best_plain:.2f}x; {ray_n} / {ray_1} = {ips[ray_n] / ips[ray_1]:.2f}x")
+          f"= {ips[ray_n] / best_plain:.2f}x; {ray_n} / {ray_1} = {ips[ray_n] / ips[ray_1]:.2f}x; "
+          f"tasks / actor pool = {ips[ray_n] / ips[ray_a]:.2f}x")
     marginal = {}
     if not args.quick:
         for name in (ray_n, plain_n):

@@ -120,6 +120,9 @@ class TeacherConfig:
     batch_size: int = _spec(16, lo=1)
     num_actors: int = _spec(0, lo=0, doc="inference actors; 0 = one per free CPU (or GPU)")
     cpus_per_actor: int = _spec(1, lo=1)
+    reuse_workers: bool = _spec(True, doc="CPU teacher as Ray Data tasks on worker processes that "
+                                          "keep torch and the model loaded across batches and "
+                                          "rounds; false (and GPU teachers): an actor pool")
 
 
 @dataclass

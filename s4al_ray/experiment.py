@@ -227,7 +227,8 @@ class Experiment:
         rows = [{**by_id[s], "acquired": acquired.get(s, [])} for s in state.pool_ids]
         teacher_cfg = {
             "model": to_dict(cfg.model), "num_classes": self.data.num_classes, "seed": cfg.seed + r,
-            "checkpoint_uri": checkpoint, "scales": cfg.teacher.scales, "flip": cfg.teacher.flip,
+            "checkpoint_uri": checkpoint, "checkpoint_stamp": storage.stamp(checkpoint),
+            "reuse_workers": cfg.teacher.reuse_workers, "scales": cfg.teacher.scales, "flip": cfg.teacher.flip,
             "use_gpu": cfg.train.use_gpu, "threads": cfg.teacher.cpus_per_actor,
             "cpus_per_actor": cfg.teacher.cpus_per_actor, "region_size": state.region_size,
             "function": cfg.acquisition.function,

@@ -75,6 +75,13 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
+def stamp(uri: str) -> str:
+    """Size and modification time of a file: changes when it is rewritten (cache keys)."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    return f"{info.size}@{info.mtime_ns}"
+
+
 def is_dir(uri: str) -> bool:
     fs, path = filesystem(uri)
     return fs.get_file_info(path).type == pafs.FileType.Directory

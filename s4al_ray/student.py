@@ -164,6 +164,23 @@ def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[
     return losses
 
 
+def train_step(model, optimizer, cfg: dict, batch_l, batch_u, device, generator,
+               ema=None, use_amp: bool = False) -> dict[str, float]:
+    """One optimiser step on a joint batch; with ``ema`` (the mean-teacher baseline) the EMA
+    teacher first labels the pool batch and then follows the student. Returns the losses."""
+    if ema is not None:
+        batch_u = mean_teacher_batch(ema, *batch_u, cfg["thresholds"], tuple(cfg["crop"]),
+                                     generator)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        losses = _step_losses(model, cfg, batch_l, batch_u, device, generator)
+    optimizer.zero_grad(set_to_none=True)
+    losses["total"].backward()
+    optimizer.step()
+    if ema is not None:
+        ema.update_parameters(model.module if hasattr(model, "module") else model)
+    return {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
+
+
 @torch.no_grad()
 def evaluate_items(model, items: list[dict], num_classes: int, device,
                    batch_size: int = 8) -> torch.Tensor:
@@ -271,19 +288,10 @@ def train_loop(cfg: dict) -> None:
         started, sums = time.perf_counter(), {}
         for step in range(steps):
             lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
-            batch_u = next(pool) if pool else None
-            if ema is not None:
-                batch_u = mean_teacher_batch(ema, *batch_u, cfg["thresholds"], tuple(cfg["crop"]),
-                                             generator)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                losses = _step_losses(model, cfg, next(labeled), batch_u, device, generator)
-            optimizer.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            optimizer.step()
-            if ema is not None:
-                ema.update_parameters(inner)
+            losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
+                                device, generator, ema, use_amp)
             for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
+                sums[key] = sums.get(key, 0.0) + value
         metrics = {f"train/loss_{k}": v / steps for k, v in sums.items()}
         metrics.update({"epoch": epoch, "train/lr": lr,
                         "train/seconds": time.perf_counter() - started})

@@ -1,14 +1,21 @@
 """Teacher inference over the unlabeled pool with Ray Data.
 
-Once per round, an actor pool (each actor loads the round's checkpoint once) predicts every pool
-image, optionally averaging scales and flips, and emits per image: the arg-max label and its
+Once per round, Ray Data predicts every pool image with the round's checkpoint, optionally averaging scales and flips, and emits per image: the arg-max label and its
 confidence (both uint8 PNGs, so thresholds can be chosen afterwards per class without rerunning
 inference), per-region acquisition scores, and a per-class confidence histogram. One parquet
 dataset per round; a rerun overwrites it, never appends.
+
+Two ways to run the model (``teacher.reuse_workers``):
+- CPU (default): Ray Data *tasks*. Ray keeps task worker processes alive between passes, and each
+  caches its teacher model, so a pass pays neither an actor-pool start (~4.5 s here even for a
+  trivial class) nor a torch/torchvision import (~4 s per process) after the first round.
+- GPU, or ``reuse_workers: false``: an *actor pool*, each actor loading the checkpoint once. Ray
+  gives every GPU task a fresh process (``max_calls=1``), so tasks could not cache a GPU model.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -64,7 +71,8 @@ def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) 
 
 
 class TeacherPredictor:
-    """Ray Data callable class: one model per actor, reused for every batch."""
+    """The teacher model and its per-image outputs: a Ray Data callable class (one model per
+    actor, reused for every batch), also cached per task worker by ``predict_batch``."""
 
     def __init__(self, cfg: dict) -> None:
         torch.set_num_threads(cfg["threads"])
@@ -105,6 +113,33 @@ class TeacherPredictor:
         out["conf_hist"].append(confidence_histogram(label_u8, conf_u8, self.cfg["num_classes"]).tolist())
 
 
+# The teacher model of the current pass in this worker process, keyed by its config (which names
+# the checkpoint and its storage stamp): reused by every later batch of the same pass, replaced
+# when a new round's checkpoint arrives.
+_CACHED_PREDICTOR: dict[str, TeacherPredictor] = {}
+
+
+def predict_batch(batch: dict, cfg: dict) -> pa.Table:
+    """Ray Data task function: ``TeacherPredictor`` cached in this worker process."""
+    key = json.dumps(cfg, sort_keys=True, default=str)
+    predictor = _CACHED_PREDICTOR.get(key)
+    if predictor is None:
+        _CACHED_PREDICTOR.clear()  # free the previous round's model first
+        predictor = _CACHED_PREDICTOR[key] = TeacherPredictor(cfg)
+    return predictor(batch)
+
+
+def _map_predict(ds: ray.data.Dataset, cfg: dict, workers: int, batch_size: int) -> ray.data.Dataset:
+    resources = {"num_cpus": cfg["cpus_per_actor"], "num_gpus": 1 if cfg["use_gpu"] else 0}
+    if cfg.get("reuse_workers", True) and not cfg["use_gpu"]:
+        return ds.map_batches(predict_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size,
+                              batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=workers),
+                              **resources)
+    return ds.map_batches(TeacherPredictor, fn_constructor_kwargs={"cfg": cfg},
+                          batch_size=batch_size, batch_format="numpy",
+                          compute=ray.data.ActorPoolStrategy(size=workers), **resources)
+
+
 def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
                 batch_size: int) -> float:
     """Predict ``rows`` (sample_id, image_uri, height, width, acquired) and write parquet to
@@ -117,10 +152,7 @@ def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
     for index, size in enumerate(sizes):
         subset = [r for r in rows if (r["height"], r["width"]) == size]
         ds = ray.data.from_items(subset, override_num_blocks=max(1, min(len(subset) // batch_size, 64)))
-        ds = ds.map_batches(
-            TeacherPredictor, fn_constructor_kwargs={"cfg": cfg}, batch_size=batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=num_actors),
-            num_cpus=cfg["cpus_per_actor"], num_gpus=1 if cfg["use_gpu"] else 0)
+        ds = _map_predict(ds, cfg, num_actors, batch_size)
         # One sub-directory per size group: a pass never touches another's files.
         ds.write_parquet(f"{path}/size_{index:02d}", filesystem=fs)
     return time.perf_counter() - started

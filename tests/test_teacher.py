@@ -1,0 +1,72 @@
+"""The teacher pass: Ray Data tasks with a per-process model cache against the actor pool."""
+
+from __future__ import annotations
+
+import os
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from s4al_ray import storage
+from s4al_ray.config import load_config, to_dict
+from s4al_ray.data.registry import load_dataset
+from s4al_ray.model import model_from_config
+from s4al_ray.teacher import run_teacher
+
+
+@pytest.fixture(scope="module")
+def teacher_setup(ray_session, smoke_data_root):
+    cfg = load_config("configs/smoke.yaml", [f"data.root={smoke_data_root}"])
+    data = load_dataset(cfg.data, cfg.seed, log=lambda line: None)
+    rows = [{**row, "acquired": [0] if i % 3 == 0 else []}
+            for i, row in enumerate(data.rows("train")[:12])]
+    teacher_cfg = {
+        "model": to_dict(cfg.model), "num_classes": data.num_classes, "seed": 0,
+        "scales": [1.0], "flip": False, "use_gpu": False, "threads": 1, "cpus_per_actor": 1,
+        "region_size": 24, "function": "entropy", "class_weights": None,
+    }
+    return cfg, data, rows, teacher_cfg
+
+
+def _save_model(cfg, num_classes: int, seed: int, path: str) -> str:
+    torch.manual_seed(seed)
+    model = model_from_config(to_dict(cfg.model), num_classes, "none")
+    torch.save({"model": model.state_dict()}, path)
+    return path
+
+
+def _outputs(uri: str) -> dict[str, tuple]:
+    table = pq.read_table(uri).to_pylist()
+    return {r["sample_id"]: (r["label_png"], r["conf_png"], tuple(r["scores"])) for r in table}
+
+
+def _pass(rows, teacher_cfg, checkpoint: str, out: str, reuse_workers: bool) -> dict:
+    cfg = {**teacher_cfg, "checkpoint_uri": checkpoint, "checkpoint_stamp": storage.stamp(checkpoint),
+           "reuse_workers": reuse_workers}
+    run_teacher(rows, cfg, out, num_actors=2, batch_size=4)
+    return _outputs(out)
+
+
+def test_task_path_writes_what_the_actor_pool_writes(teacher_setup, tmp_path):
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 1, str(tmp_path / "round_000.pt"))
+    tasks = _pass(rows, teacher_cfg, checkpoint, str(tmp_path / "tasks"), True)
+    actors = _pass(rows, teacher_cfg, checkpoint, str(tmp_path / "actors"), False)
+    assert set(tasks) == {r["sample_id"] for r in rows}
+    assert tasks == actors
+
+
+def test_rewritten_checkpoint_is_not_served_from_a_cached_model(teacher_setup, tmp_path):
+    """Task workers cache the model by config: a checkpoint rewritten under the same path (a
+    rerun round) must be reloaded, never answered by the previous weights."""
+    cfg, data, rows, teacher_cfg = teacher_setup
+    path = str(tmp_path / "round_001.pt")
+    first = _pass(rows, teacher_cfg, _save_model(cfg, data.num_classes, 1, path),
+                  str(tmp_path / "a"), True)
+    _save_model(cfg, data.num_classes, 2, path)
+    os.utime(path, ns=(1, 1))  # a different stamp even if the rewrite landed in the same tick
+    second = _pass(rows, teacher_cfg, path, str(tmp_path / "b"), True)
+    reference = _pass(rows, teacher_cfg, path, str(tmp_path / "c"), False)
+    assert second == reference
+    assert second != first
