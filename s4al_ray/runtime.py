@@ -62,11 +62,18 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
     else:
         # Ray starts workers at nice 15, so on a shared machine they starve behind every ordinary
         # process (the driver included). RAY_worker_niceness in the environment wins.
-        system = None if os.environ.get("RAY_worker_niceness") else {"worker_niceness": 0}
+        system = {} if os.environ.get("RAY_worker_niceness") else {"worker_niceness": 0}
+        if not os.environ.get("RAY_num_workers_soft_limit"):
+            # Ray kills idle workers beyond one per CPU, and Ray Train's actors (controller,
+            # cleaner, dataset manager, workers) count: without headroom the teacher's task
+            # workers, which keep torch and the model loaded, died during every fit and each
+            # round's teacher pass paid ~10 s of imports again.
+            system["num_workers_soft_limit"] = 2 * (cfg.ray.num_cpus or os.cpu_count() or 1) + 4
         context = ray.init(num_cpus=cfg.ray.num_cpus or None,
                            object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
                            include_dashboard=cfg.ray.dashboard,
-                           resources=custom_resources or None, _system_config=system, **kwargs)
+                           resources=custom_resources or None, _system_config=system or None,
+                           **kwargs)
     url = getattr(context, "dashboard_url", None)
     _DASHBOARD_URL = (url if url.startswith("http") else f"http://{url}") if url else None
     _quiet_ray_data()
