@@ -124,6 +124,10 @@ def run_default(overrides: list[str]) -> dict:
             out["rounds"] = [{k: row[k] for k in ("round", "time/train_s", "time/teacher_s",
                                                   "time/acquire_s", "time/round_s", "val/miou")}
                              for row in csv.DictReader(handle)]
+    log_path = os.path.join(tempfile.gettempdir(), "s4al-bench-run-py.log")
+    with open(log_path, "w") as handle:
+        handle.write(output)
+    out["output_log"] = log_path
     if proc.returncode != 0:
         out["tail"] = output[-2000:]
     shutil.rmtree(storage, ignore_errors=True)
@@ -303,8 +307,11 @@ def main(argv=None) -> int:
     call, _ = common.capture_teacher_call(exp, 0, checkpoint)  # pseudo-labels for the student set
     tiny = call["rows"][: 2 * call["num_actors"]]
     for i in range(repeat):
-        add(f"run_teacher on {len(tiny)} images ({call['num_actors']} actors: start, load, write)",
-            run_teacher(tiny, {**call["cfg"]}, exp._uri("bench", "tiny"), call["num_actors"], 2))
+        # A new config key per repeat: the task workers load the model again, as for each
+        # round's new checkpoint (their processes and imports are kept, as between rounds).
+        add(f"run_teacher on {len(tiny)} images ({call['num_actors']} task workers: model load, "
+            "write)", run_teacher(tiny, {**call["cfg"], "pass": i}, exp._uri("bench", "tiny"),
+                                  call["num_actors"], 2))
         parts = checkpoint_io(exp, exp._uri("bench", "ckpt"))
         add("checkpoint save (model + optimizer)", parts["save_s"], size_mb=parts["size_mb"])
         add("checkpoint publish copy", parts["publish_s"])

@@ -1,8 +1,8 @@
 """Label efficiency on the built-in synthetic dataset (the S4AL+ headline, measured).
 
 Runs, on one local Ray, the fully supervised reference (every train image labeled) and, at the same
-labeled-pixel budgets: S4AL+ with active acquisition, S4AL+ with random acquisition, and
-supervised-only training on the labeled pixels. Prints mIoU and % of the fully supervised mIoU
+labeled-pixel budgets: S4AL+ with active acquisition (entropy, and class-weighted entropy), S4AL+
+with random acquisition, and supervised-only training on the labeled pixels. Prints mIoU and % of the fully supervised mIoU
 against % labeled pixels, and saves the curves as a PNG and the numbers as JSON.
 
     python benchmarks/label_efficiency.py                 # the full comparison (CPU: ~25 min)
@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 
 import matplotlib
@@ -28,6 +29,7 @@ from s4al_ray.runtime import connect  # noqa: E402
 METHODS = {
     "full": ["data.initial_labeled_frac=1.0", "loop.rounds=1"],
     "s4al+ active": [],
+    "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     "supervised-only active": ["train.pseudo_labels=false", "train.reco_weight=0",
                                "train.class_balanced=false"],
@@ -35,7 +37,7 @@ METHODS = {
 
 
 def run_method(base: str, label: str, overrides: list[str], common: list[str]) -> list[dict]:
-    name = "bench-" + label.replace(" ", "-").replace("+", "plus")
+    name = "bench-" + re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
     cfg = load_config(base, [*common, *overrides, f"name={name}"])
     started = time.perf_counter()
     records = Experiment(cfg, log=lambda line: print(f"  {label:>22s} | {line}")).run()

@@ -1,6 +1,6 @@
 """Region acquisition: pixel uncertainty -> region scores -> selection under a budget.
 
-Scores are computed on the teacher actors (see ``teacher.py``); selection runs in the driver over
+Scores are computed by the teacher workers (see ``teacher.py``); selection runs in the driver over
 the whole pool, so the global ranking sees every region at once.
 """
 

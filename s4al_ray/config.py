@@ -118,7 +118,8 @@ class TeacherConfig:
     scales: list[float] = _spec([1.0], doc="multi-scale averaging, e.g. [0.5, 1.0, 2.0]")
     flip: bool = _spec(False, doc="average with the horizontally flipped prediction")
     batch_size: int = _spec(16, lo=1)
-    num_actors: int = _spec(0, lo=0, doc="inference actors; 0 = one per free CPU (or GPU)")
+    num_actors: int = _spec(0, lo=0, doc="parallel inference workers (tasks or actors); 0 = one per "
+                                       "free CPU (or GPU)")
     cpus_per_actor: int = _spec(1, lo=1)
     reuse_workers: bool = _spec(True, doc="CPU teacher as Ray Data tasks on worker processes that "
                                           "keep torch and the model loaded across batches and "

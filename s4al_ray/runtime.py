@@ -105,7 +105,7 @@ def dashboard_url() -> str | None:
 
 
 def teacher_actors(cfg: ExperimentConfig, res: ClusterResources) -> int:
-    """Actor pool size: as configured, else one per GPU (GPU runs) or per free CPU slot."""
+    """Teacher workers (tasks or actors): as configured, else one per GPU or per free CPU slot."""
     if cfg.teacher.num_actors:
         return cfg.teacher.num_actors
     if cfg.train.use_gpu:
