@@ -60,9 +60,6 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
     if target:
         context = ray.init(address=target, **kwargs)
     else:
-        # Ray 2.60 turns token authentication on for a new local cluster and warns on every start
-        # when the mode is unset; setting it explicitly keeps the protection without the warning.
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
         # Ray starts workers at nice 15, so on a shared machine they starve behind every ordinary
         # process (the driver included). RAY_worker_niceness in the environment wins.
         system = {} if os.environ.get("RAY_worker_niceness") else {"worker_niceness": 0}
