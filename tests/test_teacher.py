@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -13,6 +16,7 @@ from s4al_ray.config import load_config, to_dict
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
 from s4al_ray.teacher import run_teacher
+from conftest import pids_matching
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +74,30 @@ def test_rewritten_checkpoint_is_not_served_from_a_cached_model(teacher_setup, t
     reference = _pass(rows, teacher_cfg, path, str(tmp_path / "c"), False)
     assert second == reference
     assert second != first
+
+
+def test_teacher_pass_survives_a_killed_task_worker(teacher_setup, tmp_path):
+    """A teacher worker process killed mid-pass: Ray Data retries its batch on another worker
+    and the parquet still holds every pool image once, with the same predictions."""
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 3, str(tmp_path / "round_002.pt"))
+    many = [{**r, "sample_id": f"{r['sample_id']}~{k}"} for k in range(20) for r in rows]
+    killed: list[int] = []
+
+    def kill_first_teacher_worker() -> None:
+        deadline = time.time() + 120
+        while time.time() < deadline and not killed:
+            for pid in pids_matching("predict_batch"):
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+                break
+            time.sleep(0.02)
+
+    killer = threading.Thread(target=kill_first_teacher_worker, daemon=True)
+    killer.start()
+    out = _pass(many, teacher_cfg, checkpoint, str(tmp_path / "killed"), True)
+    killer.join(timeout=5)
+    assert killed, "no teacher worker was found to kill"
+    assert sorted(out) == sorted(r["sample_id"] for r in many)
+    reference = _pass(rows, teacher_cfg, checkpoint, str(tmp_path / "reference"), True)
+    assert all(out[f"{sid}~7"] == value for sid, value in reference.items())
