@@ -2,8 +2,9 @@
 
 Runs, on one local Ray, the fully supervised reference (every train image labeled) and, at the same
 labeled-pixel budgets: S4AL+ with active acquisition (entropy, and class-weighted entropy), S4AL+
-with random acquisition, and supervised-only training on the labeled pixels. Prints mIoU and % of the fully supervised mIoU
-against % labeled pixels, and saves the curves as a PNG and the numbers as JSON.
+with random acquisition, and supervised-only training on the labeled pixels. Prints mIoU and % of
+the fully supervised mIoU against % labeled pixels, and saves the curves as a PNG and the numbers
+as JSON.
 
     python benchmarks/label_efficiency.py                 # the full comparison (CPU: ~25 min)
     python benchmarks/label_efficiency.py --quick         # a minutes-long smoke version

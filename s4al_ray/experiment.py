@@ -32,7 +32,7 @@ from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student import fit_student
 from s4al_ray.data.training import repeat_factors
-from s4al_ray.teacher import (class_thresholds, read_teacher_output, run_teacher,
+from s4al_ray.teacher import (class_thresholds, read_teacher_output, run_teacher, uses_tasks,
                               warm_task_workers)
 
 RUN_FORMAT = 1
@@ -129,7 +129,7 @@ class Experiment:
         masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
         self.pool = get_pool_actor(self.cfg.name, self.run_dir, self._initial_state(), masks)
         self.state = PoolState.from_json(ray.get(self.pool.snapshot.remote()))
-        if self.cfg.teacher.reuse_workers and not self.cfg.train.use_gpu and self.cfg.loop.rounds > 1:
+        if self._teacher_tasks() and self.cfg.loop.rounds > 1:
             warm_task_workers(teacher_actors(self.cfg, self.resources))
         self.log(f"[pool] {len(self.state.labeled)} labeled images, {len(self.state.pool_ids)} "
                  f"pool images, {100 * self.state.labeled_frac:.2f}% of pixels labeled")
@@ -220,22 +220,22 @@ class Experiment:
         self._run_teacher(r, state, checkpoint, record)
         storage.write_text(summary_uri, json.dumps({k: record[k] for k in set(record) - before}))
 
-    def _teacher_kind(self) -> str:
-        tasks = self.cfg.teacher.reuse_workers and not self.cfg.train.use_gpu
-        return "task worker(s)" if tasks else "actor(s)"
+    def _teacher_tasks(self) -> bool:
+        return uses_tasks(self.cfg.teacher.reuse_workers, self.cfg.train.use_gpu)
 
     def _run_teacher(self, r: int, state: PoolState, checkpoint: str, record: dict) -> None:
         cfg = self.cfg
         num_actors = teacher_actors(cfg, self.resources)
         self.log(f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
-                 f"{num_actors} {self._teacher_kind()} ...")
+                 f"{num_actors} {'task worker(s)' if self._teacher_tasks() else 'actor(s)'} ...")
         by_id = {row["sample_id"]: row for row in self.data.rows("train")}
         acquired = state.acquired
         rows = [{**by_id[s], "acquired": acquired.get(s, [])} for s in state.pool_ids]
         teacher_cfg = {
             "model": to_dict(cfg.model), "num_classes": self.data.num_classes, "seed": cfg.seed + r,
             "checkpoint_uri": checkpoint, "checkpoint_stamp": storage.stamp(checkpoint),
-            "reuse_workers": cfg.teacher.reuse_workers, "scales": cfg.teacher.scales, "flip": cfg.teacher.flip,
+            "reuse_workers": cfg.teacher.reuse_workers, "scales": cfg.teacher.scales,
+            "flip": cfg.teacher.flip,
             "use_gpu": cfg.train.use_gpu, "threads": cfg.teacher.cpus_per_actor,
             "cpus_per_actor": cfg.teacher.cpus_per_actor, "region_size": state.region_size,
             "function": cfg.acquisition.function,

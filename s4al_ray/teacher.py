@@ -1,9 +1,10 @@
 """Teacher inference over the unlabeled pool with Ray Data.
 
-Once per round, Ray Data predicts every pool image with the round's checkpoint, optionally averaging scales and flips, and emits per image: the arg-max label and its
-confidence (both uint8 PNGs, so thresholds can be chosen afterwards per class without rerunning
-inference), per-region acquisition scores, and a per-class confidence histogram. One parquet
-dataset per round; a rerun overwrites it, never appends.
+Once per round, Ray Data predicts every pool image with the round's checkpoint, optionally
+averaging scales and flips, and emits per image: the arg-max label and its confidence (both uint8
+PNGs, so thresholds can be chosen afterwards per class without rerunning inference), per-region
+acquisition scores, and a per-class confidence histogram. One parquet dataset per round; a rerun
+overwrites it, never appends.
 
 Two ways to run the model (``teacher.reuse_workers``):
 - CPU (default): Ray Data *tasks*. Ray keeps task worker processes alive between passes, and each
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import json
 import time
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,7 +85,6 @@ class TeacherPredictor:
         self.model = model.to(self.device).eval()
         weights = cfg.get("class_weights")
         self.class_weights = torch.tensor(weights) if weights is not None else None
-        self.generator = torch.Generator().manual_seed(cfg["seed"])
 
     def _rows(self, batch: dict) -> list[dict]:
         keys = list(batch)
@@ -105,7 +106,10 @@ class TeacherPredictor:
         conf_u8 = (confidence.numpy() * 255.0).round().astype(np.uint8)
         grid = RegionGrid(int(row["height"]), int(row["width"]), self.cfg["region_size"])
         known = grid.mask(list(row["acquired"]))
-        score = pixel_scores(probs, self.cfg["function"], self.class_weights, self.generator)
+        # Random scores seeded per image: the same whichever worker gets which batch.
+        generator = torch.Generator().manual_seed(
+            zlib.crc32(f"{self.cfg['seed']}/{row['sample_id']}".encode()))
+        score = pixel_scores(probs, self.cfg["function"], self.class_weights, generator)
         out["sample_id"].append(str(row["sample_id"]))
         out["label_png"].append(encode_png(label_u8))
         out["conf_png"].append(encode_png(conf_u8))
@@ -141,9 +145,15 @@ def warm_task_workers(count: int) -> None:
         _load_teacher_code.remote()
 
 
-def _map_predict(ds: ray.data.Dataset, cfg: dict, workers: int, batch_size: int) -> ray.data.Dataset:
+def uses_tasks(reuse_workers: bool, use_gpu: bool) -> bool:
+    """Whether the teacher runs as cached-model tasks (CPU) rather than an actor pool."""
+    return reuse_workers and not use_gpu
+
+
+def _map_predict(ds: ray.data.Dataset, cfg: dict, workers: int,
+                 batch_size: int) -> ray.data.Dataset:
     resources = {"num_cpus": cfg["cpus_per_actor"], "num_gpus": 1 if cfg["use_gpu"] else 0}
-    if cfg.get("reuse_workers", True) and not cfg["use_gpu"]:
+    if uses_tasks(cfg.get("reuse_workers", True), cfg["use_gpu"]):
         return ds.map_batches(predict_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size,
                               batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=workers),
                               **resources)

@@ -15,7 +15,7 @@ from s4al_ray import storage
 from s4al_ray.config import load_config, to_dict
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
-from s4al_ray.teacher import run_teacher
+from s4al_ray.teacher import TeacherPredictor, run_teacher
 from conftest import pids_matching
 
 
@@ -101,3 +101,24 @@ def test_teacher_pass_survives_a_killed_task_worker(teacher_setup, tmp_path):
     assert sorted(out) == sorted(r["sample_id"] for r in many)
     reference = _pass(rows, teacher_cfg, checkpoint, str(tmp_path / "reference"), True)
     assert all(out[f"{sid}~7"] == value for sid, value in reference.items())
+
+
+def test_random_scores_do_not_depend_on_batching(teacher_setup, tmp_path):
+    """Random acquisition draws per image from (seed, sample id): the same scores whichever
+    worker, batch or position an image lands in."""
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 4, str(tmp_path / "round_003.pt"))
+    predictor = TeacherPredictor({**teacher_cfg, "function": "random",
+                                  "checkpoint_uri": checkpoint})
+
+    def scores(batch_rows: list[dict]) -> dict[str, list[float]]:
+        batch = {key: [r[key] for r in batch_rows] for key in batch_rows[0]}
+        table = predictor(batch).to_pylist()
+        return {r["sample_id"]: r["scores"] for r in table}
+
+    together = scores(rows[:4])
+    alone = scores(rows[2:3])
+    reversed_order = scores(rows[:4][::-1])
+    sid = rows[2]["sample_id"]
+    assert together[sid] == alone[sid] == reversed_order[sid]
+    assert together[rows[0]["sample_id"]] != together[sid]
