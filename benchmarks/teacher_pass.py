@@ -32,14 +32,12 @@ def plain_teacher(rows: list[dict], cfg: dict, output_uri: str, batch_size: int)
     import pyarrow.parquet as pq
 
     from s4al_ray import storage
-    from s4al_ray.teacher import TeacherPredictor
+    from s4al_ray.teacher import TeacherPredictor, size_groups
 
     storage.delete_dir(output_uri)
     fs, path = storage.filesystem(output_uri)
     predictor = TeacherPredictor(cfg)  # model build + checkpoint load, as each actor does
-    sizes = sorted({(r["height"], r["width"]) for r in rows})
-    for index, size in enumerate(sizes):
-        subset = [r for r in rows if (r["height"], r["width"]) == size]
+    for index, subset in enumerate(size_groups(rows)):
         tables = []
         for start in range(0, len(subset), batch_size):
             chunk = subset[start:start + batch_size]

@@ -100,16 +100,22 @@ class TeacherPredictor:
             self._emit(row, p, out)
         return pa.table(out, schema=OUTPUT_SCHEMA)
 
+    def _random_generator(self, row: dict) -> torch.Generator | None:
+        """Random acquisition draws per image from (seed, sample id): the same scores whichever
+        worker gets which batch. Other functions draw nothing."""
+        if self.cfg["function"] != "random":
+            return None
+        key = f"{self.cfg['seed']}/{row['sample_id']}".encode()
+        return torch.Generator().manual_seed(zlib.crc32(key))
+
     def _emit(self, row: dict, probs: torch.Tensor, out: dict) -> None:
         confidence, label = probs.max(0)
         label_u8 = label.numpy().astype(np.uint8)
         conf_u8 = (confidence.numpy() * 255.0).round().astype(np.uint8)
         grid = RegionGrid(int(row["height"]), int(row["width"]), self.cfg["region_size"])
         known = grid.mask(list(row["acquired"]))
-        # Random scores seeded per image: the same whichever worker gets which batch.
-        generator = torch.Generator().manual_seed(
-            zlib.crc32(f"{self.cfg['seed']}/{row['sample_id']}".encode()))
-        score = pixel_scores(probs, self.cfg["function"], self.class_weights, generator)
+        score = pixel_scores(probs, self.cfg["function"], self.class_weights,
+                             self._random_generator(row))
         out["sample_id"].append(str(row["sample_id"]))
         out["label_png"].append(encode_png(label_u8))
         out["conf_png"].append(encode_png(conf_u8))
@@ -162,17 +168,21 @@ def _map_predict(ds: ray.data.Dataset, cfg: dict, workers: int,
                           compute=ray.data.ActorPoolStrategy(size=workers), **resources)
 
 
+def size_groups(rows: list[dict]) -> list[list[dict]]:
+    """Rows grouped by image size, smallest first: images of different sizes cannot share a batch
+    tensor, so each group is its own pass, written to ``size_<index>/``."""
+    sizes = sorted({(r["height"], r["width"]) for r in rows})
+    return [[r for r in rows if (r["height"], r["width"]) == size] for size in sizes]
+
+
 def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
                 batch_size: int) -> float:
     """Predict ``rows`` (sample_id, image_uri, height, width, acquired) and write parquet to
     ``output_uri`` (replaced). Returns the seconds spent."""
     started = time.perf_counter()
     storage.delete_dir(output_uri)
-    # Images of different sizes cannot share a batch tensor: run one Ray Data pass per size.
-    sizes = sorted({(r["height"], r["width"]) for r in rows})
     fs, path = storage.filesystem(output_uri)
-    for index, size in enumerate(sizes):
-        subset = [r for r in rows if (r["height"], r["width"]) == size]
+    for index, subset in enumerate(size_groups(rows)):
         ds = ray.data.from_items(subset, override_num_blocks=max(1, min(len(subset) // batch_size, 64)))
         ds = _map_predict(ds, cfg, num_actors, batch_size)
         # One sub-directory per size group: a pass never touches another's files.
