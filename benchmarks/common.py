@@ -282,9 +282,9 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
 
     import torch
 
-    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _ema_teacher,
-                                  _epoch_batches, _init_model, _poly_lr, _seed, evaluate_items,
-                                  train_step)
+    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _init_model,
+                                  epoch_streams, evaluate_items, make_ema_teacher, make_optimizer,
+                                  train_epoch)
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg["threads"])
@@ -292,30 +292,14 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
     device = torch.device("cpu")
     model = _init_model(cfg)
     train = cfg["train"]
-    optimizer = torch.optim.SGD(model.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
-                                weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+    optimizer = make_optimizer(model, train)
     sets = _build_datasets(cfg)
-    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
-    workers = cfg["data"]["loader_workers"]
-    epoch, rank = 0, 0
+    epoch = 0
     model.train()
-    torch.manual_seed(_seed(cfg, rank, epoch, 0))
-    generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))
-    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(cfg, rank, epoch, 2),
-                             workers)
-    pool = None if sets.pool is None else _epoch_batches(
-        sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
-        sets.pool_weights)
+    streams = epoch_streams(cfg, sets, 0, epoch, device)
     t1 = time.perf_counter()
-    ema = _ema_teacher(model, train["ema_decay"]) if train["method"] == "mean_teacher" and pool \
-        else None
-    sums = {}
-    for step in range(steps):
-        _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
-        losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
-                            device, generator, ema)
-        for key, value in losses.items():
-            sums[key] = sums.get(key, 0.0) + value
+    ema = make_ema_teacher(model, train, sets)
+    losses, _ = train_epoch(model, optimizer, cfg, epoch, streams, device, ema)
     t2 = time.perf_counter()
     evaluate_items(model, cfg["val_items"], cfg["num_classes"], device)
     t3 = time.perf_counter()
@@ -323,12 +307,12 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
                os.path.join(directory, MODEL_FILE))
     with open(os.path.join(directory, METRICS_FILE), "w") as handle:
-        json.dump({k: v / steps for k, v in sums.items()}, handle)
+        json.dump(losses, handle)
     t4 = time.perf_counter()
     if model_out is not None:
         model_out.append(model)
     return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3,
-            "step_s": (t2 - t1) / steps}
+            "step_s": (t2 - t1) / train["steps_per_epoch"]}
 
 
 def train_round0(exp, steps: int) -> str:

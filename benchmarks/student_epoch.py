@@ -1,7 +1,7 @@
 """Student training: one epoch through Ray Train against a plain PyTorch loop doing the same steps.
 
 The plain loop runs, in this process, exactly what ``student.train_loop`` runs on a Ray Train
-worker: ``_init_model``, ``_build_datasets``, ``_epoch_batches`` and ``_step_losses`` with the same
+worker: ``_init_model``, ``_build_datasets``, ``epoch_streams`` and ``train_epoch`` with the same
 seeds, so both see the same model, batches and augmentation; then the same validation pass and
 checkpoint write. The config is the round loop's own round-1 ``loop_config``
 (``Experiment._loop_config(1, state)`` on ``configs/default.yaml``, after an untrained round 0's

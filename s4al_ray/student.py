@@ -104,6 +104,22 @@ def _build_datasets(cfg: dict) -> TrainingSets:
                         [weights[i["sample_id"]] for i in pool_items] if weights else None)
 
 
+def epoch_streams(cfg: dict, sets: TrainingSets, rank: int, epoch: int, device: torch.device):
+    """Seed one epoch's randomness and open its batch streams: (generator for mixing and ReCo,
+    labeled batches, pool batches or None). Each stream is a function of (seed, round, rank,
+    epoch), so a resumed epoch replays exactly."""
+    steps, workers = cfg["train"]["steps_per_epoch"], cfg["data"]["loader_workers"]
+    torch.manual_seed(_seed(cfg, rank, epoch, 0))  # dropout
+    generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))
+    pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
+    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(cfg, rank, epoch, 2),
+                             workers, pin_memory=pin)
+    pool = None if sets.pool is None else _epoch_batches(
+        sets.pool, cfg["train"]["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
+        sets.pool_weights, pin_memory=pin)
+    return generator, labeled, pool
+
+
 def _poly_lr(optimizer, base_lr: float, it: int, total: int, power: float) -> float:
     factor = (1.0 - it / max(total, 1)) ** power
     for group in optimizer.param_groups:
@@ -181,6 +197,24 @@ def train_step(model, optimizer, cfg: dict, batch_l, batch_u, device, generator,
     return {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
 
 
+def train_epoch(model, optimizer, cfg: dict, epoch: int, streams, device, ema=None,
+                use_amp: bool = False) -> tuple[dict[str, float], float]:
+    """One epoch of ``train_step`` on the batches of ``epoch_streams``, with the poly learning
+    rate counted over the whole round. Returns (mean of each loss, the last learning rate)."""
+    train = cfg["train"]
+    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
+    generator, labeled, pool = streams
+    sums: dict[str, float] = {}
+    lr = train["lr"]
+    for step in range(steps):
+        lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
+        losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
+                            device, generator, ema, use_amp)
+        for key, value in losses.items():
+            sums[key] = sums.get(key, 0.0) + value
+    return {key: value / steps for key, value in sums.items()}, lr
+
+
 @torch.no_grad()
 def evaluate_items(model, items: list[dict], num_classes: int, device,
                    batch_size: int = 8) -> torch.Tensor:
@@ -217,11 +251,22 @@ def _init_model(cfg: dict) -> torch.nn.Module:
     return model
 
 
-def _ema_teacher(model: torch.nn.Module, decay: float):
-    """An exponential moving average of the student (weights and batch-norm buffers)."""
+def make_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.SGD:
+    """SGD (Nesterov when there is momentum) over the model's parameter groups (heads at
+    ``head_lr_mult``)."""
+    return torch.optim.SGD(model.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
+                           weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+
+
+def make_ema_teacher(model: torch.nn.Module, train: dict, sets: TrainingSets):
+    """The mean-teacher baseline's EMA of the student (weights and batch-norm buffers); None for
+    self-training, and in round 0, which has no pool batches to label."""
+    if train["method"] != "mean_teacher" or sets.pool is None:
+        return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train["ema_decay"]),
+                        use_buffers=True)
     return ema.eval()
 
 
@@ -266,33 +311,17 @@ def train_loop(cfg: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     inner = model.module if hasattr(model, "module") else model
     train = cfg["train"]
-    optimizer = torch.optim.SGD(inner.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
-                                weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+    optimizer = make_optimizer(inner, train)
     start_epoch = _resume(model, optimizer)
     sets = _build_datasets(cfg)
-    mean_teacher = train["method"] == "mean_teacher"
-    ema = _ema_teacher(inner, train["ema_decay"]) if mean_teacher and sets.pool else None
-    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
+    ema = make_ema_teacher(inner, train, sets)
     use_amp = train["amp"] and device.type == "cuda"
-    workers = cfg["data"]["loader_workers"]
     for epoch in range(start_epoch, train["epochs"]):
         model.train()
-        torch.manual_seed(_seed(cfg, rank, epoch, 0))  # dropout
-        generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))  # mixing, ReCo
-        pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-        labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps,
-                                 _seed(cfg, rank, epoch, 2), workers, pin_memory=pin)
-        pool = None if sets.pool is None else _epoch_batches(
-            sets.pool, train["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
-            sets.pool_weights, pin_memory=pin)
-        started, sums = time.perf_counter(), {}
-        for step in range(steps):
-            lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
-            losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
-                                device, generator, ema, use_amp)
-            for key, value in losses.items():
-                sums[key] = sums.get(key, 0.0) + value
-        metrics = {f"train/loss_{k}": v / steps for k, v in sums.items()}
+        streams = epoch_streams(cfg, sets, rank, epoch, device)
+        started = time.perf_counter()  # the loop alone: what benchmarks compare with plain PyTorch
+        losses, lr = train_epoch(model, optimizer, cfg, epoch, streams, device, ema, use_amp)
+        metrics = {f"train/loss_{k}": v for k, v in losses.items()}
         metrics.update({"epoch": epoch, "train/lr": lr,
                         "train/seconds": time.perf_counter() - started})
         if epoch == train["epochs"] - 1:
