@@ -69,6 +69,7 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
             # workers, which keep torch and the model loaded, died during every fit and each
             # round's teacher pass paid ~10 s of imports again.
             system["num_workers_soft_limit"] = 2 * (cfg.ray.num_cpus or os.cpu_count() or 1) + 4
+        _hide_default_token_notice()
         context = ray.init(num_cpus=cfg.ray.num_cpus or None,
                            object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
                            include_dashboard=cfg.ray.dashboard,
@@ -81,6 +82,23 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
 
 
 _DASHBOARD_URL: str | None = None
+
+# Ray 2.60 logs this at WARNING whenever ray.init starts a local cluster with its (secure) default
+# of token authentication: nothing to act on, and it was the first line every `python run.py`
+# printed. Only this notice is hidden; the warning that auth is *disabled* still shows.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+DEFAULT_TOKEN_NOTICE = "Token authentication is enabled for this Ray cluster"
+
+
+class _DropDefaultTokenNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(DEFAULT_TOKEN_NOTICE)
+
+
+def _hide_default_token_notice() -> None:
+    log = logging.getLogger(TOKEN_AUTH_LOGGER)
+    if not any(isinstance(f, _DropDefaultTokenNotice) for f in log.filters):
+        log.addFilter(_DropDefaultTokenNotice())
 
 
 def _quiet_ray_data() -> None:
