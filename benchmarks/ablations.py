@@ -8,7 +8,7 @@ so the differences are the part's. Prints val mIoU and the rare classes' IoU per
 the numbers as JSON. A rerun reuses finished runs (the round loop resumes), so ``--rare`` can be
 changed afterwards at the cost of a Ray start.
 
-    python benchmarks/ablations.py            # 4 runs x 4 rounds (CPU: ~12 min on a quiet machine)
+    python benchmarks/ablations.py            # 4 runs x 4 rounds of 150 steps (CPU: ~26 min)
     python benchmarks/ablations.py --quick    # 2 rounds of 10 steps: a smoke version
 """
 
