@@ -181,10 +181,21 @@ def quiet_stdout():
         yield
 
 
+def scratch_dir(prefix: str = "s4al-bench-") -> str:
+    """A temporary directory removed when the benchmark exits: run storage and checkpoints are
+    tens to hundreds of MB per benchmark, and nothing reads them afterwards."""
+    import atexit
+    import shutil
+
+    directory = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return directory
+
+
 def bench_config(overrides: list[str] = (), storage: str | None = None, name: str = "bench"):
     from s4al_ray.config import load_config
 
-    storage = storage or tempfile.mkdtemp(prefix="s4al-bench-")
+    storage = storage or scratch_dir()
     return load_config(DEFAULT_CONFIG, [f"storage={storage}", f"name={name}", *overrides])
 
 
@@ -303,12 +314,12 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
     t2 = time.perf_counter()
     evaluate_items(model, cfg["val_items"], cfg["num_classes"], device)
     t3 = time.perf_counter()
-    directory = tempfile.mkdtemp(prefix="s4al-bench-ckpt-")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
-               os.path.join(directory, MODEL_FILE))
-    with open(os.path.join(directory, METRICS_FILE), "w") as handle:
-        json.dump(losses, handle)
-    t4 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="s4al-bench-ckpt-") as directory:
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch}, os.path.join(directory, MODEL_FILE))
+        with open(os.path.join(directory, METRICS_FILE), "w") as handle:
+            json.dump(losses, handle)
+        t4 = time.perf_counter()
     if model_out is not None:
         model_out.append(model)
     return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3,

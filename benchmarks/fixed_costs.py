@@ -95,7 +95,7 @@ class TreeSampler(threading.Thread):
 
 def run_default(overrides: list[str]) -> dict:
     """``python run.py`` (the default config) in a fresh storage directory, measured."""
-    storage = tempfile.mkdtemp(prefix="s4al-bench-run-")
+    storage = common.scratch_dir("s4al-bench-run-")
     cmd = [sys.executable, os.path.join(common.ROOT, "run.py"), f"storage={storage}", *overrides]
     timer = shutil.which("time") and os.path.exists("/usr/bin/time")
     if timer:
@@ -141,23 +141,25 @@ def run_default(overrides: list[str]) -> dict:
 def _noop_loop(config: dict) -> None:
     import ray.train
 
-    checkpoint = None
-    if config.get("checkpoint_model"):
-        import json
+    if not config.get("checkpoint_model"):
+        ray.train.report({"done": 1})
+        return
+    import json
 
-        import torch
-        from ray.train import Checkpoint
+    import torch
+    from ray.train import Checkpoint
 
-        from s4al_ray.model import model_from_config
+    from s4al_ray.model import model_from_config
 
-        model = model_from_config(config["model"], config["num_classes"], "none")
-        directory = tempfile.mkdtemp(prefix="s4al-bench-ckpt-")
+    model = model_from_config(config["model"], config["num_classes"], "none")
+    # Staged like student._report: the synchronous upload has copied it when report returns.
+    with tempfile.TemporaryDirectory(prefix="s4al-bench-ckpt-") as directory:
         torch.save({"model": model.state_dict()}, os.path.join(directory, "model.pt"))
         with open(os.path.join(directory, "metrics.json"), "w") as handle:
             json.dump({}, handle)
         checkpoint = Checkpoint.from_directory(directory) if \
             ray.train.get_context().get_world_rank() == 0 else None
-    ray.train.report({"done": 1}, checkpoint=checkpoint)
+        ray.train.report({"done": 1}, checkpoint=checkpoint)
 
 
 def train_startup(storage_dir: str, name: str, workers: int, cpus: int, loop_config: dict) -> float:
@@ -213,7 +215,7 @@ def checkpoint_io(exp, uri_dir: str) -> dict:
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
     optimizer.step()  # momentum buffers exist, as in a real checkpoint
-    directory = tempfile.mkdtemp(prefix="s4al-bench-ckpt-")
+    directory = common.scratch_dir("s4al-bench-ckpt-")
     path = os.path.join(directory, "model.pt")
     t0 = time.perf_counter()
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": 0}, path)
@@ -266,7 +268,7 @@ def main(argv=None) -> int:
         stages.setdefault(name, common.Samples(name)).add(seconds, **extra)
         print(f"  {name:<44s} {seconds:7.2f}s  load {common.load1():5.2f}", flush=True)
 
-    base = tempfile.mkdtemp(prefix="s4al-bench-fixed-")
+    base = common.scratch_dir("s4al-bench-fixed-")
     # Ray start/stop, preflight and prepare: once per run.
     for i in range(repeat):
         cfg = common.bench_config(args.overrides, storage=base, name=f"fixed-{i}")

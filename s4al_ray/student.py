@@ -270,17 +270,22 @@ def make_ema_teacher(model: torch.nn.Module, train: dict, sets: TrainingSets):
     return ema.eval()
 
 
-def _save_checkpoint(model, optimizer, epoch: int, metrics: dict) -> Checkpoint | None:
-    """Rank 0 writes the checkpoint directory; the other ranks report without one."""
+def _report(metrics: dict, model, optimizer, epoch: int) -> None:
+    """Report the epoch's metrics; rank 0 attaches the checkpoint. The upload is synchronous, so
+    Ray has copied the checkpoint into run storage when ``report`` returns and the local staging
+    directory can go: kept, it left a model file in the temp dir per epoch, round and trial."""
+    name = f"epoch_{epoch:03d}"
     if ray.train.get_context().get_world_rank() != 0:
-        return None
-    directory = tempfile.mkdtemp(prefix="s4al-ckpt-")
-    inner = model.module if hasattr(model, "module") else model
-    torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
-                "epoch": epoch}, os.path.join(directory, MODEL_FILE))
-    with open(os.path.join(directory, METRICS_FILE), "w") as handle:
-        json.dump(metrics, handle)
-    return Checkpoint.from_directory(directory)
+        ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
+        return
+    with tempfile.TemporaryDirectory(prefix="s4al-ckpt-") as directory:
+        inner = model.module if hasattr(model, "module") else model
+        torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+                    "epoch": epoch}, os.path.join(directory, MODEL_FILE))
+        with open(os.path.join(directory, METRICS_FILE), "w") as handle:
+            json.dump(metrics, handle)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
+                         checkpoint_dir_name=name)
 
 
 def _resume(model, optimizer) -> int:
@@ -328,8 +333,7 @@ def train_loop(cfg: dict) -> None:
             val_items = cfg["val_items"][rank::world]
             confusion = _all_reduce_sum(evaluate_items(model, val_items, cfg["num_classes"], device))
             metrics["val/confusion"] = confusion.tolist()
-        ray.train.report(metrics, checkpoint=_save_checkpoint(model, optimizer, epoch, metrics),
-                         checkpoint_dir_name=f"epoch_{epoch:03d}")
+        _report(metrics, model, optimizer, epoch)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import os
+import tempfile
 
 import pyarrow.parquet as pq
 import pytest
@@ -21,12 +23,18 @@ def smoke_run(ray_session, smoke_data_root, tmp_path_factory):
     cfg = load_config("configs/smoke.yaml", [f"storage={storage}", f"data.root={smoke_data_root}",
                                              "name=loop"])
     lines: list[str] = []
+    before = _tmp_checkpoints()
     records = Experiment(cfg, resources(), log=lines.append).run()
-    return cfg, os.path.join(storage, "loop"), records, lines
+    return cfg, os.path.join(storage, "loop"), records, lines, _tmp_checkpoints() - before
+
+
+def _tmp_checkpoints() -> set[str]:
+    """Epoch checkpoint directories the Ray Train workers staged under the temp dir."""
+    return set(glob.glob(os.path.join(tempfile.gettempdir(), "s4al-ckpt-*")))
 
 
 def test_records_and_labeled_pixels_grow(smoke_run):
-    cfg, run_dir, records, _ = smoke_run
+    cfg, run_dir, records, _, _ = smoke_run
     assert [r["round"] for r in records] == [0, 1]
     assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]
     assert records[0]["pool/acquired_pixels"] > 0
@@ -39,7 +47,7 @@ def test_records_and_labeled_pixels_grow(smoke_run):
 
 
 def test_budget_ledger_matches_revealed_pixels(smoke_run):
-    cfg, run_dir, records, _ = smoke_run
+    cfg, run_dir, records, _, _ = smoke_run
     with open(os.path.join(run_dir, "pool", "state.json")) as handle:
         state = PoolState.from_json(handle.read())
     acquired = sum(state.grid(s).areas[r].sum() for s, r in state.acquired.items())
@@ -49,7 +57,7 @@ def test_budget_ledger_matches_revealed_pixels(smoke_run):
 
 
 def test_artefacts_written(smoke_run):
-    cfg, run_dir, _, lines = smoke_run
+    cfg, run_dir, _, lines, _ = smoke_run
     assert load_config(os.path.join(run_dir, "config.yaml")) == cfg
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "round_000.pt"))
     assert os.path.exists(os.path.join(run_dir, "checkpoints", "round_001.pt"))
@@ -62,8 +70,15 @@ def test_artefacts_written(smoke_run):
     assert any("mIoU" in line for line in lines)
 
 
+def test_no_checkpoint_copies_left_in_tmp(smoke_run):
+    # Ray Train copies each epoch checkpoint into run storage; the staging copy must go (it once
+    # leaked a model file per epoch, per round, per trial: tens of GB over a day of runs).
+    *_, leaked = smoke_run
+    assert leaked == set()
+
+
 def test_rerun_skips_finished_rounds(smoke_run):
-    cfg, run_dir, records, _ = smoke_run
+    cfg, run_dir, records, _, _ = smoke_run
     lines: list[str] = []
     again = Experiment(cfg, resources(), log=lines.append).run()
     assert [r["val/miou"] for r in again] == [r["val/miou"] for r in records]
