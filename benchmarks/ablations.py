@@ -14,11 +14,10 @@ changed afterwards at the cost of a Ray start.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 
-from label_efficiency import run_method
+from label_efficiency import benchmark_parser, run_method, shared_overrides
 
 from s4al_ray.config import load_config
 from s4al_ray.runtime import connect
@@ -46,18 +45,12 @@ def pct(value: float | None) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/label_efficiency.yaml")
-    parser.add_argument("--quick", action="store_true", help="smoke-sized runs (minutes)")
-    parser.add_argument("--out", default="runs/benchmarks/ablations")
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/benchmarks/ablations")
     parser.add_argument("--rare", default=",".join(RARE_CLASSES),
                         help="comma-separated classes reported as rare")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     args = parser.parse_args()
     rare = tuple(c for c in args.rare.split(",") if c)
-    common = [f"storage={args.out}", *args.overrides]
-    if args.quick:
-        common += ["train.epochs=1", "train.steps_per_epoch=10", "loop.rounds=2"]
+    common = shared_overrides(args)
     connect(load_config(args.config, common))
     results = {label: run_method(args.config, label, overrides, common)
                for label, overrides in VARIANTS.items()}
@@ -78,7 +71,7 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |")
     final = {label: records[-1] for label, records in results.items()}
     base = final["S4AL+ (all parts)"]
-    print(f"\nfinal round, change against all parts (mIoU / rare IoU, points):")
+    print("\nfinal round, change against all parts (mIoU / rare IoU, points):")
     for label, rec in final.items():
         d_rare = (rare_iou(rec, rare) or 0) - (rare_iou(base, rare) or 0)
         print(f"  {label:<30s} {100 * (rec['val/miou'] - base['val/miou']):+6.1f}  {100 * d_rare:+6.1f}")

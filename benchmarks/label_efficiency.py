@@ -41,6 +41,25 @@ METHODS = {
 }
 
 
+QUICK_OVERRIDES = ["train.epochs=1", "train.steps_per_epoch=10", "loop.rounds=2"]
+
+
+def benchmark_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options every label-efficiency-setting benchmark takes (this one and ablations.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", default="configs/label_efficiency.yaml")
+    parser.add_argument("--quick", action="store_true", help="smoke-sized runs (minutes)")
+    parser.add_argument("--out", default=out)
+    parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
+    return parser
+
+
+def shared_overrides(args: argparse.Namespace) -> list[str]:
+    """Overrides applied to every run: its storage, the user's overrides, and --quick sizing."""
+    common = [f"storage={args.out}", *args.overrides]
+    return [*common, *QUICK_OVERRIDES] if args.quick else common
+
+
 def run_method(base: str, label: str, overrides: list[str], common: list[str]) -> list[dict]:
     name = "bench-" + re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
     cfg = load_config(base, [*common, *overrides, f"name={name}"])
@@ -89,22 +108,16 @@ def plot(rows: list[dict], path: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/label_efficiency.yaml")
-    parser.add_argument("--quick", action="store_true", help="smoke-sized runs (minutes)")
-    parser.add_argument("--out", default="runs/benchmarks/label_efficiency")
+    parser = benchmark_parser(__doc__.splitlines()[0], "runs/benchmarks/label_efficiency")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated subset of: " + ", ".join(METHODS) +
                              " (full is always run: every other figure is a share of it)")
-    parser.add_argument("overrides", nargs="*", help="extra config overrides for every method")
     args = parser.parse_args()
     chosen = ["full", *[m.strip() for m in args.methods.split(",") if m.strip() != "full"]]
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
-    common = [f"storage={args.out}", *args.overrides]
-    if args.quick:
-        common += ["train.epochs=1", "train.steps_per_epoch=10", "loop.rounds=2"]
+    common = shared_overrides(args)
     base = load_config(args.config, common)
     connect(base)
     # The reference trains as many steps in its one round as the others do over all rounds.
