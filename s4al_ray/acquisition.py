@@ -1,39 +1,15 @@
-"""Region acquisition: pixel uncertainty -> region scores -> selection under a budget.
+"""Region acquisition: pixel scores -> region scores -> selection under a budget.
 
-Scores are computed by the teacher workers (see ``teacher.py``); selection runs in the driver over
-the whole pool, so the global ranking sees every region at once.
+Pixel scores come from the registry in ``scores.py``; the teacher workers average them per region
+(:func:`region_scores`), and selection runs in the driver over the whole pool, so the global
+ranking sees every region at once.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 
-from s4al_ray.pool.grid import RegionGrid
-
-FUNCTIONS = ("entropy", "class_weighted_entropy", "margin", "random")
-
-
-def pixel_scores(probs: torch.Tensor, function: str, class_weights: torch.Tensor | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uncertainty per pixel from (C, H, W) probabilities; higher = more worth labeling.
-
-    ``torch.special.entr`` is 0 at p = 0, so exact zeros in a softmax never give NaN.
-    """
-    if function == "random":
-        return torch.rand(probs.shape[1:], generator=generator)
-    if function == "margin":
-        top2 = probs.topk(2, dim=0).values
-        return 1.0 - (top2[0] - top2[1])
-    entropy = torch.special.entr(probs.clamp(0.0, 1.0)).sum(0)
-    if function == "entropy":
-        return entropy
-    if function == "class_weighted_entropy":
-        if class_weights is None:
-            raise ValueError("class_weighted_entropy needs class weights")
-        return entropy * class_weights.to(probs.dtype)[probs.argmax(0)]
-    raise ValueError(f"unknown acquisition function {function!r}; one of {FUNCTIONS}")
-
+from s4al_ray.regions import RegionGrid
 
 def region_scores(pixel_score: np.ndarray, known: np.ndarray, grid: RegionGrid) -> np.ndarray:
     """Mean score of each region, with already-labeled pixels counting 0 (as in S4AL+)."""

@@ -9,7 +9,7 @@ import ray
 from s4al_ray.config import ExperimentConfig
 from s4al_ray.experiment import Experiment
 from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
-from s4al_ray.pool.state import PoolState
+from s4al_ray.pool.actor import pool_snapshot
 from s4al_ray.runtime import connect
 
 
@@ -21,13 +21,13 @@ def import_annotations(cfg: ExperimentConfig, folder: str, address: str | None =
     experiment.preflight()
     experiment.resources = connect(cfg, address)
     experiment.prepare()
-    state = PoolState.from_json(ray.get(experiment.pool.snapshot.remote()))
-    round_index = pending_round(experiment.run_dir, state)
+    state = pool_snapshot(experiment.pool)
+    round_index = pending_round(experiment.layout, state)
     if round_index is None:
         raise AnnotationError(f"{experiment.run_dir} has no query waiting for annotations")
-    selection, class_pixels, masks = read_answers(experiment.run_dir, round_index, folder,
+    selection, class_pixels, masks = read_answers(experiment.layout, round_index, folder,
                                                   experiment.data.num_classes)
-    store_labels(experiment.run_dir, state, masks, selection)
+    store_labels(experiment.layout, state, masks, selection)
     entry = ray.get(experiment.pool.commit.remote(round_index, selection, class_pixels))
     log(f"[annotate] round {round_index}: committed {entry['regions']} regions in "
         f"{entry['images']} images ({entry['pixels']} px). Continue with: python run.py "

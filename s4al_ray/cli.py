@@ -1,7 +1,8 @@
 """Command line: ``python run.py [command] [--config FILE] [key.path=value ...]``.
 
 Parses, loads and validates the config (before any Ray work), connects to Ray and calls one
-command. Nothing else lives here.
+command. Nothing else lives here, but for ``prepare`` (load the dataset, check it, print the
+report): short, and the one place that may know both the data modules and the registry.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable
 
 COMMANDS = {"run": "the active semi-supervised round loop (default)",
             "prepare": "prepare (cache) the dataset and check every sample; no Ray",
@@ -60,14 +62,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {err}", file=sys.stderr)
         return 2
     if command == "prepare":
-        from s4al_ray.data.prepare import prepare_command
-
-        return prepare_command(cfg)
+        return _prepare(cfg)
     if command == "annotate":
         from s4al_ray.annotate import annotate_command
 
         return annotate_command(cfg, args.import_dir, args.address)
     return _run(cfg, args.address)
+
+
+def _prepare(cfg, log: Callable[[str], None] = print) -> int:
+    """``python run.py prepare``: build the cache if needed, check every sample, print the report.
+
+    Returns the exit status: 1 when the dataset cannot be loaded or the check finds errors.
+    Needs no Ray, so it can run on a laptop or a data node before a cluster is paid for.
+    """
+    from s4al_ray import storage
+    from s4al_ray.data.check import check_dataset
+    from s4al_ray.data.folder import DatasetError
+    from s4al_ray.data.prepare import cache_warnings
+    from s4al_ray.data.registry import cache_spec, load_dataset
+
+    storage.configure_endpoint(cfg.s3_endpoint)  # as a run does
+    log(f"[prepare] {cfg.data.kind} dataset at {cfg.data.root}")
+    try:
+        info = load_dataset(cfg.data, cfg.seed, log)
+    except DatasetError as err:
+        log(f"error: {err}")
+        return 1
+    report = check_dataset(info)
+    spec = cache_spec(cfg.data)
+    if spec is not None:
+        report.warnings[:0] = cache_warnings(spec, cfg.data.cache_dir)
+    log(report.format())
+    return 1 if report.errors else 0
 
 
 def _sync(argv: list[str]) -> int:

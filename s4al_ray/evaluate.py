@@ -10,6 +10,8 @@ import numpy as np
 import torch
 
 from s4al_ray import IGNORE_INDEX
+from s4al_ray.data.io import load_image, load_mask
+from s4al_ray.data.training import image_tensor, normalize
 
 
 def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -35,3 +37,23 @@ def mean_iou(confusion: np.ndarray) -> float:
 def pixel_accuracy(confusion: np.ndarray) -> float:
     confusion = np.asarray(confusion, dtype=np.float64)
     return float(np.trace(confusion) / max(confusion.sum(), 1.0))
+
+
+@torch.no_grad()
+def evaluate_items(model, items: list[dict], num_classes: int, device,
+                   batch_size: int = 8) -> torch.Tensor:
+    """Confusion matrix of ``model`` over ``items`` (any sizes: batches group equal sizes)."""
+    model.eval()
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    by_size: dict[tuple[int, int], list[dict]] = {}
+    for item in items:
+        by_size.setdefault((item["height"], item["width"]), []).append(item)
+    for group in by_size.values():
+        for start in range(0, len(group), batch_size):
+            chunk = group[start:start + batch_size]
+            x = torch.stack([image_tensor(load_image(i["image_uri"])) for i in chunk])
+            y = torch.stack([torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64))
+                             for i in chunk])
+            pred = model(normalize(x.to(device)))["logits"].argmax(1).cpu()
+            confusion += confusion_matrix(pred, y, num_classes)
+    return confusion

@@ -1,9 +1,10 @@
-"""Round tables for the terminal and the rounds CSV."""
+"""Round tables and progress lines for the terminal, and the rounds CSV."""
 
 from __future__ import annotations
 
 import csv
 import io
+import statistics
 
 from s4al_ray import storage
 
@@ -57,3 +58,56 @@ def write_rounds_csv(records: list[dict], uri: str) -> None:
     writer.writeheader()
     writer.writerows(records)
     storage.write_text(uri, buffer.getvalue())
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def _fmt_estimate(seconds: float) -> str:
+    """A rounded duration for an estimate: ~40s, ~4m, ~1h05m."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"~{max(1, int(round(seconds)))}s"
+    minutes = int(round(seconds / 60))
+    if minutes < 60:
+        return f"~{minutes}m"
+    return f"~{minutes // 60}h{minutes % 60:02d}m"
+
+
+# ----------------------------------------------------------------------------------------------
+# Progress
+
+
+def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:
+    """``"round 2/5 done, 3m10s elapsed, ~4m left"``.
+
+    The estimate sums, for each round still to run, the mean training time of the rounds done
+    plus (except for the last round, which runs no teacher and acquires nothing) their mean
+    teacher + acquisition time. Without timings it falls back to elapsed time per round done.
+    """
+    done = (max(int(r["round"]) for r in records) + 1) if records else 0
+    head = f"round {done}/{total_rounds} done, {_fmt_duration(elapsed_s)} elapsed"
+    remaining = list(range(done, total_rounds))
+    if not remaining:
+        return f"{head}, finished"
+    train = [r["time/train_s"] for r in records if r.get("time/train_s") is not None]
+    extra = [r.get("time/teacher_s", 0.0) + r.get("time/acquire_s", 0.0) for r in records
+             if r.get("time/teacher_s")]
+    if train:
+        mean_train = statistics.fmean(train)
+        mean_extra = statistics.fmean(extra) if extra else 0.0
+        estimate = sum(mean_train + (mean_extra if r < total_rounds - 1 else 0.0)
+                       for r in remaining)
+    elif done:
+        estimate = elapsed_s / done * len(remaining)
+    else:
+        return f"{head}, {len(remaining)} rounds left"
+    return f"{head}, {_fmt_estimate(estimate)} left"

@@ -1,9 +1,10 @@
 """Student training with Ray Train: the only place a TorchTrainer is built.
 
-The driver builds a plain-dict ``loop_config`` (no closures over big objects); every worker runs
-:func:`train_loop`: joint mini-batches of labeled images and pseudo-labeled pool images through one
-forward pass (batch norm sees both), cross-entropy + ReCo, a checkpoint every epoch, and at the end
-a validation confusion matrix reduced across workers as a sum.
+The driver builds one :class:`StudentJob` per round (``jobs.student_job``; no closures over big
+objects); every worker runs :func:`train_loop` on it: joint mini-batches of labeled images and
+pseudo-labeled pool images through one forward pass (batch norm sees both), cross-entropy + ReCo,
+a checkpoint every epoch, and at the end a validation confusion matrix reduced across workers as
+a sum.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import ray.train
@@ -24,21 +25,52 @@ from ray.train.torch import TorchTrainer
 from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.config import ModelConfig, RecoConfig, TrainConfig
 from s4al_ray.data.augment import classmix, cutmix, strong_augment
-from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages,
-                                    image_tensor, normalize, read_pseudo_labels)
-from s4al_ray.data.io import load_image, load_mask
-from s4al_ray.evaluate import confusion_matrix
+from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages, normalize,
+                                    read_pseudo_labels)
+from s4al_ray.evaluate import evaluate_items
 from s4al_ray.losses import reco_loss
-from s4al_ray.model import model_from_config
+from s4al_ray.model import model_from_config, unwrap
 from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.pseudo_labels import pseudo_targets
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
 
 
-# ---------------------------------------------------------------------------------------------
-# Worker side
+@dataclass(frozen=True)
+class StudentJob:
+    """Everything one round's training reads, built by ``jobs.student_job`` and read by the
+    workers from this object only."""
+
+    round: int
+    seed: int
+    num_classes: int
+    crop: tuple[int, int]  # training crop (height, width)
+    train: TrainConfig
+    model: ModelConfig
+    reco: RecoConfig
+    loader_workers: int
+    labeled_items: list[dict]  # manifest rows of the fully labeled images
+    val_items: list[dict]
+    run_name: str  # Ray Train's run name: a rerun of the round resumes from its last epoch
+    train_dir: str  # Ray Train's run storage
+    checkpoint_uri: str  # where the round's student is published
+    init_checkpoint: str | None = None  # the previous round's student (train.fresh_student off)
+    # From round 1: the pool images with the previous teacher pass and the acquired regions.
+    pool_items: list[dict] = field(default_factory=list)
+    pseudo_uri: str | None = None
+    thresholds: list[float] | None = None
+    pool_weights: dict[str, float] | None = None  # class-balanced sampling, per sample id
+    acquired: dict[str, list[int]] = field(default_factory=dict)
+    region_size: int = 0
+
+    @property
+    def use_pseudo_labels(self) -> bool:
+        """The mean-teacher baseline labels pool batches online: its pool set carries only
+        acquired ground truth, weakly augmented."""
+        return self.train.pseudo_labels and self.train.method == "self_training"
 
 
 def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -47,10 +79,10 @@ def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Te
     return loss / (target != IGNORE_INDEX).sum().clamp(min=1)
 
 
-def _seed(cfg: dict, rank: int, epoch: int, stream: int = 0) -> int:
+def _seed(job: StudentJob, rank: int, epoch: int, stream: int = 0) -> int:
     """Every random stream is a function of (seed, round, rank, epoch): a run resumed at epoch e
     draws exactly the batches and augmentations an uninterrupted run would have drawn."""
-    return ((cfg["seed"] * 1009 + cfg["round"]) * 1013 + rank) * 1019 + epoch * 7 + stream
+    return ((job.seed * 1009 + job.round) * 1013 + rank) * 1019 + epoch * 7 + stream
 
 
 def _reseed_worker(worker_id: int) -> None:
@@ -83,39 +115,37 @@ class TrainingSets:
     pool_weights: list[float] | None = None
 
 
-def _build_datasets(cfg: dict) -> TrainingSets:
+def build_datasets(job: StudentJob) -> TrainingSets:
     """The labeled set and (from round 1, with pseudo-labels) the pool set."""
-    train = cfg["train"]
-    crop = (cfg["crop"][0], cfg["crop"][1])
     cache = DecodeCache()
-    labeled = LabeledImages(cfg["labeled_items"], crop, 0, cache)
-    pool_items = cfg["pool_items"]
-    use_pool = bool(pool_items) and cfg["pseudo_uri"] and train["pseudo_batch"] > 0
+    labeled = LabeledImages(job.labeled_items, job.crop, 0, cache)
+    use_pool = bool(job.pool_items) and job.pseudo_uri and job.train.pseudo_batch > 0
     if not use_pool:
         # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
-        return TrainingSets(labeled, train["labeled_batch"] + train["pseudo_batch"])
-    pseudo = read_pseudo_labels(cfg["pseudo_uri"], {i["sample_id"] for i in pool_items})
-    pool = PoolImages(pool_items, pseudo, cfg["thresholds"], cfg["acquired"], cfg["region_size"],
-                      crop, 0, cache=cache, pseudo_labels=cfg["use_pseudo_labels"],
+        return TrainingSets(labeled, job.train.labeled_batch + job.train.pseudo_batch)
+    pseudo = read_pseudo_labels(job.pseudo_uri, {i["sample_id"] for i in job.pool_items})
+    pool = PoolImages(job.pool_items, pseudo, job.thresholds, job.acquired, job.region_size,
+                      job.crop, 0, cache=cache, pseudo_labels=job.use_pseudo_labels,
                       # the mean teacher augments strongly after labeling the weak view
-                      strong=train["strong_aug"] and train["method"] == "self_training")
-    weights = cfg.get("pool_weights")
-    return TrainingSets(labeled, train["labeled_batch"], pool,
-                        [weights[i["sample_id"]] for i in pool_items] if weights else None)
+                      strong=job.train.strong_aug and job.train.method == "self_training")
+    weights = job.pool_weights
+    return TrainingSets(labeled, job.train.labeled_batch, pool,
+                        [weights[i["sample_id"]] for i in job.pool_items] if weights else None)
 
 
-def epoch_streams(cfg: dict, sets: TrainingSets, rank: int, epoch: int, device: torch.device):
+def epoch_streams(job: StudentJob, sets: TrainingSets, rank: int, epoch: int,
+                  device: torch.device):
     """Seed one epoch's randomness and open its batch streams: (generator for mixing and ReCo,
     labeled batches, pool batches or None). Each stream is a function of (seed, round, rank,
     epoch), so a resumed epoch replays exactly."""
-    steps, workers = cfg["train"]["steps_per_epoch"], cfg["data"]["loader_workers"]
-    torch.manual_seed(_seed(cfg, rank, epoch, 0))  # dropout
-    generator = torch.Generator().manual_seed(_seed(cfg, rank, epoch, 1))
+    steps, workers = job.train.steps_per_epoch, job.loader_workers
+    torch.manual_seed(_seed(job, rank, epoch, 0))  # dropout
+    generator = torch.Generator().manual_seed(_seed(job, rank, epoch, 1))
     pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(cfg, rank, epoch, 2),
+    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(job, rank, epoch, 2),
                              workers, pin_memory=pin)
     pool = None if sets.pool is None else _epoch_batches(
-        sets.pool, cfg["train"]["pseudo_batch"], steps, _seed(cfg, rank, epoch, 5), workers,
+        sets.pool, job.train.pseudo_batch, steps, _seed(job, rank, epoch, 5), workers,
         sets.pool_weights, pin_memory=pin)
     return generator, labeled, pool
 
@@ -127,10 +157,10 @@ def _poly_lr(optimizer, base_lr: float, it: int, total: int, power: float) -> fl
     return base_lr * factor
 
 
-def _mix(images, masks, cfg: dict, generator):
-    if cfg["train"]["mix"] == "cutmix":
+def _mix(images, masks, mix: str, generator):
+    if mix == "cutmix":
         return cutmix(images, masks, generator)
-    if cfg["train"]["mix"] == "classmix":
+    if mix == "classmix":
         return classmix(images, masks, generator)
     return images, masks
 
@@ -143,24 +173,22 @@ def mean_teacher_batch(teacher, images: torch.Tensor, known: torch.Tensor, thres
     each image and its target are strongly augmented together."""
     device = next(teacher.parameters()).device
     probs = torch.softmax(teacher(normalize(images.to(device)))["logits"].float(), dim=1).cpu()
-    confidence, label = probs.max(1)
-    limits = torch.tensor(thresholds, dtype=confidence.dtype)[label]
-    target = torch.where(confidence >= limits, label, torch.full_like(label, IGNORE_INDEX))
-    target = torch.where(known != IGNORE_INDEX, known, target)
+    target = pseudo_targets(probs, thresholds, known)
     pairs = [strong_augment(image, mask, crop, generator) for image, mask in zip(images, target)]
     return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
 
 
-def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[str, torch.Tensor]:
+def _step_losses(model, job: StudentJob, batch_l, batch_u, device,
+                 generator) -> dict[str, torch.Tensor]:
     images_l, masks_l = batch_l
     parts_x, parts_y = [images_l], [masks_l]
     if batch_u is not None:
-        images_u, targets_u = _mix(*batch_u, cfg, generator)
+        images_u, targets_u = _mix(*batch_u, job.train.mix, generator)
         parts_x.append(images_u)
         parts_y.append(targets_u)
     x = normalize(torch.cat(parts_x).to(device, non_blocking=True))
     y = torch.cat(parts_y).to(device, non_blocking=True)
-    reco_w = cfg["train"]["reco_weight"]
+    reco_w = job.train.reco_weight
     out = model(x, with_embedding=reco_w > 0)
     n_l = images_l.shape[0]
     losses = {"sup": masked_cross_entropy(out["logits"][:n_l], y[:n_l])}
@@ -170,69 +198,48 @@ def _step_losses(model, cfg: dict, batch_l, batch_u, device, generator) -> dict[
         size = out["embedding"].shape[-2:]
         y_small = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
         probs = torch.softmax(out["logits_s4"].detach().float(), dim=1)
-        r = cfg["reco"]
+        r = job.reco
         losses["reco"] = reco_loss(out["embedding"].float(), probs, y_small,
-                                   strong_threshold=r["strong_threshold"],
-                                   temperature=r["temperature"], num_queries=r["num_queries"],
-                                   num_negatives=r["num_negatives"], generator=generator)
-    total = losses["sup"] + cfg["train"]["unsup_weight"] * losses.get("unsup", 0.0)
+                                   strong_threshold=r.strong_threshold, temperature=r.temperature,
+                                   num_queries=r.num_queries, num_negatives=r.num_negatives,
+                                   generator=generator)
+    total = losses["sup"] + job.train.unsup_weight * losses.get("unsup", 0.0)
     losses["total"] = total + reco_w * losses.get("reco", 0.0)
     return losses
 
 
-def train_step(model, optimizer, cfg: dict, batch_l, batch_u, device, generator,
+def train_step(model, optimizer, job: StudentJob, batch_l, batch_u, device, generator,
                ema=None, use_amp: bool = False) -> dict[str, float]:
     """One optimiser step on a joint batch; with ``ema`` (the mean-teacher baseline) the EMA
     teacher first labels the pool batch and then follows the student. Returns the losses."""
     if ema is not None:
-        batch_u = mean_teacher_batch(ema, *batch_u, cfg["thresholds"], tuple(cfg["crop"]),
-                                     generator)
+        batch_u = mean_teacher_batch(ema, *batch_u, job.thresholds, job.crop, generator)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        losses = _step_losses(model, cfg, batch_l, batch_u, device, generator)
+        losses = _step_losses(model, job, batch_l, batch_u, device, generator)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
     if ema is not None:
-        ema.update_parameters(model.module if hasattr(model, "module") else model)
+        ema.update_parameters(unwrap(model))
     return {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
 
 
-def train_epoch(model, optimizer, cfg: dict, epoch: int, streams, device, ema=None,
+def train_epoch(model, optimizer, job: StudentJob, epoch: int, streams, device, ema=None,
                 use_amp: bool = False) -> tuple[dict[str, float], float]:
     """One epoch of ``train_step`` on the batches of ``epoch_streams``, with the poly learning
     rate counted over the whole round. Returns (mean of each loss, the last learning rate)."""
-    train = cfg["train"]
-    steps, total = train["steps_per_epoch"], train["epochs"] * train["steps_per_epoch"]
+    train = job.train
+    steps, total = train.steps_per_epoch, train.epochs * train.steps_per_epoch
     generator, labeled, pool = streams
     sums: dict[str, float] = {}
-    lr = train["lr"]
+    lr = train.lr
     for step in range(steps):
-        lr = _poly_lr(optimizer, train["lr"], epoch * steps + step, total, train["poly_power"])
-        losses = train_step(model, optimizer, cfg, next(labeled), next(pool) if pool else None,
+        lr = _poly_lr(optimizer, train.lr, epoch * steps + step, total, train.poly_power)
+        losses = train_step(model, optimizer, job, next(labeled), next(pool) if pool else None,
                             device, generator, ema, use_amp)
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value
     return {key: value / steps for key, value in sums.items()}, lr
-
-
-@torch.no_grad()
-def evaluate_items(model, items: list[dict], num_classes: int, device,
-                   batch_size: int = 8) -> torch.Tensor:
-    """Confusion matrix of ``model`` over ``items`` (any sizes: batches group equal sizes)."""
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-    by_size: dict[tuple[int, int], list[dict]] = {}
-    for item in items:
-        by_size.setdefault((item["height"], item["width"]), []).append(item)
-    for group in by_size.values():
-        for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
-            x = torch.stack([image_tensor(load_image(i["image_uri"])) for i in chunk])
-            y = torch.stack([torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64))
-                             for i in chunk])
-            pred = model(normalize(x.to(device)))["logits"].argmax(1).cpu()
-            confusion += confusion_matrix(pred, y, num_classes)
-    return confusion
 
 
 def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
@@ -243,29 +250,30 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _init_model(cfg: dict) -> torch.nn.Module:
-    init = cfg["init_checkpoint"]
-    model = model_from_config(cfg["model"], cfg["num_classes"], "none" if init else None)
+def init_model(job: StudentJob) -> torch.nn.Module:
+    """The round's initial student: the configured weights, or the previous round's student."""
+    init = job.init_checkpoint
+    model = model_from_config(job.model, job.num_classes, "none" if init else None)
     if init:
         load_checkpoint(model, init)
     return model
 
 
-def make_optimizer(model: torch.nn.Module, train: dict) -> torch.optim.SGD:
+def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SGD:
     """SGD (Nesterov when there is momentum) over the model's parameter groups (heads at
     ``head_lr_mult``)."""
-    return torch.optim.SGD(model.parameter_groups(), lr=train["lr"], momentum=train["momentum"],
-                           weight_decay=train["weight_decay"], nesterov=train["momentum"] > 0)
+    return torch.optim.SGD(model.parameter_groups(), lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay, nesterov=train.momentum > 0)
 
 
-def make_ema_teacher(model: torch.nn.Module, train: dict, sets: TrainingSets):
+def make_ema_teacher(model: torch.nn.Module, train: TrainConfig, sets: TrainingSets):
     """The mean-teacher baseline's EMA of the student (weights and batch-norm buffers); None for
     self-training, and in round 0, which has no pool batches to label."""
-    if train["method"] != "mean_teacher" or sets.pool is None:
+    if train.method != "mean_teacher" or sets.pool is None:
         return None
     from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train["ema_decay"]),
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay),
                         use_buffers=True)
     return ema.eval()
 
@@ -279,8 +287,7 @@ def _report(metrics: dict, model, optimizer, epoch: int) -> None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory(prefix="s4al-ckpt-") as directory:
-        inner = model.module if hasattr(model, "module") else model
-        torch.save({"model": inner.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                     "epoch": epoch}, os.path.join(directory, MODEL_FILE))
         with open(os.path.join(directory, METRICS_FILE), "w") as handle:
             json.dump(metrics, handle)
@@ -297,50 +304,48 @@ def _resume(model, optimizer) -> int:
     with checkpoint.as_directory() as directory:
         state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu",
                            weights_only=True)
-    inner = model.module if hasattr(model, "module") else model
-    inner.load_state_dict(state["model"])
+    unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]) + 1
 
 
-def train_loop(cfg: dict) -> None:
-    """Runs on every Ray Train worker."""
+def train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker; ``config`` is ``{"job": StudentJob}``."""
+    job: StudentJob = config["job"]
+    train = job.train
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])  # identical initial weights on every rank and every rerun
+    torch.set_num_threads(train.cpus_per_worker)
+    torch.manual_seed(job.seed)  # identical initial weights on every rank and every rerun
     device = ray.train.torch.get_device()
-    model = _init_model(cfg)
-    if cfg["train"]["sync_bn"] and world > 1:
+    model = init_model(job)
+    if train.sync_bn and world > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = ray.train.torch.prepare_model(model)
-    inner = model.module if hasattr(model, "module") else model
-    train = cfg["train"]
-    optimizer = make_optimizer(inner, train)
+    optimizer = make_optimizer(unwrap(model), train)
     start_epoch = _resume(model, optimizer)
-    sets = _build_datasets(cfg)
-    ema = make_ema_teacher(inner, train, sets)
-    use_amp = train["amp"] and device.type == "cuda"
-    for epoch in range(start_epoch, train["epochs"]):
+    sets = build_datasets(job)
+    ema = make_ema_teacher(unwrap(model), train, sets)
+    use_amp = train.amp and device.type == "cuda"
+    for epoch in range(start_epoch, train.epochs):
         model.train()
-        streams = epoch_streams(cfg, sets, rank, epoch, device)
+        streams = epoch_streams(job, sets, rank, epoch, device)
         started = time.perf_counter()  # the loop alone: what benchmarks compare with plain PyTorch
-        losses, lr = train_epoch(model, optimizer, cfg, epoch, streams, device, ema, use_amp)
+        losses, lr = train_epoch(model, optimizer, job, epoch, streams, device, ema, use_amp)
         metrics = {f"train/loss_{k}": v for k, v in losses.items()}
         metrics.update({"epoch": epoch, "train/lr": lr,
                         "train/seconds": time.perf_counter() - started})
-        if epoch == train["epochs"] - 1:
-            val_items = cfg["val_items"][rank::world]
-            confusion = _all_reduce_sum(evaluate_items(model, val_items, cfg["num_classes"], device))
+        if epoch == train.epochs - 1:
+            val_items = job.val_items[rank::world]
+            confusion = _all_reduce_sum(evaluate_items(model, val_items, job.num_classes, device))
             metrics["val/confusion"] = confusion.tolist()
         _report(metrics, model, optimizer, epoch)
 
 
-# ---------------------------------------------------------------------------------------------
-# Driver side
+# -- driver side
 
 
-@dataclass
+@dataclass(frozen=True)
 class StudentResult:
     checkpoint_uri: str  # the round's model file (``{"model": state_dict, ...}``)
     metrics: dict
@@ -354,36 +359,33 @@ def _checkpoint_uri(checkpoint: Checkpoint) -> str:
     return checkpoint.path
 
 
-def fit_student(loop_config: dict, run_dir: str, experiment: str) -> StudentResult:
+def fit_student(job: StudentJob) -> StudentResult:
     """Train one round's student with a TorchTrainer and publish its weights to
-    ``<run_dir>/checkpoints/round_XXX.pt``. Rerunning the same round resumes from its last epoch
-    checkpoint because the run name is derived from the experiment and round."""
-    train = loop_config["train"]
-    round_index = loop_config["round"]
-    storage_path, storage_fs = storage.ray_storage(storage.join(run_dir, "train"))
+    ``job.checkpoint_uri``. Rerunning the same round resumes from its last epoch checkpoint
+    because the run name is derived from the experiment and round."""
+    train = job.train
+    storage_path, storage_fs = storage.ray_storage(job.train_dir)
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config=loop_config,
-        scaling_config=ScalingConfig(num_workers=train["num_workers"], use_gpu=train["use_gpu"],
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
                                      resources_per_worker=_worker_resources(train)),
         run_config=RunConfig(
-            name=f"{experiment}-round{round_index:03d}", storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=train["max_failures"]),
+            name=job.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"round {round_index}: training produced no checkpoint")
+        raise RuntimeError(f"round {job.round}: training produced no checkpoint")
     source = _checkpoint_uri(result.checkpoint)
     metrics = json.loads(storage.read_text(storage.join(source, METRICS_FILE)))
-    published = storage.join(run_dir, "checkpoints", f"round_{round_index:03d}.pt")
-    storage.write_bytes(published, storage.read_bytes(storage.join(source, MODEL_FILE)))
-    return StudentResult(published, metrics)
+    storage.write_bytes(job.checkpoint_uri, storage.read_bytes(storage.join(source, MODEL_FILE)))
+    return StudentResult(job.checkpoint_uri, metrics)
 
 
-def _worker_resources(train: dict) -> dict:
-    resources = {"CPU": train["cpus_per_worker"]}
-    if train["use_gpu"]:
+def _worker_resources(train: TrainConfig) -> dict:
+    resources = {"CPU": train.cpus_per_worker}
+    if train.use_gpu:
         resources["GPU"] = 1
     return resources

@@ -16,9 +16,7 @@ Two ways to run the model (``teacher.reuse_workers``):
 
 from __future__ import annotations
 
-import json
 import time
-import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,28 +27,50 @@ import torch
 import torch.nn.functional as F
 
 from s4al_ray import storage
-from s4al_ray.acquisition import pixel_scores, region_scores
+from s4al_ray.acquisition import region_scores
+from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image
 from s4al_ray.data.training import image_tensor, normalize
 from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
-from s4al_ray.pool.grid import RegionGrid
+from s4al_ray.pseudo_labels import LEVELS, confidence_histogram, confidence_levels
+from s4al_ray.regions import RegionGrid
+from s4al_ray.scores import get_score
 
-HIST_BINS = 20
 OUTPUT_SCHEMA = pa.schema([
     ("sample_id", pa.string()),
     ("label_png", pa.binary()),
-    ("conf_png", pa.binary()),
+    ("conf_png", pa.binary()),  # uint8 confidence levels (pseudo_labels.confidence_levels)
     ("scores", pa.list_(pa.float32())),
-    ("conf_hist", pa.list_(pa.int64())),
+    ("conf_hist", pa.list_(pa.int32())),  # (C * LEVELS,) pixels per predicted class and level
 ])
 
 
-def confidence_histogram(label: np.ndarray, confidence: np.ndarray, num_classes: int) -> np.ndarray:
-    """(C * HIST_BINS,) counts of pixels per predicted class and confidence bin."""
-    bins = np.minimum((confidence.astype(np.int64) * HIST_BINS) // 256, HIST_BINS - 1)
-    return np.bincount(label.astype(np.int64).ravel() * HIST_BINS + bins.ravel(),
-                       minlength=num_classes * HIST_BINS)
+@dataclass(frozen=True)
+class TeacherJob:
+    """Everything one teacher pass reads, built by ``jobs.teacher_job``. Its ``repr`` keys the
+    model cached in task workers, so it names the checkpoint and its storage stamp."""
+
+    round: int
+    seed: int  # random scores draw per image from (seed, sample id)
+    model: ModelConfig
+    num_classes: int
+    checkpoint_uri: str
+    checkpoint_stamp: str  # a checkpoint rewritten under the same path is reloaded
+    region_size: int
+    score: str  # a key of scores.SCORES
+    class_weights: list[float] | None  # only when the score needs them
+    scales: list[float]
+    flip: bool
+    use_gpu: bool
+    cpus_per_worker: int
+    reuse_workers: bool
+    num_workers: int
+    batch_size: int
+
+    @property
+    def uses_tasks(self) -> bool:
+        return uses_tasks(self.reuse_workers, self.use_gpu)
 
 
 @torch.no_grad()
@@ -76,14 +96,15 @@ class TeacherPredictor:
     """The teacher model and its per-image outputs: a Ray Data callable class (one model per
     actor, reused for every batch), also cached per task worker by ``predict_batch``."""
 
-    def __init__(self, cfg: dict) -> None:
-        torch.set_num_threads(cfg["threads"])
-        self.cfg = cfg
-        self.device = torch.device("cuda" if cfg["use_gpu"] and torch.cuda.is_available() else "cpu")
-        model = model_from_config(cfg["model"], cfg["num_classes"], pretrained="none")
-        load_checkpoint(model, cfg["checkpoint_uri"])
+    def __init__(self, job: TeacherJob) -> None:
+        torch.set_num_threads(job.cpus_per_worker)
+        self.job = job
+        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+        model = model_from_config(job.model, job.num_classes, pretrained="none")
+        load_checkpoint(model, job.checkpoint_uri)
         self.model = model.to(self.device).eval()
-        weights = cfg.get("class_weights")
+        self.score = get_score(job.score)
+        weights = job.class_weights
         self.class_weights = torch.tensor(weights) if weights is not None else None
 
     def _rows(self, batch: dict) -> list[dict]:
@@ -93,49 +114,41 @@ class TeacherPredictor:
     def __call__(self, batch: dict) -> pa.Table:
         rows = self._rows(batch)
         images = torch.stack([image_tensor(load_image(r["image_uri"])) for r in rows])
-        probs = predict_probs(self.model, images.to(self.device), self.cfg["scales"],
-                              self.cfg["flip"]).cpu()
+        probs = predict_probs(self.model, images.to(self.device), self.job.scales,
+                              self.job.flip).cpu()
         out = {name: [] for name in OUTPUT_SCHEMA.names}
         for row, p in zip(rows, probs):
             self._emit(row, p, out)
         return pa.table(out, schema=OUTPUT_SCHEMA)
 
-    def _random_generator(self, row: dict) -> torch.Generator | None:
-        """Random acquisition draws per image from (seed, sample id): the same scores whichever
-        worker gets which batch. Other functions draw nothing."""
-        if self.cfg["function"] != "random":
-            return None
-        key = f"{self.cfg['seed']}/{row['sample_id']}".encode()
-        return torch.Generator().manual_seed(zlib.crc32(key))
-
     def _emit(self, row: dict, probs: torch.Tensor, out: dict) -> None:
         confidence, label = probs.max(0)
         label_u8 = label.numpy().astype(np.uint8)
-        conf_u8 = (confidence.numpy() * 255.0).round().astype(np.uint8)
-        grid = RegionGrid(int(row["height"]), int(row["width"]), self.cfg["region_size"])
+        level = confidence_levels(confidence.numpy())
+        grid = RegionGrid(int(row["height"]), int(row["width"]), self.job.region_size)
         known = grid.mask(list(row["acquired"]))
-        score = pixel_scores(probs, self.cfg["function"], self.class_weights,
-                             self._random_generator(row))
+        ctx = self.score.context(self.job.seed, str(row["sample_id"]), self.class_weights)
+        score = self.score(probs, ctx)
         out["sample_id"].append(str(row["sample_id"]))
         out["label_png"].append(encode_png(label_u8))
-        out["conf_png"].append(encode_png(conf_u8))
+        out["conf_png"].append(encode_png(level))
         out["scores"].append(region_scores(score.numpy(), known, grid).tolist())
-        out["conf_hist"].append(confidence_histogram(label_u8, conf_u8, self.cfg["num_classes"]).tolist())
+        out["conf_hist"].append(confidence_histogram(label_u8, level, self.job.num_classes))
 
 
-# The teacher model of the current pass in this worker process, keyed by its config (which names
+# The teacher model of the current pass in this worker process, keyed by its job (which names
 # the checkpoint and its storage stamp): reused by every later batch of the same pass, replaced
 # when a new round's checkpoint arrives.
 _CACHED_PREDICTOR: dict[str, TeacherPredictor] = {}
 
 
-def predict_batch(batch: dict, cfg: dict) -> pa.Table:
+def predict_batch(batch: dict, job: TeacherJob) -> pa.Table:
     """Ray Data task function: ``TeacherPredictor`` cached in this worker process."""
-    key = json.dumps(cfg, sort_keys=True, default=str)
+    key = repr(job)
     predictor = _CACHED_PREDICTOR.get(key)
     if predictor is None:
         _CACHED_PREDICTOR.clear()  # free the previous round's model first
-        predictor = _CACHED_PREDICTOR[key] = TeacherPredictor(cfg)
+        predictor = _CACHED_PREDICTOR[key] = TeacherPredictor(job)
     return predictor(batch)
 
 
@@ -156,16 +169,15 @@ def uses_tasks(reuse_workers: bool, use_gpu: bool) -> bool:
     return reuse_workers and not use_gpu
 
 
-def _map_predict(ds: ray.data.Dataset, cfg: dict, workers: int,
-                 batch_size: int) -> ray.data.Dataset:
-    resources = {"num_cpus": cfg["cpus_per_actor"], "num_gpus": 1 if cfg["use_gpu"] else 0}
-    if uses_tasks(cfg.get("reuse_workers", True), cfg["use_gpu"]):
-        return ds.map_batches(predict_batch, fn_kwargs={"cfg": cfg}, batch_size=batch_size,
-                              batch_format="numpy", compute=ray.data.TaskPoolStrategy(size=workers),
-                              **resources)
-    return ds.map_batches(TeacherPredictor, fn_constructor_kwargs={"cfg": cfg},
-                          batch_size=batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(size=workers), **resources)
+def _map_predict(ds: ray.data.Dataset, job: TeacherJob) -> ray.data.Dataset:
+    resources = {"num_cpus": job.cpus_per_worker, "num_gpus": 1 if job.use_gpu else 0}
+    if job.uses_tasks:
+        return ds.map_batches(predict_batch, fn_kwargs={"job": job}, batch_size=job.batch_size,
+                              batch_format="numpy",
+                              compute=ray.data.TaskPoolStrategy(size=job.num_workers), **resources)
+    return ds.map_batches(TeacherPredictor, fn_constructor_kwargs={"job": job},
+                          batch_size=job.batch_size, batch_format="numpy",
+                          compute=ray.data.ActorPoolStrategy(size=job.num_workers), **resources)
 
 
 def size_groups(rows: list[dict]) -> list[list[dict]]:
@@ -175,60 +187,34 @@ def size_groups(rows: list[dict]) -> list[list[dict]]:
     return [[r for r in rows if (r["height"], r["width"]) == size] for size in sizes]
 
 
-def run_teacher(rows: list[dict], cfg: dict, output_uri: str, num_actors: int,
-                batch_size: int) -> float:
+def run_teacher(job: TeacherJob, rows: list[dict], output_uri: str) -> float:
     """Predict ``rows`` (sample_id, image_uri, height, width, acquired) and write parquet to
     ``output_uri`` (replaced). Returns the seconds spent."""
     started = time.perf_counter()
     storage.delete_dir(output_uri)
     fs, path = storage.filesystem(output_uri)
     for index, subset in enumerate(size_groups(rows)):
-        ds = ray.data.from_items(subset, override_num_blocks=max(1, min(len(subset) // batch_size, 64)))
-        ds = _map_predict(ds, cfg, num_actors, batch_size)
+        blocks = max(1, min(len(subset) // job.batch_size, 64))
+        ds = _map_predict(ray.data.from_items(subset, override_num_blocks=blocks), job)
         # One sub-directory per size group: a pass never touches another's files.
         ds.write_parquet(f"{path}/size_{index:02d}", filesystem=fs)
     return time.perf_counter() - started
 
 
-@dataclass
+@dataclass(frozen=True)
 class TeacherOutput:
     scores: dict[str, np.ndarray]  # sample_id -> region scores
-    hist: np.ndarray  # (C, HIST_BINS) confidence histogram over the pool
+    hist: np.ndarray  # (C, LEVELS) confidence histogram over the pool
     class_pixels: dict[str, np.ndarray]  # sample_id -> predicted pixels per class
 
 
-def read_teacher_output(output_uri: str) -> TeacherOutput:
+def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
     fs, path = storage.filesystem(output_uri)
     table = pq.read_table(path, filesystem=fs, columns=["sample_id", "scores", "conf_hist"])
     ids = table.column("sample_id").to_pylist()
     scores = {sid: np.asarray(s, dtype=np.float32)
               for sid, s in zip(ids, table.column("scores").to_pylist())}
-    per_image = np.asarray(table.column("conf_hist").to_pylist(), dtype=np.int64)
-    per_image = per_image.reshape(len(ids), -1, HIST_BINS)
+    hist = table.column("conf_hist").combine_chunks()
+    per_image = hist.flatten().to_numpy().astype(np.int64).reshape(len(ids), num_classes, LEVELS)
     class_pixels = {sid: counts.sum(1) for sid, counts in zip(ids, per_image)}
     return TeacherOutput(scores, per_image.sum(0), class_pixels)
-
-
-def class_thresholds(hist: np.ndarray, threshold: float, class_aware: bool,
-                     quantile: float) -> list[float]:
-    """Per-class confidence thresholds.
-
-    Global: every class uses ``threshold``. Class-aware (the S4AL+ answer to the long tail): a
-    class's threshold is the ``quantile`` of its own confidence distribution, capped by the global
-    threshold, so a rare class the teacher is less sure about still keeps its most confident
-    pseudo-labels instead of losing all of them.
-    """
-    num_classes = hist.shape[0]
-    if not class_aware:
-        return [float(threshold)] * num_classes
-    out = []
-    for counts in hist:
-        total = counts.sum()
-        if total == 0:
-            out.append(float(threshold))
-            continue
-        cumulative = np.cumsum(counts) / total
-        bin_index = int(np.searchsorted(cumulative, quantile))
-        lower_edge = bin_index / HIST_BINS  # conservative: the bin's lower confidence edge
-        out.append(float(min(threshold, lower_edge)))
-    return out

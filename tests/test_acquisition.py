@@ -6,9 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from s4al_ray.acquisition import (inverse_frequency_weights, pixel_scores, region_scores,
-                                  select_regions)
-from s4al_ray.pool.grid import RegionGrid
+from s4al_ray.acquisition import inverse_frequency_weights, region_scores, select_regions
+from s4al_ray.regions import RegionGrid
+from s4al_ray.scores import SCORES, ScoreContext, get_score, register
+
+
+def pixel_scores(probs, function, class_weights=None):
+    return get_score(function)(probs, ScoreContext(class_weights=class_weights))
 
 
 def _probs(*columns) -> torch.Tensor:
@@ -40,6 +44,38 @@ def test_class_weighting_lifts_rare_class_region():
     weighted = [pixel_scores(p, "class_weighted_entropy", weights).item() for p in (common, rare)]
     assert plain[0] == pytest.approx(plain[1])
     assert weighted[1] > 10 * weighted[0]
+
+
+def test_a_registered_score_is_a_valid_config_choice():
+    from s4al_ray.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="least_confidence.*one of: entropy"):
+        load_config(None, ["acquisition.function=least_confidence"])
+
+    @register("least_confidence")
+    def least_confidence(probs, ctx):
+        return 1.0 - probs.max(0).values
+
+    try:
+        cfg = load_config(None, ["acquisition.function=least_confidence"])
+        assert cfg.acquisition.function == "least_confidence"
+        probs = _probs([0.9, 0.1], [0.5, 0.5])
+        assert get_score("least_confidence")(probs)[0].tolist() == pytest.approx([0.1, 0.5])
+    finally:
+        del SCORES["least_confidence"]
+
+
+def test_a_score_gets_only_what_it_declares():
+    weights = torch.ones(3)
+    plain = get_score("entropy").context(0, "a", weights)
+    assert plain.class_weights is None and plain.generator is None
+    weighted = get_score("class_weighted_entropy").context(0, "a", weights)
+    assert weighted.class_weights is weights and weighted.generator is None
+    draws = [get_score("random").context(7, "a", None).generator.initial_seed()
+             for _ in range(2)]
+    assert draws[0] == draws[1] != get_score("random").context(7, "b", None).generator.initial_seed()
+    with pytest.raises(ValueError, match="unknown needs"):
+        register("bad", needs=("labels",))
 
 
 def test_inverse_frequency_weights_finite_for_unseen_class():

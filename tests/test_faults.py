@@ -15,7 +15,8 @@ import pytest
 from conftest import pids_matching
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
-from s4al_ray.pool.actor import PoolStateHolder, get_pool_actor, state_uri
+from s4al_ray.layout import RunLayout
+from s4al_ray.pool.actor import PoolStateHolder, get_pool_actor
 from s4al_ray.pool.state import PoolState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,24 +41,24 @@ def _masks(tmp_path) -> dict[str, str]:
 
 def test_truncated_state_file_falls_back_to_previous_version(tmp_path, capsys):
     masks = _masks(tmp_path)
-    holder = PoolStateHolder(str(tmp_path), _state().to_json(), masks)
+    holder = PoolStateHolder(RunLayout(str(tmp_path)), _state().to_json(), masks)
     holder.commit(0, {"i1": [0]})
     holder.commit(1, {"i2": [1]})
-    path = state_uri(str(tmp_path))
+    path = RunLayout(str(tmp_path)).pool_state
     text = open(path).read()
     with open(path, "w") as handle:  # a crash mid-write, as a non-atomic copy would leave it
         handle.write(text[: len(text) // 2])
-    reloaded = PoolStateHolder(str(tmp_path), _state().to_json(), masks)
+    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), _state().to_json(), masks)
     assert "unreadable" in capsys.readouterr().out
     assert reloaded.state.committed_rounds == [0]
     assert reloaded.commit(1, {"i2": [1]})["pixels"] == 256  # the lost commit is redone
-    assert PoolStateHolder(str(tmp_path), "{}", masks).state.committed_rounds == [0, 1]
+    assert PoolStateHolder(RunLayout(str(tmp_path)), "{}", masks).state.committed_rounds == [0, 1]
 
 
 def test_killed_pool_actor_reloads_its_state(ray_session, tmp_path):
     ray = ray_session
     masks = _masks(tmp_path)
-    actor = get_pool_actor("fault-pool", str(tmp_path), _state(), masks)
+    actor = get_pool_actor("fault-pool", RunLayout(str(tmp_path)), _state(), masks)
     ray.get(actor.commit.remote(0, {"i1": [0, 1], "i2": [3]}))
     ray.kill(actor, no_restart=False)  # like a node loss: Ray restarts it, __init__ reloads
     deadline = time.time() + 60

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from s4al_ray.pool.grid import RegionGrid
+from s4al_ray.regions import RegionGrid
 
 
 def test_non_dividing_sizes_have_smaller_edge_regions():

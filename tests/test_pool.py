@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from s4al_ray.pool.actor import PoolStateHolder, state_uri
+from s4al_ray.layout import RunLayout
+from s4al_ray.pool.actor import PoolStateHolder
 from s4al_ray.pool.state import PoolState
 
 
@@ -95,13 +96,13 @@ def _write_masks(tmp_path, state: PoolState) -> dict[str, str]:
 def test_holder_persists_before_returning_and_reloads(tmp_path):
     state = make_state()
     masks = _write_masks(tmp_path, state)
-    holder = PoolStateHolder(str(tmp_path), state.to_json(), masks)
+    holder = PoolStateHolder(RunLayout(str(tmp_path)), state.to_json(), masks)
     entry = holder.commit(0, {"img1": [0, 1]})
     # region 0: x 0..15 class 0 (one ignore pixel); region 1: x 16..31, class 0 up to x=24
     assert entry["class_pixels"] == [255 + 9 * 16, 7 * 16, 0]
-    reloaded = PoolStateHolder(str(tmp_path), make_state().to_json(), masks)
+    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), make_state().to_json(), masks)
     assert reloaded.state.acquired == {"img1": [0, 1]}
-    assert PoolState.from_json(open(state_uri(str(tmp_path))).read()).committed_rounds == [0]
+    assert PoolState.from_json(open(RunLayout(str(tmp_path)).pool_state).read()).committed_rounds == [0]
 
 
 def test_pool_actor_is_single_writer(ray_session, tmp_path):
@@ -109,8 +110,8 @@ def test_pool_actor_is_single_writer(ray_session, tmp_path):
 
     state = make_state()
     masks = _write_masks(tmp_path, state)
-    actor = get_pool_actor("test-pool", str(tmp_path), state, masks)
-    same = get_pool_actor("test-pool", str(tmp_path), state, masks)
+    actor = get_pool_actor("test-pool", RunLayout(str(tmp_path)), state, masks)
+    same = get_pool_actor("test-pool", RunLayout(str(tmp_path)), state, masks)
     ray = ray_session
     ray.get(actor.commit.remote(0, {"img2": [3]}))
     ray.get(same.commit.remote(0, {"img2": [3]}))  # a retried commit is a no-op

@@ -1,11 +1,14 @@
-"""Pseudo-label thresholds and training targets."""
+"""Pseudo-label thresholds, training targets and the kept share: one integer rule."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from s4al_ray.data.training import compose_target
-from s4al_ray.teacher import HIST_BINS, class_thresholds, confidence_histogram
+from s4al_ray import IGNORE_INDEX
+from s4al_ray.pseudo_labels import (LEVELS, class_thresholds, compose_target,
+                                    confidence_histogram, confidence_levels, kept_fraction,
+                                    pseudo_targets)
 
 
 def _hist(confidences_by_class: dict[int, list[float]], num_classes: int) -> np.ndarray:
@@ -15,7 +18,7 @@ def _hist(confidences_by_class: dict[int, list[float]], num_classes: int) -> np.
         confs += [round(v * 255) for v in values]
     hist = confidence_histogram(np.array(labels, dtype=np.uint8), np.array(confs, dtype=np.uint8),
                                 num_classes)
-    return hist.reshape(num_classes, HIST_BINS)
+    return hist.reshape(num_classes, LEVELS)
 
 
 def test_rare_class_keeps_pseudo_labels_a_global_threshold_drops():
@@ -50,9 +53,41 @@ def test_histogram_counts_every_pixel():
     rng = np.random.default_rng(0)
     label = rng.integers(0, 4, (16, 16)).astype(np.uint8)
     conf = rng.integers(0, 256, (16, 16)).astype(np.uint8)
-    hist = confidence_histogram(label, conf, 4).reshape(4, HIST_BINS)
+    hist = confidence_histogram(label, conf, 4).reshape(4, LEVELS)
     assert hist.sum() == 256
     assert hist.sum(1).tolist() == np.bincount(label.ravel(), minlength=4).tolist()
+
+
+@pytest.mark.parametrize("class_aware", [False, True])
+def test_printed_kept_share_is_the_share_trained_on(class_aware):
+    """The round table's "pseudo kept %" (from the pool histogram) equals the share of pixels
+    whose training target is a pseudo-label, at every threshold, including the levels where a
+    float rule and an integer rule disagree (0.7 -> level 178.5, rounded to 178)."""
+    rng = np.random.default_rng(1)
+    images = [(rng.integers(0, 3, (20, 24)).astype(np.uint8),
+               rng.integers(150, 256, (20, 24)).astype(np.uint8)) for _ in range(6)]
+    hist = sum(confidence_histogram(label, level, 3) for label, level in images).reshape(3, LEVELS)
+    for threshold in (0.7, 0.72, 0.9):
+        thresholds = class_thresholds(hist, threshold, class_aware, 0.5)
+        targets = [compose_target(label, level, thresholds, None, None) for label, level in images]
+        trained = np.mean(np.concatenate([t.ravel() for t in targets]) != IGNORE_INDEX)
+        assert kept_fraction(hist, thresholds) == pytest.approx(trained, abs=1e-12)
+
+
+def test_online_targets_follow_the_same_rule():
+    """The mean teacher's torch rule keeps exactly the pixels the offline rule keeps."""
+    import torch
+
+    probs = torch.softmax(torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(0)) * 3,
+                          dim=1)
+    known = torch.full((2, 6, 7), IGNORE_INDEX, dtype=torch.long)
+    thresholds = [0.7, 0.55, 0.9]
+    online = pseudo_targets(probs, thresholds, known)
+    confidence, label = probs.max(1)
+    offline = [compose_target(label[i].numpy().astype(np.uint8),
+                              confidence_levels(confidence[i].numpy()), thresholds, None, None)
+               for i in range(2)]
+    assert online.numpy().tolist() == np.stack(offline).astype(np.int64).tolist()
 
 
 def test_mean_teacher_batch_keeps_known_pixels_and_ignores_unsure():

@@ -7,15 +7,17 @@ import signal
 import threading
 import time
 
+from dataclasses import replace
+
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from s4al_ray import storage
-from s4al_ray.config import load_config, to_dict
+from s4al_ray.config import load_config
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
-from s4al_ray.teacher import TeacherPredictor, run_teacher
+from s4al_ray.teacher import TeacherJob, TeacherPredictor, run_teacher
 from conftest import pids_matching
 
 
@@ -25,17 +27,16 @@ def teacher_setup(ray_session, smoke_data_root):
     data = load_dataset(cfg.data, cfg.seed, log=lambda line: None)
     rows = [{**row, "acquired": [0] if i % 3 == 0 else []}
             for i, row in enumerate(data.rows("train")[:12])]
-    teacher_cfg = {
-        "model": to_dict(cfg.model), "num_classes": data.num_classes, "seed": 0,
-        "scales": [1.0], "flip": False, "use_gpu": False, "threads": 1, "cpus_per_actor": 1,
-        "region_size": 24, "function": "entropy", "class_weights": None,
-    }
-    return cfg, data, rows, teacher_cfg
+    job = TeacherJob(round=0, seed=0, model=cfg.model, num_classes=data.num_classes,
+                     checkpoint_uri="", checkpoint_stamp="", region_size=24, score="entropy",
+                     class_weights=None, scales=[1.0], flip=False, use_gpu=False,
+                     cpus_per_worker=1, reuse_workers=True, num_workers=2, batch_size=4)
+    return cfg, data, rows, job
 
 
 def _save_model(cfg, num_classes: int, seed: int, path: str) -> str:
     torch.manual_seed(seed)
-    model = model_from_config(to_dict(cfg.model), num_classes, "none")
+    model = model_from_config(cfg.model, num_classes, "none")
     torch.save({"model": model.state_dict()}, path)
     return path
 
@@ -45,10 +46,10 @@ def _outputs(uri: str) -> dict[str, tuple]:
     return {r["sample_id"]: (r["label_png"], r["conf_png"], tuple(r["scores"])) for r in table}
 
 
-def _pass(rows, teacher_cfg, checkpoint: str, out: str, reuse_workers: bool) -> dict:
-    cfg = {**teacher_cfg, "checkpoint_uri": checkpoint, "checkpoint_stamp": storage.stamp(checkpoint),
-           "reuse_workers": reuse_workers}
-    run_teacher(rows, cfg, out, num_actors=2, batch_size=4)
+def _pass(rows, job: TeacherJob, checkpoint: str, out: str, reuse_workers: bool) -> dict:
+    job = replace(job, checkpoint_uri=checkpoint, checkpoint_stamp=storage.stamp(checkpoint),
+                  reuse_workers=reuse_workers)
+    run_teacher(job, rows, out)
     return _outputs(out)
 
 
@@ -108,8 +109,7 @@ def test_random_scores_do_not_depend_on_batching(teacher_setup, tmp_path):
     worker, batch or position an image lands in."""
     cfg, data, rows, teacher_cfg = teacher_setup
     checkpoint = _save_model(cfg, data.num_classes, 4, str(tmp_path / "round_003.pt"))
-    predictor = TeacherPredictor({**teacher_cfg, "function": "random",
-                                  "checkpoint_uri": checkpoint})
+    predictor = TeacherPredictor(replace(teacher_cfg, score="random", checkpoint_uri=checkpoint))
 
     def scores(batch_rows: list[dict]) -> dict[str, list[float]]:
         batch = {key: [r[key] for r in batch_rows] for key in batch_rows[0]}

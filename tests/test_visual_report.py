@@ -17,12 +17,15 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from s4al_ray import visual_report as vr
+from s4al_ray import report_figures as figures
 from s4al_ray.data.folder import load_folder_dataset
 from s4al_ray.data.io import encode_png, load_mask
+from s4al_ray.layout import RunLayout
 from s4al_ray.pool.oracle import SimulatedOracle, class_histogram
 from s4al_ray.pool.state import PoolState
-from s4al_ray.visual_report import eta_line, examples_size, write_round_report
+from s4al_ray.report import eta_line
+from s4al_ray.report_figures import examples_size
+from s4al_ray.visual_report import write_round_report
 
 REGION = 24  # does not divide 64x80: edge regions are smaller
 
@@ -101,7 +104,7 @@ def test_report_files_sizes_links_and_numbers(fake_run, monkeypatch):
     run_dir, data, state, records = fake_run
     report = os.path.join(run_dir, "report")
 
-    written = write_round_report(run_dir, records[:1], data, state, 0)
+    written = write_round_report(RunLayout(run_dir), records[:1], data, state, 0)
     names = {os.path.basename(u) for u in written}
     assert names == {"miou_curve.png", "examples_round_000.png", "acquired_classes.png",
                      "acquired_classes.json", "report.html"}
@@ -109,7 +112,7 @@ def test_report_files_sizes_links_and_numbers(fake_run, monkeypatch):
     assert os.path.exists(os.path.join(report, "pool_classes.json"))
 
     # Exact pixel sizes (the layout is placed in pixels, so they do not drift).
-    assert _png_size(os.path.join(report, "miou_curve.png")) == vr.MIOU_SIZE == (800, 450)
+    assert _png_size(os.path.join(report, "miou_curve.png")) == figures.MIOU_SIZE == (800, 450)
     assert _png_size(os.path.join(report, "acquired_classes.png")) == (700, 450)
     assert examples_size(4, 64, 80, 9) == (1062, 744)
     assert _png_size(os.path.join(report, "examples_round_000.png")) == (1062, 744)
@@ -135,8 +138,8 @@ def test_report_files_sizes_links_and_numbers(fake_run, monkeypatch):
     def no_masks(uri):
         raise AssertionError(f"decoded {uri} although pool_classes.json is cached")
 
-    monkeypatch.setattr(vr, "load_mask", no_masks)
-    written = write_round_report(run_dir, records, data, state, 1)
+    monkeypatch.setattr(figures, "load_mask", no_masks)
+    written = write_round_report(RunLayout(run_dir), records, data, state, 1)
     assert "examples_round_001.png" not in {os.path.basename(u) for u in written}
     assert not os.path.exists(os.path.join(report, "examples_round_001.png"))
     numbers = json.loads(open(os.path.join(report, "acquired_classes.json")).read())
@@ -153,16 +156,16 @@ def test_report_files_sizes_links_and_numbers(fake_run, monkeypatch):
 def test_example_choice_is_by_acquired_pixels_then_first_ids(fake_run):
     _, _, state, _ = fake_run
     pool = state.pool_ids
-    chosen = vr.example_ids(state, 0, 4)
+    chosen = figures.example_ids(state, 0, 4)
     assert chosen[:3] == [pool[3], pool[5], pool[0]]  # 1280, 576 and 128 px acquired
     assert chosen[3] == pool[1]  # then the first pool id not already shown
-    assert vr.example_ids(state, 5, 2) == pool[:2]  # a round without commit: first ids
+    assert figures.example_ids(state, 5, 2) == pool[:2]  # a round without commit: first ids
 
 
 def test_examples_figure_grows_with_examples(fake_run):
     run_dir, data, state, records = fake_run
-    png = vr.draw_examples(data, state, records[0], os.path.join(run_dir, "teacher", "round_000"),
-                           0, 2, vr.class_colors(data))
+    png = figures.draw_examples(data, state, records[0], os.path.join(run_dir, "teacher", "round_000"),
+                           0, 2, figures.class_colors(data))
     with Image.open(io.BytesIO(png)) as img:
         assert img.size == examples_size(2, 64, 80, data.num_classes) == (1062, 412)
 

@@ -26,8 +26,8 @@ from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.config import DataConfig
 from s4al_ray.data.folder import DatasetError
 from s4al_ray.data.manifest import DatasetInfo
-from s4al_ray.data.prepare import (CacheSpec, label_lut, list_tree, load_prepared, pair_files,
-                                   raw_dataset, spec_size)
+from s4al_ray.data.prepare import CacheSpec, load_prepared, spec_size
+from s4al_ray.data.scan import label_lut, list_tree, pair_files, raw_dataset
 
 IMAGE_SUFFIX = "_leftImg8bit.png"
 MASK_SUFFIX = "_gtFine_labelIds.png"
@@ -124,7 +124,7 @@ def scan_cityscapes(root: str) -> DatasetInfo:
         for sid in pair_files(images, masks, f"{image_dir} and {mask_dir}"):
             rows.append({"sample_id": sid, "image_uri": images[sid], "mask_uri": masks[sid],
                          "split": split})
-    return raw_dataset(rows, CLASSES, LABEL_MAP)
+    return raw_dataset(rows, CLASSES, LABEL_MAP, COLORS)
 
 
 def cache_spec(data: DataConfig) -> CacheSpec:

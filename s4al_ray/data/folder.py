@@ -28,7 +28,9 @@ def _stem(uri: str) -> str:
     return os.path.splitext(uri.rstrip("/").rsplit("/", 1)[-1])[0]
 
 
-def read_classes(root: str) -> tuple[list[str], int]:
+def read_classes(root: str) -> tuple[list[str], int, list[list[int]] | None]:
+    """(class names, ignore index, colours) from ``<root>/classes.yaml``; colours are None when
+    absent or unusable (a palette is cosmetic: it never fails a dataset)."""
     uri = storage.join(root, "classes.yaml")
     if not storage.exists(uri):
         raise DatasetError(f"{uri} is missing: a folder dataset needs a classes.yaml with "
@@ -37,7 +39,18 @@ def read_classes(root: str) -> tuple[list[str], int]:
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
         raise DatasetError(f"{uri}: 'classes' must be a non-empty list of names")
-    return classes, int(data.get("ignore_index", 255))
+    return classes, int(data.get("ignore_index", 255)), _colors(data.get("colors"), len(classes))
+
+
+def _colors(colors: object, num_classes: int) -> list[list[int]] | None:
+    """One RGB per class (extra channels such as alpha dropped), or None."""
+    if not isinstance(colors, list) or len(colors) != num_classes:
+        return None
+    try:
+        palette = [[int(v) for v in c[:3]] for c in colors]
+    except (TypeError, ValueError):
+        return None
+    return palette if all(len(c) == 3 for c in palette) else None
 
 
 def _read_split(root: str, name: str) -> list[str] | None:
@@ -47,7 +60,8 @@ def _read_split(root: str, name: str) -> list[str] | None:
     return [line.strip() for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
-def _make_splits(root: str, ids: list[str], seed: int, val_frac: float = 0.2) -> dict[str, list[str]]:
+def _make_splits(root: str, ids: list[str], seed: int, val_frac: float = 0.2
+                 ) -> dict[str, list[str]]:
     order = np.random.default_rng(seed).permutation(len(ids))
     num_val = max(1, int(round(len(ids) * val_frac)))
     val = sorted(ids[i] for i in order[:num_val])
@@ -59,7 +73,7 @@ def _make_splits(root: str, ids: list[str], seed: int, val_frac: float = 0.2) ->
 
 def load_folder_dataset(root: str, seed: int = 0) -> DatasetInfo:
     root = storage.absolute(root)
-    classes, ignore = read_classes(root)
+    classes, ignore, colors = read_classes(root)
     images = {_stem(u): u for u in storage.list_files(storage.join(root, "images"))
               if u.lower().endswith(IMAGE_SUFFIXES)}
     masks = {_stem(u): u for u in storage.list_files(storage.join(root, "masks"), ".png")}
@@ -82,4 +96,4 @@ def load_folder_dataset(root: str, seed: int = 0) -> DatasetInfo:
             rows.append({"sample_id": sample_id, "image_uri": images[sample_id],
                          "mask_uri": masks[sample_id], "split": split,
                          "height": height, "width": width})
-    return DatasetInfo(make_manifest(rows), classes, ignore)
+    return DatasetInfo(make_manifest(rows), classes, ignore, colors=colors)

@@ -32,6 +32,13 @@ class DatasetInfo:
     # while writing the prepared cache and hand those stages a DatasetInfo with None here
     # (see s4al_ray/data/prepare.py). check_dataset honours it, so raw data can be checked too.
     label_map: np.ndarray | None = None
+    # One RGB colour per class, the dataset's own palette for figures; None = it has none.
+    colors: list[tuple[int, int, int]] | None = None
+
+    def __post_init__(self) -> None:
+        # Palettes arrive as lists from YAML, JSON and module constants: one form for readers.
+        if self.colors is not None:
+            self.colors = [(int(r), int(g), int(b)) for r, g, b in self.colors]
 
     @property
     def num_classes(self) -> int:

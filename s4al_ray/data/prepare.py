@@ -18,7 +18,9 @@ The cache lives in ``<cache_dir>/<kind>_<H>x<W | native>-<hash of the source roo
 s3://. It is resumable: each file is written atomically, a rerun skips samples whose outputs
 exist, and ``prepared.json``, written last, marks a complete cache. From then on loading reads
 only the saved ``manifest.parquet`` (no listing, no header reads). The marker records the source,
-the size and a digest of the label table; a cache built differently is refused, never mixed.
+the size and a digest of the label table; a cache built differently is refused, never mixed. It
+also holds the classes and their colours, so a loaded cache needs nothing from the source.
+Finding the source's files is :mod:`s4al_ray.data.scan`.
 """
 
 from __future__ import annotations
@@ -33,100 +35,21 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import yaml
 from PIL import Image
 
-from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray import storage
 from s4al_ray.data.folder import DatasetError
-from s4al_ray.data.io import decode_image, decode_mask, encode_png, image_size
+from s4al_ray.data.io import decode_image, decode_mask, encode_png
 from s4al_ray.data.manifest import DatasetInfo, make_manifest
+from s4al_ray.data.scan import io_workers
 
 CACHE_FORMAT = 1
 MARKER = "prepared.json"
 PARTIAL = "partial.json"
 PROGRESS_EVERY_S = 5.0
 Log = Callable[[str], None]
-
-
-# ---------------------------------------------------------------------------------------------
-# Helpers for the dataset scanners (cityscapes.py, camvid.py)
-
-
-def label_lut(mapping: dict[int, int], ignore: int = IGNORE_INDEX) -> np.ndarray:
-    """256-entry uint8 table: ``mapping`` where given, ``ignore`` for every other value."""
-    lut = np.full(256, ignore, dtype=np.uint8)
-    for raw, cls in mapping.items():
-        lut[raw] = cls
-    return lut
-
-
-def list_tree(uri: str, suffix: str) -> list[str]:
-    """Files anywhere under ``uri`` whose names end with ``suffix``, sorted, as URIs."""
-    fs, path = storage.filesystem(uri)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    found = sorted(i.path for i in infos
-                   if i.type == pafs.FileType.File and i.path.endswith(suffix))
-    return [storage.S3_PREFIX + p if storage.is_s3(uri) else p for p in found]
-
-
-def header_size(uri: str, head_bytes: int = 1 << 16) -> tuple[int, int]:
-    """(height, width) from the first bytes of the file: one small read, even on S3."""
-    fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as handle:
-        head = handle.read(head_bytes)
-    try:
-        with Image.open(io.BytesIO(head)) as img:
-            return img.height, img.width
-    except (OSError, SyntaxError):  # a header past the first bytes (big EXIF): read it all
-        return image_size(uri)
-
-
-def _size_or_error(uri: str) -> tuple[int, int] | str:
-    try:
-        return header_size(uri)
-    except Exception as err:  # noqa: BLE001 - Pillow raises many types for a bad header
-        return f"{uri} ({err})"
-
-
-def _workers() -> int:
-    # Threads, not processes: the work is reads (S3) and Pillow/zlib C code.
-    return min(8, (os.cpu_count() or 1) + 2)
-
-
-def pair_files(images: dict[str, str], masks: dict[str, str], where: str) -> list[str]:
-    """Sample ids that have both an image and a mask; a DatasetError naming the strays if any."""
-    no_mask = sorted(set(images) - set(masks))
-    no_image = sorted(set(masks) - set(images))
-    if no_mask or no_image:
-        parts = [f"{len(images)} images but {len(masks)} masks in {where}"]
-        if no_mask:
-            parts.append("no mask for " + ", ".join(images[s] for s in no_mask[:10]))
-        if no_image:
-            parts.append("no image for " + ", ".join(masks[s] for s in no_image[:10]))
-        raise DatasetError("count mismatch: " + "; ".join(parts))
-    return sorted(images)
-
-
-def raw_dataset(rows: list[dict], classes: list[str], label_map: np.ndarray | None
-                ) -> DatasetInfo:
-    """A DatasetInfo of files as found (``rows`` without sizes; sizes read from headers)."""
-    seen: dict[str, str] = {}
-    for r in rows:
-        if r["sample_id"] in seen:
-            raise DatasetError(f"{r['image_uri']} and {seen[r['sample_id']]} have the same "
-                               f"sample id {r['sample_id']!r}; ids must be unique across splits")
-        seen[r["sample_id"]] = r["image_uri"]
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
-        sizes = list(pool.map(lambda r: _size_or_error(r["image_uri"]), rows))
-    errors = [s for s in sizes if isinstance(s, str)]
-    if errors:
-        raise DatasetError(f"{len(errors)} images are unreadable: " + "; ".join(errors[:10]))
-    full = [{**r, "height": h, "width": w} for r, (h, w) in zip(rows, sizes)]
-    return DatasetInfo(make_manifest(full), list(classes), IGNORE_INDEX, label_map)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,11 +113,14 @@ def _resolve(out: str, uri: str) -> str:
     return uri if storage.is_s3(uri) or os.path.isabs(uri) else storage.join(out, uri)
 
 
-def _load_cache(out: str, marker: dict) -> DatasetInfo:
+def _load_cache(out: str, marker: dict, spec: CacheSpec) -> DatasetInfo:
     table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, "manifest.parquet"))))
     rows = [{**r, "image_uri": _resolve(out, r["image_uri"]),
              "mask_uri": _resolve(out, r["mask_uri"])} for r in table.to_pylist()]
-    return DatasetInfo(make_manifest(rows), list(marker["classes"]), int(marker["ignore_index"]))
+    # A marker written before it recorded colours has none: the spec's palette, if any.
+    colors = marker.get("colors", spec.colors)
+    return DatasetInfo(make_manifest(rows), list(marker["classes"]), int(marker["ignore_index"]),
+                       colors=colors)
 
 
 def _existing(out: str) -> set[str]:
@@ -308,9 +234,12 @@ def _unknown_warnings(out: str, spec: CacheSpec) -> list[str]:
 
 
 def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict]) -> dict:
+    # The palette found with the files (a folder dataset's classes.yaml), else the spec's.
+    colors = raw.colors if raw.colors is not None else spec.colors
+    palette = [list(c) for c in colors] if colors else None
     classes = {"classes": raw.classes, "ignore_index": raw.ignore_index}
-    if spec.colors:
-        classes["colors"] = spec.colors
+    if palette:
+        classes["colors"] = palette
     storage.write_text(storage.join(out, "classes.yaml"), yaml.safe_dump(classes, sort_keys=False))
     if spec.size:  # images are in the cache too: make it a complete folder dataset
         for split in sorted({r["split"] for r in rows}):
@@ -319,8 +248,9 @@ def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict
     buffer = io.BytesIO()
     pq.write_table(make_manifest(rows), buffer)
     storage.write_bytes(storage.join(out, "manifest.parquet"), buffer.getvalue())
-    marker = {"params": spec.params(), "classes": raw.classes, "ignore_index": raw.ignore_index,
-              "samples": len(rows), "warnings": _unknown_warnings(out, spec)}
+    marker = {"params": spec.params(), "classes": raw.classes, "colors": palette,
+              "ignore_index": raw.ignore_index, "samples": len(rows),
+              "warnings": _unknown_warnings(out, spec)}
     storage.write_text(storage.join(out, MARKER), json.dumps(marker, indent=1))  # last
     return marker
 
@@ -334,7 +264,7 @@ def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = pr
     existing = _existing(out)
     rows = raw.manifest.to_pylist()
     progress = _Progress(log, f"{spec.kind} -> {out}", len(rows))
-    with ThreadPoolExecutor(max_workers=_workers()) as pool:
+    with ThreadPoolExecutor(max_workers=io_workers()) as pool:
         results = []
         for result in pool.map(lambda r: _prepare_sample(r, spec, out, existing), rows):
             progress.step(result)
@@ -350,7 +280,7 @@ def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = pr
     if storage.exists(storage.join(out, PARTIAL)):  # the marker now says it all
         partial_fs, partial_path = storage.filesystem(storage.join(out, PARTIAL))
         partial_fs.delete_file(partial_path)
-    return _load_cache(out, marker)
+    return _load_cache(out, marker, spec)
 
 
 def load_prepared(spec: CacheSpec, cache_dir: str, scan: Callable[[], DatasetInfo],
@@ -359,38 +289,10 @@ def load_prepared(spec: CacheSpec, cache_dir: str, scan: Callable[[], DatasetInf
     out = spec.path(cache_dir)
     marker = _check_params(out, spec)
     if marker is not None:
-        return _load_cache(out, marker)
+        return _load_cache(out, marker, spec)
     return build_cache(scan(), spec, cache_dir, log)
 
 
 def cache_warnings(spec: CacheSpec, cache_dir: str) -> list[str]:
     marker = _read_json(storage.join(spec.path(cache_dir), MARKER))
     return list(marker.get("warnings", [])) if marker else []
-
-
-# ---------------------------------------------------------------------------------------------
-# The ``prepare`` command
-
-
-def prepare_command(cfg, log: Log = print) -> int:
-    """``python run.py prepare``: build the cache if needed, check every sample, print the report.
-
-    Returns the exit status: 1 when the dataset cannot be loaded or the check finds errors.
-    Needs no Ray, so it can run on a laptop or a data node before a cluster is paid for.
-    """
-    from s4al_ray.data.check import check_dataset
-    from s4al_ray.data.registry import cache_spec, load_dataset
-
-    storage.configure_endpoint(cfg.s3_endpoint)  # as a run does
-    log(f"[prepare] {cfg.data.kind} dataset at {cfg.data.root}")
-    try:
-        info = load_dataset(cfg.data, cfg.seed, log)
-    except DatasetError as err:
-        log(f"error: {err}")
-        return 1
-    report = check_dataset(info)
-    spec = cache_spec(cfg.data)
-    if spec is not None:
-        report.warnings[:0] = cache_warnings(spec, cfg.data.cache_dir)
-    log(report.format())
-    return 1 if report.errors else 0

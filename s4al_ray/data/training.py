@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.augment import strong_augment, weak_augment
 from s4al_ray.data.io import decode_mask, load_image, load_mask
-from s4al_ray.pool.grid import RegionGrid
+from s4al_ray.pseudo_labels import compose_target
+from s4al_ray.regions import RegionGrid
 
 
 class DecodeCache:
@@ -51,18 +52,6 @@ IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """Batch (B, 3, H, W) in [0, 1] -> ImageNet-normalised, as torchvision backbones expect."""
     return (images - IMAGENET_MEAN.to(images.device)) / IMAGENET_STD.to(images.device)
-
-
-def compose_target(label: np.ndarray, confidence: np.ndarray, thresholds: np.ndarray,
-                   truth: np.ndarray | None, known: np.ndarray | None) -> np.ndarray:
-    """Pseudo-label where the teacher's confidence (uint8, /255) passes its class threshold,
-    ignore elsewhere; ground truth wherever it is known (acquired regions)."""
-    limits = np.round(np.asarray(thresholds, dtype=np.float64) * 255.0)
-    passed = confidence.astype(np.float64) >= limits[np.minimum(label, len(limits) - 1)]
-    target = np.where(passed & (label < len(limits)), label, IGNORE_INDEX).astype(np.uint8)
-    if truth is not None and known is not None:
-        target[known] = truth[known]
-    return target
 
 
 def read_pseudo_labels(uri: str, sample_ids: set[str] | None = None) -> dict[str, tuple[bytes, bytes]]:

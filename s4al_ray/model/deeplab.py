@@ -7,7 +7,7 @@ head beside the classifier turns the same 304-channel decoder features into pixe
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +15,9 @@ import torchvision.models as tvm
 from torch import Tensor, nn
 
 from s4al_ray.model.weights import load_pretrained
+
+if TYPE_CHECKING:
+    from s4al_ray.config import ModelConfig
 
 BACKBONES: tuple[str, ...] = ("mobilenet_v2", "resnet18", "resnet50", "resnet101")
 OUTPUT_STRIDES: tuple[int, ...] = (16, 8)
@@ -271,10 +274,15 @@ def build_model(
     return model
 
 
-def model_from_config(model_cfg: dict, num_classes: int, pretrained: str | None = None) -> DeepLabV3Plus:
-    """Build from the ``model`` section of a config (as a plain dict, as workers receive it).
-    ``pretrained`` overrides the configured weights (e.g. "none" before loading a checkpoint)."""
-    return build_model(num_classes, model_cfg["backbone"], model_cfg["output_stride"],
-                       model_cfg["embed_dim"],
-                       pretrained=model_cfg["pretrained"] if pretrained is None else pretrained,
-                       head_channels=model_cfg["head_channels"])
+def model_from_config(model: ModelConfig, num_classes: int,
+                      pretrained: str | None = None) -> DeepLabV3Plus:
+    """Build from the ``model`` section of a config. ``pretrained`` overrides the configured
+    weights (e.g. "none" before loading a checkpoint)."""
+    return build_model(num_classes, model.backbone, model.output_stride, model.embed_dim,
+                       pretrained=model.pretrained if pretrained is None else pretrained,
+                       head_channels=model.head_channels)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model

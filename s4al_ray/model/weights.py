@@ -20,8 +20,6 @@ from s4al_ray import storage
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-    from s4al_ray.model.deeplab import DeepLabV3Plus
-
 PRETRAINED_CHOICES = "none|imagenet|<path or s3:// URI>"
 
 IMAGENET_WEIGHTS: dict[str, WeightsEnum] = {
@@ -34,7 +32,7 @@ IMAGENET_WEIGHTS: dict[str, WeightsEnum] = {
 _DDP_PREFIX = "module."
 
 
-def load_pretrained(model: DeepLabV3Plus, pretrained: str) -> None:
+def load_pretrained(model: torch.nn.Module, pretrained: str) -> None:
     """Load `pretrained` into `model` in place: "none", "imagenet", or a checkpoint path/URI."""
     if pretrained == "none":
         return
@@ -67,7 +65,7 @@ def _imagenet_state_dict(backbone: str) -> dict[str, Tensor]:
         ) from err
 
 
-def load_imagenet_backbone(model: DeepLabV3Plus) -> None:
+def load_imagenet_backbone(model: torch.nn.Module) -> None:
     """Load torchvision ImageNet weights into the backbone; the heads keep their init."""
     state = _imagenet_state_dict(model.backbone_name)
     # The backbone mirrors torchvision's module names but drops the classifier (and, for
@@ -104,7 +102,7 @@ def _model_state(obj: object, uri: str) -> dict[str, Tensor]:
     return {k[len(_DDP_PREFIX):] if k.startswith(_DDP_PREFIX) else k: v for k, v in obj.items()}
 
 
-def load_checkpoint(model: DeepLabV3Plus, uri: str) -> None:
+def load_checkpoint(model: torch.nn.Module, uri: str) -> None:
     """Load a full-model checkpoint (local path or s3:// URI) with strict key matching."""
     state = _model_state(_read_checkpoint(uri), uri)
     try:

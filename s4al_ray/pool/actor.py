@@ -9,52 +9,45 @@ from __future__ import annotations
 import ray
 
 from s4al_ray import storage
+from s4al_ray.layout import RunLayout
 from s4al_ray.pool.oracle import SimulatedOracle
 from s4al_ray.pool.state import PoolState, Selection
 
 NAMESPACE = "s4al_ray"
 
 
-def state_uri(run_dir: str) -> str:
-    return storage.join(run_dir, "pool", "state.json")
-
-
-def previous_uri(run_dir: str) -> str:
-    return storage.join(run_dir, "pool", "state.prev.json")
-
-
-def load_state(run_dir: str, warn=print) -> PoolState | None:
+def load_state(layout: RunLayout, warn=print) -> PoolState | None:
     """The persisted state, or None for a new run. Writes are atomic, but a file damaged by
     anything else (a copy cut short, a full disk on a network filesystem) must not lose the run:
     the previous version, kept beside it, is used instead, with a warning."""
-    uri = state_uri(run_dir)
+    uri, previous = layout.pool_state, layout.pool_state_previous
     if not storage.exists(uri):
         return None
     try:
         return PoolState.from_json(storage.read_text(uri))
     except (ValueError, KeyError, TypeError) as err:
-        if "incompatible" in str(err) or not storage.exists(previous_uri(run_dir)):
+        if "incompatible" in str(err) or not storage.exists(previous):
             raise
         warn(f"WARNING: {uri} is unreadable ({str(err)[:80]}); using the previous version "
-             f"{previous_uri(run_dir)}: the last commit is redone")
-        return PoolState.from_json(storage.read_text(previous_uri(run_dir)))
+             f"{previous}: the last commit is redone")
+        return PoolState.from_json(storage.read_text(previous))
 
 
 class PoolStateHolder:
     """The actor's body, kept importable without Ray so it can be tested directly."""
 
-    def __init__(self, run_dir: str, initial_json: str, mask_uris: dict[str, str]) -> None:
-        self.run_dir = run_dir
-        loaded = load_state(run_dir)
+    def __init__(self, layout: RunLayout, initial_json: str, mask_uris: dict[str, str]) -> None:
+        self.layout = layout
+        loaded = load_state(layout)
         self.state = loaded or PoolState.from_json(initial_json)
         if loaded is None:
             self._persist()
         self.oracle = SimulatedOracle(mask_uris, self.state.num_classes)
 
     def _persist(self) -> None:
-        uri = state_uri(self.run_dir)
+        uri = self.layout.pool_state
         if storage.exists(uri):
-            storage.write_bytes(previous_uri(self.run_dir), storage.read_bytes(uri))
+            storage.write_bytes(self.layout.pool_state_previous, storage.read_bytes(uri))
         storage.write_text(uri, self.state.to_json())
 
     def snapshot(self) -> str:
@@ -78,9 +71,14 @@ class PoolStateHolder:
 PoolActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolStateHolder)
 
 
-def get_pool_actor(experiment: str, run_dir: str, initial: PoolState,
+def get_pool_actor(experiment: str, layout: RunLayout, initial: PoolState,
                    mask_uris: dict[str, str]):
     """The experiment's pool actor, created if needed (a rerun driver reattaches to it)."""
     return PoolActor.options(
         name=f"pool-{experiment}", namespace=NAMESPACE, get_if_exists=True,
-    ).remote(run_dir, initial.to_json(), mask_uris)
+    ).remote(layout, initial.to_json(), mask_uris)
+
+
+def pool_snapshot(actor) -> PoolState:
+    """The committed state, as the actor holds it now."""
+    return PoolState.from_json(ray.get(actor.snapshot.remote()))

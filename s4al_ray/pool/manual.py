@@ -19,6 +19,7 @@ from PIL import Image, ImageDraw
 
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.io import decode_mask, encode_png, load_image, load_mask
+from s4al_ray.layout import RunLayout
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState, Selection
 
@@ -35,14 +36,6 @@ class AwaitingAnnotation(Exception):
         self.round_index, self.package = round_index, package
 
 
-def queries_uri(run_dir: str, round_index: int) -> str:
-    return storage.join(run_dir, "queries", f"round_{round_index:03d}")
-
-
-def label_uri(run_dir: str, sample_id: str) -> str:
-    return storage.join(run_dir, "oracle", "labels", f"{sample_id}.png")
-
-
 def _outlined(image: np.ndarray, boxes: list[list[int]]) -> bytes:
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
@@ -53,10 +46,10 @@ def _outlined(image: np.ndarray, boxes: list[list[int]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_query_package(run_dir: str, round_index: int, selection: Selection, state: PoolState,
-                        items: dict[str, dict], classes: list[str]) -> str:
+def write_query_package(layout: RunLayout, round_index: int, selection: Selection,
+                        state: PoolState, items: dict[str, dict], classes: list[str]) -> str:
     """Write the package for ``selection``; returns its URI."""
-    package = queries_uri(run_dir, round_index)
+    package = layout.queries(round_index)
     images = []
     for sample_id, regions in sorted(selection.items()):
         grid = state.grid(sample_id)
@@ -84,33 +77,32 @@ def _instructions(classes: list[str]) -> str:
             "python run.py (same config) to continue the experiment.\n")
 
 
-def pending_round(run_dir: str, state: PoolState) -> int | None:
+def pending_round(layout: RunLayout, state: PoolState) -> int | None:
     """The round whose query package has not been committed yet, if any."""
-    names = (uri.rstrip("/").rsplit("/", 1)[-1] for uri in _dirs(run_dir))
+    names = (uri.rstrip("/").rsplit("/", 1)[-1] for uri in _dirs(layout.queries_dir))
     rounds = sorted(int(n[len("round_"):]) for n in names if n.startswith("round_"))
     waiting = [r for r in rounds if r not in state.committed_rounds]
     return waiting[0] if waiting else None
 
 
-def _dirs(run_dir: str) -> list[str]:
+def _dirs(uri: str) -> list[str]:
     import pyarrow.fs as pafs
 
-    fs, path = storage.filesystem(storage.join(run_dir, "queries"))
+    fs, path = storage.filesystem(uri)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path))
     return [i.path for i in infos if i.type == pafs.FileType.Directory]
 
 
-def read_answers(run_dir: str, round_index: int, folder: str,
+def read_answers(layout: RunLayout, round_index: int, folder: str,
                  num_classes: int) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
     """Check the returned masks against the query; returns (selection, class pixels, masks).
 
     Raises AnnotationError listing every problem (missing files, wrong sizes, unlabeled or
     invalid pixels inside a requested region); nothing is committed then.
     """
-    query = json.loads(storage.read_text(storage.join(queries_uri(run_dir, round_index),
-                                                      "query.json")))
+    query = json.loads(storage.read_text(storage.join(layout.queries(round_index), "query.json")))
     problems: list[str] = []
     selection: Selection = {}
     masks: dict[str, np.ndarray] = {}
@@ -147,11 +139,11 @@ def read_answers(run_dir: str, round_index: int, folder: str,
     return selection, counts.tolist(), masks
 
 
-def store_labels(run_dir: str, state: PoolState, masks: dict[str, np.ndarray],
+def store_labels(layout: RunLayout, state: PoolState, masks: dict[str, np.ndarray],
                  selection: Selection) -> None:
     """Merge the newly labeled regions into each image's oracle label file."""
     for sample_id, regions in selection.items():
-        uri = label_uri(run_dir, sample_id)
+        uri = layout.oracle_label(sample_id)
         height, width = state.sizes[sample_id]
         merged = (load_mask(uri).copy() if storage.exists(uri)
                   else np.full((height, width), IGNORE_INDEX, dtype=np.uint8))

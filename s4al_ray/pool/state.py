@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
-from s4al_ray.pool.grid import RegionGrid
+from s4al_ray.regions import RegionGrid
 
 STATE_VERSION = 1
 Selection = dict[str, list[int]]
@@ -47,6 +47,10 @@ class PoolState:
         round therefore recomputes exactly what it computed the first time."""
         return replace(self, ledger=[e for e in self.ledger if e["round"] < round_index])
 
+    def with_entry(self, entry: dict) -> "PoolState":
+        """This state with one more committed round (a ledger entry the actor returned)."""
+        return replace(self, ledger=[*self.ledger, entry])
+
     @property
     def acquired(self) -> dict[str, list[int]]:
         """sample_id -> acquired region indices, derived from the ledger."""
@@ -63,7 +67,7 @@ class PoolState:
             counts = counts + np.asarray(entry["class_pixels"], dtype=np.int64)
         return counts.tolist()
 
-    # -- derived views -------------------------------------------------------------------------
+    # -- derived views
     def grid(self, sample_id: str) -> RegionGrid:
         height, width = self.sizes[sample_id]
         return RegionGrid(height, width, self.region_size)
@@ -97,7 +101,7 @@ class PoolState:
     def entry(self, round_index: int) -> dict | None:
         return next((e for e in self.ledger if e["round"] == round_index), None)
 
-    # -- the one mutation ----------------------------------------------------------------------
+    # -- the one mutation
     def validate_selection(self, selection: Selection) -> int:
         """Raise ValueError unless ``selection`` may be acquired; return its pixel count."""
         labeled = set(self.labeled)
@@ -147,7 +151,7 @@ class PoolState:
             return np.ones((height, width), dtype=bool)
         return self.grid(sample_id).mask(self.acquired.get(sample_id, []))
 
-    # -- persistence ---------------------------------------------------------------------------
+    # -- persistence
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 

@@ -1,0 +1,98 @@
+"""Scanning a published dataset's raw files: the helpers cityscapes.py and camvid.py build on.
+
+Listing trees, pairing images with masks, reading image sizes from headers and the label table
+that sends raw mask values to class ids. What they find is a :class:`DatasetInfo` of the files as
+they are, label table attached; :mod:`s4al_ray.data.prepare` turns it into the prepared cache.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Sequence
+
+import numpy as np
+import pyarrow.fs as pafs
+from PIL import Image
+
+from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.data.folder import DatasetError
+from s4al_ray.data.io import image_size
+from s4al_ray.data.manifest import DatasetInfo, make_manifest
+
+
+def label_lut(mapping: dict[int, int], ignore: int = IGNORE_INDEX) -> np.ndarray:
+    """256-entry uint8 table: ``mapping`` where given, ``ignore`` for every other value."""
+    lut = np.full(256, ignore, dtype=np.uint8)
+    for raw, cls in mapping.items():
+        lut[raw] = cls
+    return lut
+
+
+def list_tree(uri: str, suffix: str) -> list[str]:
+    """Files anywhere under ``uri`` whose names end with ``suffix``, sorted, as URIs."""
+    fs, path = storage.filesystem(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+    found = sorted(i.path for i in infos
+                   if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    return [storage.S3_PREFIX + p if storage.is_s3(uri) else p for p in found]
+
+
+def header_size(uri: str, head_bytes: int = 1 << 16) -> tuple[int, int]:
+    """(height, width) from the first bytes of the file: one small read, even on S3."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        head = handle.read(head_bytes)
+    try:
+        with Image.open(io.BytesIO(head)) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError):  # a header past the first bytes (big EXIF): read it all
+        return image_size(uri)
+
+
+def _size_or_error(uri: str) -> tuple[int, int] | str:
+    try:
+        return header_size(uri)
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for a bad header
+        return f"{uri} ({err})"
+
+
+def io_workers() -> int:
+    """Threads for per-file work (scanning here, writing the cache in prepare.py). Threads, not
+    processes: the work is reads (S3) and Pillow/zlib C code."""
+    return min(8, (os.cpu_count() or 1) + 2)
+
+
+def pair_files(images: dict[str, str], masks: dict[str, str], where: str) -> list[str]:
+    """Sample ids that have both an image and a mask; a DatasetError naming the strays if any."""
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask or no_image:
+        parts = [f"{len(images)} images but {len(masks)} masks in {where}"]
+        if no_mask:
+            parts.append("no mask for " + ", ".join(images[s] for s in no_mask[:10]))
+        if no_image:
+            parts.append("no image for " + ", ".join(masks[s] for s in no_image[:10]))
+        raise DatasetError("count mismatch: " + "; ".join(parts))
+    return sorted(images)
+
+
+def raw_dataset(rows: list[dict], classes: list[str], label_map: np.ndarray | None,
+                colors: Sequence[Sequence[int]] | None = None) -> DatasetInfo:
+    """A DatasetInfo of files as found (``rows`` without sizes; sizes read from headers)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        if r["sample_id"] in seen:
+            raise DatasetError(f"{r['image_uri']} and {seen[r['sample_id']]} have the same "
+                               f"sample id {r['sample_id']!r}; ids must be unique across splits")
+        seen[r["sample_id"]] = r["image_uri"]
+    with ThreadPoolExecutor(max_workers=io_workers()) as pool:
+        sizes = list(pool.map(lambda r: _size_or_error(r["image_uri"]), rows))
+    errors = [s for s in sizes if isinstance(s, str)]
+    if errors:
+        raise DatasetError(f"{len(errors)} images are unreadable: " + "; ".join(errors[:10]))
+    full = [{**r, "height": h, "width": w} for r, (h, w) in zip(rows, sizes)]
+    return DatasetInfo(make_manifest(full), list(classes), IGNORE_INDEX, label_map, colors)

@@ -1,0 +1,356 @@
+"""One synthetic street scene: a one-point-perspective street, its background layers and the
+objects on it, drawn far to near; :func:`render_scene` puts them together.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from s4al_ray.data.synthetic.classes import (BUILDING, CAR, PEDESTRIAN, POLE, ROAD, SIDEWALK,
+                                             SIGN, SKY, VEGETATION)
+from s4al_ray.data.synthetic.paint import (Canvas, Color, Tex, grey, jitter, photometric, pick,
+                                           rgb, smooth_noise)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scene geometry: a one-point-perspective street
+# ----------------------------------------------------------------------------------------------
+
+
+class _Street:
+    """Horizon, vanishing point and the road/sidewalk edge lines converging on it."""
+
+    def __init__(self, rng: np.random.Generator, h: int, w: int) -> None:
+        self.h, self.w = h, w
+        self.horizon = h * rng.uniform(0.36, 0.47)
+        self.vx = w * rng.uniform(0.38, 0.62)
+        half = w * rng.uniform(0.42, 0.62)  # road half-width at the bottom row
+        centre = self.vx + w * rng.uniform(-0.12, 0.12)
+        self.road_l, self.road_r = centre - half, centre + half
+        self.walk_l = self.road_l - w * rng.uniform(0.18, 0.4)
+        self.walk_r = self.road_r + w * rng.uniform(0.18, 0.4)
+        self.centre = centre
+
+    def depth(self, y: np.ndarray | float) -> np.ndarray | float:
+        """0 at the horizon, 1 at the bottom row: object scale for things standing at row y."""
+        return np.clip((y - self.horizon) / (self.h - self.horizon), 0.0, 1.0)
+
+    def edge_x(self, bottom_x: float, y: np.ndarray | float) -> np.ndarray | float:
+        """x of the line from the vanishing point to ``bottom_x`` on the bottom row, at row y."""
+        return self.vx + (bottom_x - self.vx) * self.depth(y)
+
+    def between(self, c: Canvas, left_bottom: float, right_bottom: float) -> np.ndarray:
+        below = c.yy >= self.horizon
+        return below & (c.xx >= self.edge_x(left_bottom, c.yy)) & (
+            c.xx < self.edge_x(right_bottom, c.yy)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Background layers
+# ----------------------------------------------------------------------------------------------
+
+
+def _draw_sky(rng: np.random.Generator, c: Canvas) -> None:
+    # Overcast skies are grey like concrete and asphalt: one of the intended colour overlaps.
+    kind = rng.choice(3, p=[0.5, 0.35, 0.15])
+    if kind == 0:  # clear blue
+        top, bottom = jitter(rng, rgb(70, 120, 200), 25), jitter(rng, rgb(175, 205, 235), 20)
+    elif kind == 1:  # overcast
+        top, bottom = grey(rng, 150, 200), grey(rng, 190, 235)
+    else:  # dusk
+        top, bottom = jitter(rng, rgb(90, 90, 150), 25), jitter(rng, rgb(230, 170, 120), 25)
+    t = (c.yy[:, :1] / c.h)[:, :, None]  # (H, 1, 1): the gradient is per row
+    gradient = top * (1 - t) + bottom * t
+    clouds = np.clip(smooth_noise(rng, c.h, c.w, 5), 0, None) * np.float32(rng.uniform(10, 45))
+    grain = rng.standard_normal((c.h, c.w), dtype=np.float32) * np.float32(3.0)
+    tex = gradient + (clouds + grain)[:, :, None]
+    c.paint(np.ones((c.h, c.w), bool), tex, SKY)
+
+
+def _building_color(rng: np.random.Generator) -> Color:
+    return pick(
+        rng,
+        [
+            lambda: grey(rng, 70, 190),  # concrete, as grey as the road
+            lambda: grey(rng, 70, 190),
+            lambda: jitter(rng, rgb(150, 80, 60), 25),  # brick
+            lambda: jitter(rng, rgb(200, 180, 140), 25),  # sandstone / beige
+            lambda: jitter(rng, rgb(120, 140, 165), 20),  # blue-grey glass-ish
+            lambda: jitter(rng, rgb(225, 220, 210), 15),  # white render
+            lambda: jitter(rng, rgb(110, 130, 90), 20),  # greenish paint, near vegetation
+        ],
+    )
+
+
+def _draw_building(
+    rng: np.random.Generator, c: Canvas, x0: float, x1: float, top: float, scale: float
+) -> None:
+    region = c.rect(x0, top, x1, c.h)
+    tex = Tex(_building_color(rng), fine=5, coarse=8, cells=6)
+    c.paint(region, tex, BUILDING)
+    # Window grid: a periodic pattern in facade coordinates, scaled by distance.
+    period_x = max(3.0, c.w * rng.uniform(0.04, 0.08) * scale)
+    period_y = max(3.0, period_x * rng.uniform(0.9, 1.5))
+    fill_x, fill_y = rng.uniform(0.35, 0.65), rng.uniform(0.35, 0.6)
+    # Evaluated on the facade's bounding box only: the modulo pattern is the costly part.
+    box = (slice(max(0, int(top)), c.h), slice(max(0, int(x0)), max(0, min(c.w, int(x1) + 1))))
+    xx, yy = c.xx[box], c.yy[box]
+    fx = ((xx - x0 - 0.3 * period_x) % period_x) < fill_x * period_x
+    fy = ((yy - top - 0.3 * period_y) % period_y) < fill_y * period_y
+    windows = np.zeros_like(region)
+    windows[box] = region[box] & fx & fy & (xx < x1 - 0.3 * period_x)
+    if rng.random() < 0.5:  # dark glass
+        win = grey(rng, 20, 70, tint=10)
+    else:  # sky reflections: blue-ish windows overlap with sky colours
+        win = jitter(rng, rgb(120, 150, 190), 35)
+    c.paint(windows, Tex(win, fine=4, coarse=10, cells=10), BUILDING)
+
+
+def _draw_buildings(rng: np.random.Generator, c: Canvas, st: _Street) -> None:
+    # Grass/hedge ground first: it shows below the horizon where there is a gap between buildings.
+    grass = Tex(jitter(rng, rgb(80, 115, 50), 20), fine=14, coarse=10, cells=10)
+    c.paint(c.yy >= st.horizon, grass, VEGETATION)
+    x = -c.w * rng.uniform(0.0, 0.1)
+    while x < c.w:
+        bw = c.w * rng.uniform(0.08, 0.26)
+        if rng.random() < 0.15:  # a gap showing sky
+            x += c.w * rng.uniform(0.02, 0.07)
+            continue
+        # Buildings near the vanishing point are far away, hence lower and finer.
+        dist = min(1.0, abs(x + bw / 2 - st.vx) / (0.5 * c.w))
+        top = st.horizon - c.h * (rng.uniform(0.04, 0.1) + dist * rng.uniform(0.08, 0.3))
+        _draw_building(rng, c, x, x + bw, top, 0.4 + 0.6 * dist)
+        x += bw
+
+
+def _draw_ground(rng: np.random.Generator, c: Canvas, st: _Street) -> None:
+    _draw_sidewalks(rng, c, st)
+    _draw_road(rng, c, st)
+
+
+def _draw_sidewalks(rng: np.random.Generator, c: Canvas, st: _Street) -> None:
+    base = pick(
+        rng,
+        [
+            lambda: grey(rng, 110, 190),  # concrete slabs, close to road and building greys
+            lambda: grey(rng, 110, 190),
+            lambda: jitter(rng, rgb(170, 120, 105), 20),  # red pavers
+            lambda: jitter(rng, rgb(185, 170, 140), 20),  # sandy tiles
+        ],
+    )
+    tex = Tex(base, fine=7, coarse=8, cells=10)
+    region = st.between(c, st.walk_l, st.road_l) | st.between(c, st.road_r, st.walk_r)
+    # Tile joints: rows spaced in perspective (equal steps of 1/depth, denser far away).
+    d = np.maximum(st.depth(c.yy), 1e-3)
+    joints = ((1.0 / d) * rng.uniform(1.5, 3.0) % 1.0) < 0.12
+    c.paint(region, tex, SIDEWALK)
+    c.paint(region & joints, Tex(base * 0.75, fine=7), SIDEWALK)
+    # Curb: a lighter strip along the road edge.
+    curb_w = 0.035 * c.w
+    curb = st.between(c, st.road_l - curb_w, st.road_l) | st.between(
+        c, st.road_r, st.road_r + curb_w
+    )
+    c.paint(curb, Tex(np.clip(base * 1.15 + 15, 0, 255), fine=7), SIDEWALK)
+
+
+def _draw_road(rng: np.random.Generator, c: Canvas, st: _Street) -> None:
+    asphalt = grey(rng, 60, 140, tint=5)
+    tex = Tex(asphalt, fine=9, coarse=12, cells=10)
+    region = st.between(c, st.road_l, st.road_r)
+    c.paint(region, tex, ROAD)
+    # Lane markings stay class road: white paint on road must not be confused with signs.
+    paint = jitter(rng, rgb(235, 235, 225), 15) if rng.random() < 0.75 else rgb(230, 190, 40)
+    d = np.maximum(st.depth(c.yy), 1e-3)
+    half = 0.5 * max(1.0, 0.018 * c.w) * d + 0.35
+    dashed = ((1.0 / d) * rng.uniform(1.0, 2.0) % 1.0) < 0.5
+    centre = np.abs(c.xx - st.edge_x(st.centre, c.yy)) < half
+    c.paint(region & centre & dashed, paint, ROAD)
+    for side in (st.road_l, st.road_r):  # solid edge lines just inside the curb
+        inner = side + (0.04 * c.w if side == st.road_l else -0.04 * c.w)
+        if rng.random() < 0.6:
+            c.paint(region & (np.abs(c.xx - st.edge_x(inner, c.yy)) < half), paint, ROAD)
+
+
+# ----------------------------------------------------------------------------------------------
+# Objects, drawn far-to-near so nearer ones occlude farther ones
+# ----------------------------------------------------------------------------------------------
+
+
+def _tree(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: float) -> None:
+    r = c.h * rng.uniform(0.12, 0.22) * scale + 3
+    trunk_h = r * rng.uniform(1.0, 1.8)
+    trunk_w = max(1.5, r * 0.22)
+    crown_y = base_y - trunk_h - 0.6 * r
+    # Trunks count as vegetation (as in Cityscapes), brown-grey like poles and buildings.
+    trunk = jitter(rng, rgb(95, 75, 55), 20)
+    c.paint(c.rect(x - trunk_w / 2, base_y - trunk_h - r * 0.5, x + trunk_w / 2, base_y), trunk,
+            VEGETATION)
+    crown = np.zeros((c.h, c.w), bool)
+    for _ in range(int(rng.integers(2, 5))):
+        crown |= c.ellipse(x + rng.uniform(-0.6, 0.6) * r, crown_y + rng.uniform(-0.5, 0.4) * r,
+                           r * rng.uniform(0.6, 1.0), r * rng.uniform(0.5, 0.9))
+    leaf = pick(
+        rng,
+        [
+            lambda: jitter(rng, rgb(60, 110, 40), 25),
+            lambda: jitter(rng, rgb(40, 75, 35), 15),  # dark, near the shadowed greys
+            lambda: jitter(rng, rgb(150, 140, 60), 25),  # autumn
+        ],
+    )
+    # High-frequency foliage noise is the texture cue that separates trees from green facades.
+    c.paint(crown, Tex(leaf, fine=28, coarse=15, cells=16), VEGETATION)
+
+
+def _car_color(rng: np.random.Generator) -> Color:
+    return pick(
+        rng,
+        [
+            lambda: grey(rng, 50, 150),  # road-like greys
+            lambda: grey(rng, 50, 150),
+            lambda: grey(rng, 180, 235),  # white / silver
+            lambda: grey(rng, 15, 45),  # black
+            lambda: jitter(rng, rgb(170, 30, 30), 30),
+            lambda: jitter(rng, rgb(40, 60, 140), 30),
+            lambda: jitter(rng, rgb(60, 110, 70), 25),
+        ],
+    )
+
+
+def _car(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: float) -> None:
+    w = c.w * rng.uniform(0.26, 0.36) * scale + 2
+    h = w * rng.uniform(0.55, 0.75)
+    body = _car_color(rng)
+    tex = Tex(body, fine=4, coarse=6, cells=6)
+    c.paint(c.rect(cx - w / 2, base_y - 0.62 * h, cx + w / 2, base_y - 0.12 * h), tex, CAR)
+    cabin_in = w * rng.uniform(0.1, 0.2)
+    c.paint(c.rect(cx - w / 2 + cabin_in, base_y - h, cx + w / 2 - cabin_in, base_y - 0.6 * h),
+            tex, CAR)
+    glass = grey(rng, 25, 80, tint=12)
+    c.paint(c.rect(cx - w / 2 + cabin_in + 0.05 * w, base_y - 0.93 * h,
+                   cx + w / 2 - cabin_in - 0.05 * w, base_y - 0.64 * h), glass, CAR)
+    wheel = grey(rng, 10, 35)
+    for wx in (cx - 0.32 * w, cx + 0.32 * w):
+        c.paint(c.ellipse(wx, base_y - 0.12 * h, 0.11 * w, 0.12 * h), wheel, CAR)
+    light = jitter(rng, rgb(200, 40, 30), 25)  # tail lights: red like many signs
+    for lx in (cx - 0.43 * w, cx + 0.36 * w):
+        c.paint(c.rect(lx, base_y - 0.5 * h, lx + 0.07 * w, base_y - 0.4 * h), light, CAR)
+
+
+def _pedestrian(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: float
+                ) -> None:
+    h = c.h * rng.uniform(0.36, 0.5) * scale + 4
+    shirt = pick(rng, [lambda: grey(rng, 20, 220), lambda: jitter(rng, rgb(128, 128, 128), 110)])
+    trousers = pick(rng, [lambda: grey(rng, 20, 90), lambda: jitter(rng, rgb(50, 60, 110), 30)])
+    rx = max(0.8, h * rng.uniform(0.08, 0.11))
+    c.paint(c.ellipse(cx, base_y - 0.27 * h, rx * 0.8, 0.27 * h), trousers, PEDESTRIAN)
+    c.paint(c.ellipse(cx, base_y - 0.6 * h, rx, 0.22 * h), shirt, PEDESTRIAN)
+    skin = jitter(rng, rgb(190, 150, 120), 40)
+    c.paint(c.ellipse(cx, base_y - 0.88 * h, max(0.8, 0.07 * h), max(0.8, 0.08 * h)), skin,
+            PEDESTRIAN)
+
+
+def _sign_color(rng: np.random.Generator) -> tuple[Color, Color]:
+    """(face, border) colours: red/blue/yellow/white, the usual traffic-sign set."""
+    faces = [rgb(200, 30, 35), rgb(30, 70, 170), rgb(235, 200, 30), rgb(235, 235, 230)]
+    face = jitter(rng, faces[int(rng.integers(len(faces)))], 20)
+    border = jitter(rng, rgb(240, 240, 240), 10) if rng.random() < 0.6 else grey(rng, 20, 60)
+    return face, border
+
+
+def _sign(rng: np.random.Generator, c: Canvas, cx: float, cy: float, size: float) -> None:
+    s = max(2.0, size) / 2
+    shape = int(rng.integers(3))
+    if shape == 0:  # square / rectangle
+        outer = c.rect(cx - s * 1.2, cy - s, cx + s * 1.2, cy + s)
+        inner = c.rect(cx - s * 0.8, cy - s * 0.6, cx + s * 0.8, cy + s * 0.6)
+    elif shape == 1:  # circle
+        outer, inner = c.ellipse(cx, cy, s, s), c.ellipse(cx, cy, 0.65 * s, 0.65 * s)
+    else:  # triangle pointing up
+        dy = c.yy - (cy - s)
+        outer = (dy >= 0) & (dy <= 2 * s) & (np.abs(c.xx - cx) <= 0.6 * dy)
+        inner = (dy >= 0.7 * s) & (dy <= 1.7 * s) & (np.abs(c.xx - cx) <= 0.4 * dy - 0.2 * s)
+    face, border = _sign_color(rng)
+    c.paint(outer, border, SIGN)
+    c.paint(inner, face, SIGN)
+
+
+def _pole(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: float,
+          toward_road: float) -> None:
+    # 1-3 px at the default 160 px width (thin and easy to miss), scaled for larger images so
+    # the class frequency does not depend on the resolution.
+    width = float(min(1.0 + np.floor(scale * 2.2 + rng.uniform(0, 0.9)), 3.0))
+    width = max(1.0, round(width * c.w / 160.0))
+    top = base_y - c.h * rng.uniform(0.55, 0.85) * scale - 4
+    x0 = np.floor(x)
+    color = pick(rng, [lambda: grey(rng, 60, 170), lambda: jitter(rng, rgb(60, 80, 60), 15)])
+    c.paint(c.rect(x0, top, x0 + width, base_y), color, POLE)
+    kind = rng.random()
+    if kind < 0.7:  # sign on top
+        size = max(4.0, c.w * rng.uniform(0.04, 0.07) * (0.4 + 0.6 * scale))
+        _sign(rng, c, x0 + width / 2, top + size * 0.3, size)
+    elif kind < 0.9:  # street lamp arm reaching over the road
+        arm = c.w * rng.uniform(0.05, 0.12) * scale * toward_road
+        lo, hi = sorted((x0, x0 + arm))
+        c.paint(c.rect(lo, top, hi + width, top + max(1.0, width - 1)), color, POLE)
+
+
+def _side_point(rng: np.random.Generator, st: _Street, y: float, left: bool, outer: bool
+                ) -> float:
+    """x of a random point on the left/right sidewalk (outer half or curb half) at row y."""
+    road = st.edge_x(st.road_l if left else st.road_r, y)
+    walk = st.edge_x(st.walk_l if left else st.walk_r, y)
+    f = rng.uniform(0.45, 0.9) if outer else rng.uniform(0.08, 0.35)
+    return float(road + (walk - road) * f)
+
+
+def _plan_objects(rng: np.random.Generator, c: Canvas, st: _Street
+                  ) -> list[tuple[float, Callable[[], None]]]:
+    """(base row, draw call) for every object; the caller draws them sorted by base row."""
+    span = c.h - st.horizon
+    plan: list[tuple[float, Callable[[], None]]] = []
+
+    def row(lo: float, hi: float) -> float:
+        return float(st.horizon + span * rng.uniform(lo, hi))
+
+    for _ in range(int(rng.choice(5, p=[0.05, 0.25, 0.3, 0.25, 0.15]))):
+        y, left = row(0.05, 0.55), bool(rng.random() < 0.5)
+        x = _side_point(rng, st, y, left, outer=True)
+        plan.append((y, lambda x=x, y=y: _tree(rng, c, x, y, float(st.depth(y)) + 0.15)))
+    for _ in range(int(rng.choice(5, p=[0.05, 0.3, 0.3, 0.2, 0.15]))):
+        y = row(0.15, 0.9)
+        d = float(st.depth(y))
+        x = float(st.edge_x(st.road_l, y) + (st.edge_x(st.road_r, y) - st.edge_x(st.road_l, y))
+                  * rng.uniform(0.15, 0.85))
+        plan.append((y, lambda x=x, y=y, d=d: _car(rng, c, x, y, d)))
+    for _ in range(int(rng.choice(5, p=[0.2, 0.3, 0.25, 0.15, 0.1]))):
+        y, left = row(0.15, 0.95), bool(rng.random() < 0.5)
+        x = _side_point(rng, st, y, left, outer=bool(rng.random() < 0.5))
+        plan.append((y, lambda x=x, y=y: _pedestrian(rng, c, x, y, float(st.depth(y)))))
+    for _ in range(int(rng.choice(4, p=[0.1, 0.4, 0.35, 0.15]))):
+        y, left = row(0.15, 0.85), bool(rng.random() < 0.5)
+        x = _side_point(rng, st, y, left, outer=False)
+        toward = 1.0 if left else -1.0
+        plan.append((y, lambda x=x, y=y, t=toward: _pole(rng, c, x, y, float(st.depth(y)), t)))
+    if rng.random() < 0.25:  # a sign fixed to a facade: signs are not always on poles
+        y = st.horizon - c.h * rng.uniform(0.0, 0.08)
+        x = c.w * (rng.uniform(0.03, 0.25) if rng.random() < 0.5 else rng.uniform(0.75, 0.97))
+        plan.append((st.horizon,
+                     lambda x=x, y=y: _sign(rng, c, x, y, c.w * rng.uniform(0.03, 0.05))))
+    return plan
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one street scene: (image HxWx3 uint8, mask HxW uint8 of class ids)."""
+    c = Canvas(rng, height, width)
+    st = _Street(rng, height, width)
+    _draw_sky(rng, c)
+    _draw_buildings(rng, c, st)
+    _draw_ground(rng, c, st)
+    plan = _plan_objects(rng, c, st)
+    for _, draw in sorted(plan, key=lambda item: item[0]):  # stable sort: ties keep plan order
+        draw()
+    return photometric(rng, c.img), c.mask

@@ -1,0 +1,110 @@
+"""Where everything of one run lives: the only module that spells out the run directory's layout.
+
+A run directory (``<storage>/<name>``, local or ``s3://``) holds::
+
+    config.yaml, s4al_run.json        the resolved config and the format marker
+    rounds.csv, rounds/round_XXX.json one record per finished round
+    checkpoints/round_XXX.pt|.json    each round's student and its final metrics
+    train/                            Ray Train's per-epoch checkpoints (resume mid-round)
+    teacher/round_XXX/, .json         the teacher pass (parquet) and its summary
+    pool/state.json, state.prev.json  the pool state and its previous version
+    queries/round_XXX/                manual oracle: the package for annotators
+    oracle/labels/<sample_id>.png     manual oracle: the merged human labels
+    report/                           report.html and its figures
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from s4al_ray import storage
+
+RUN_FORMAT = 1
+
+
+def _round(r: int) -> str:
+    return f"round_{r:03d}"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    run_dir: str
+
+    @classmethod
+    def of(cls, storage_root: str, name: str) -> "RunLayout":
+        """The layout of experiment ``name`` under ``storage_root`` (made absolute when local)."""
+        return cls(storage.join(storage.absolute(storage_root), name))
+
+    def path(self, *parts: str) -> str:
+        return storage.join(self.run_dir, *parts)
+
+    # -- the run as a whole
+    @property
+    def config(self) -> str:
+        return self.path("config.yaml")
+
+    @property
+    def marker(self) -> str:
+        return self.path("s4al_run.json")
+
+    @property
+    def rounds_csv(self) -> str:
+        return self.path("rounds.csv")
+
+    def record(self, r: int) -> str:
+        return self.path("rounds", f"{_round(r)}.json")
+
+    # -- the student
+    def checkpoint(self, r: int) -> str:
+        """The round's published student: ``{"model": state_dict}``."""
+        return self.path("checkpoints", f"{_round(r)}.pt")
+
+    def train_metrics(self, r: int) -> str:
+        return self.path("checkpoints", f"{_round(r)}.json")
+
+    @property
+    def train_dir(self) -> str:
+        return self.path("train")
+
+    # -- the teacher
+    def teacher(self, r: int) -> str:
+        return self.path("teacher", _round(r))
+
+    def teacher_summary(self, r: int) -> str:
+        return self.path("teacher", f"{_round(r)}.json")
+
+    # -- the pool and its oracle
+    @property
+    def pool_state(self) -> str:
+        return self.path("pool", "state.json")
+
+    @property
+    def pool_state_previous(self) -> str:
+        return self.path("pool", "state.prev.json")
+
+    @property
+    def queries_dir(self) -> str:
+        return self.path("queries")
+
+    def queries(self, r: int) -> str:
+        return self.path("queries", _round(r))
+
+    def oracle_label(self, sample_id: str) -> str:
+        return self.path("oracle", "labels", f"{sample_id}.png")
+
+    # -- the report
+    @property
+    def report_dir(self) -> str:
+        return self.path("report")
+
+    def report_file(self, name: str) -> str:
+        return self.path("report", name)
+
+    @staticmethod
+    def examples_figure(r: int) -> str:
+        """The file name (inside ``report_dir``) of round ``r``'s examples grid."""
+        return f"examples_{_round(r)}.png"
+
+    # -- scratch space (benchmarks)
+    def scratch(self, *parts: str) -> str:
+        return self.path("bench", *parts)
