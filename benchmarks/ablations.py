@@ -1,4 +1,4 @@
-"""Ablations of S4AL+'s parts on the label-efficiency setting: their effect on mIoU and rare classes.
+"""Ablations of S4AL+'s parts on the label-efficiency setting: effects on mIoU and rare classes.
 
 Runs S4AL+ as configured (``configs/label_efficiency.yaml``) and, with one part switched off each:
 the ReCo loss (``train.reco_weight=0``), class-aware pseudo-label thresholds
@@ -46,35 +46,52 @@ def pct(value: float | None) -> str:
 
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], "runs/benchmarks/ablations")
-    parser.add_argument("--rare", default=",".join(RARE_CLASSES),
-                        help="comma-separated classes reported as rare")
+    parser.add_argument(
+        "--rare", default=",".join(RARE_CLASSES), help="comma-separated classes reported as rare"
+    )
     args = parser.parse_args()
     rare = tuple(c for c in args.rare.split(",") if c)
     common = shared_overrides(args)
     connect(load_config(args.config, common))
-    results = {label: run_method(args.config, label, overrides, common)
-               for label, overrides in VARIANTS.items()}
+    results = {
+        label: run_method(args.config, label, overrides, common)
+        for label, overrides in VARIANTS.items()
+    }
 
     rows = []
     for label, records in results.items():
         for rec in records:
-            rows.append({"variant": label, "round": rec["round"],
-                         "labeled_pct": 100 * rec["pool/labeled_frac"], "miou": rec["val/miou"],
-                         "rare_iou": rare_iou(rec, rare),
-                         **{f"iou/{c}": rec.get(f"val/iou/{c}") for c in rare},
-                         "pseudo_kept": rec.get("teacher/kept_frac")})
+            rows.append(
+                {
+                    "variant": label,
+                    "round": rec["round"],
+                    "labeled_pct": 100 * rec["pool/labeled_frac"],
+                    "miou": rec["val/miou"],
+                    "rare_iou": rare_iou(rec, rare),
+                    **{f"iou/{c}": rec.get(f"val/iou/{c}") for c in rare},
+                    "pseudo_kept": rec.get("teacher/kept_frac"),
+                }
+            )
     heads = ["variant", "round", "labeled %", "mIoU %", "rare IoU %", *rare, "pseudo kept %"]
     print("\n| " + " | ".join(heads) + " |\n|" + "---|" * len(heads))
     for r in rows:
-        cells = [r["variant"], str(r["round"]), f"{r['labeled_pct']:.1f}", pct(r["miou"]),
-                 pct(r["rare_iou"]), *(pct(r[f"iou/{c}"]) for c in rare), pct(r["pseudo_kept"])]
+        cells = [
+            r["variant"],
+            str(r["round"]),
+            f"{r['labeled_pct']:.1f}",
+            pct(r["miou"]),
+            pct(r["rare_iou"]),
+            *(pct(r[f"iou/{c}"]) for c in rare),
+            pct(r["pseudo_kept"]),
+        ]
         print("| " + " | ".join(cells) + " |")
     final = {label: records[-1] for label, records in results.items()}
     base = final["S4AL+ (all parts)"]
     print("\nfinal round, change against all parts (mIoU / rare IoU, points):")
     for label, rec in final.items():
         d_rare = (rare_iou(rec, rare) or 0) - (rare_iou(base, rare) or 0)
-        print(f"  {label:<30s} {100 * (rec['val/miou'] - base['val/miou']):+6.1f}  {100 * d_rare:+6.1f}")
+        d_miou = rec["val/miou"] - base["val/miou"]
+        print(f"  {label:<30s} {100 * d_miou:+6.1f}  {100 * d_rare:+6.1f}")
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "ablations.json")
     with open(path, "w") as handle:

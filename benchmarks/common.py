@@ -5,9 +5,10 @@ when it was taken: this machine's 2 cores are shared with other jobs, so a figur
 means little. Ray and plain-PyTorch variants of the same work are interleaved within one run of a
 script, so both sides see the same load.
 
-The dicts handed to Ray (the teacher's config, the student's ``loop_config``) are built by the
-project's own :class:`~s4al_ray.experiment.Experiment` methods on ``configs/default.yaml``, never
-re-written here.
+The jobs handed to Ray (the teacher's ``TeacherJob``, the student's ``StudentJob``) are built on
+``configs/default.yaml`` by the functions the round loop builds them with (``s4al_ray.jobs``), and
+the stages run are the round loop's own (``Experiment.teach``, ``Experiment.acquire``): never
+re-written here. A benchmark varies a job only with ``dataclasses.replace``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,14 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:
+    from s4al_ray.jobs import TeacherSummary
+    from s4al_ray.pool.state import PoolState
+    from s4al_ray.student import StudentJob
+    from s4al_ray.teacher import TeacherJob
 
 # torch's OpenMP threads spin while they wait for each other; on cores shared with other jobs a
 # spinning thread waits on a descheduled one and 2 threads run several times slower than 1 (see
@@ -41,11 +49,16 @@ def machine() -> dict:
 
     import torch
 
-    return {"cpus": os.cpu_count(), "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
-            "RAY_worker_niceness": os.environ.get("RAY_worker_niceness"), "load_at_start": [round(v, 2) for v in os.getloadavg()],
-            "python": platform.python_version(), "torch": torch.__version__,
-            "torch_threads_default": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "cpus": os.cpu_count(),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
+        "RAY_worker_niceness": os.environ.get("RAY_worker_niceness"),
+        "load_at_start": [round(v, 2) for v in os.getloadavg()],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 class Samples:
@@ -75,8 +88,13 @@ class Samples:
         return statistics.median(vals) if vals else float("nan")
 
     def as_dict(self) -> dict:
-        return {"median": self.median, "values": self.values, "loads": self.loads,
-                "load_median": self.load, "extra": self.extra}
+        return {
+            "median": self.median,
+            "values": self.values,
+            "loads": self.loads,
+            "load_median": self.load,
+            "extra": self.extra,
+        }
 
 
 def timed(fn: Callable[[], object]) -> tuple[float, object, float]:
@@ -86,27 +104,32 @@ def timed(fn: Callable[[], object]) -> tuple[float, object, float]:
     return time.perf_counter() - started, out, load1()
 
 
-def interleave(variants: dict[str, Callable[[], dict | None]], repeat: int,
-               log: Callable[[str], None] = print) -> dict[str, Samples]:
+def interleave(
+    variants: dict[str, Callable[[], dict | None]], repeat: int, log: Callable[[str], None] = print
+) -> dict[str, Samples]:
     """Run every variant once per repeat, in a rotating order (so no variant always runs right
     after the same neighbour). A variant returns extra figures (dict) or None; its wall time is
     recorded as the sample value."""
     samples = {name: Samples(name) for name in variants}
     names = list(variants)
     for rep in range(repeat):
-        order = names[rep % len(names):] + names[:rep % len(names)]
+        order = names[rep % len(names) :] + names[: rep % len(names)]
         for name in order:
             seconds, extra, load = timed(variants[name])
             samples[name].add(seconds, load, **(extra or {}))
-            extra_text = "".join(f" {k}={v:.3g}" for k, v in (extra or {}).items()
-                                 if isinstance(v, (int, float)))
-            log(f"  rep {rep + 1}/{repeat}  {name:<28s} {seconds:8.2f}s  load {load:5.2f}"
-                f"{extra_text}")
+            extra_text = "".join(
+                f" {k}={v:.3g}" for k, v in (extra or {}).items() if isinstance(v, (int, float))
+            )
+            log(
+                f"  rep {rep + 1}/{repeat}  {name:<28s} {seconds:8.2f}s  load {load:5.2f}"
+                f"{extra_text}"
+            )
     return samples
 
 
 def table(headers: list[str], rows: list[list], title: str = "") -> str:
     """A Markdown table (pasted into BENCHMARKS.md as printed)."""
+
     def fmt(v):
         if isinstance(v, float):
             return f"{v:.3g}" if abs(v) < 100 else f"{v:.0f}"
@@ -135,11 +158,20 @@ def base_parser(description: str):
     parser.add_argument("--quick", action="store_true", help="a ~1-minute smoke version")
     parser.add_argument("--repeat", type=int, default=None, help="repeats per variant")
     parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
-    parser.add_argument("--background-load", type=int, default=0, metavar="N",
-                        help="run N busy-looping processes (nice 0) meanwhile: a reproducible "
-                             "stand-in for other jobs sharing the cores")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="config overrides on configs/default.yaml")
+    parser.add_argument(
+        "--background-load",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run N busy-looping processes (nice 0) meanwhile: a reproducible "
+        "stand-in for other jobs sharing the cores",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help="config overrides on configs/default.yaml",
+    )
     return parser
 
 
@@ -230,62 +262,73 @@ def save_untrained_checkpoint(exp, round_index: int = 0) -> str:
 
     from s4al_ray import storage
     from s4al_ray.model import model_from_config
-    from s4al_ray.config import to_dict
 
     torch.manual_seed(exp.cfg.seed)
-    model = model_from_config(to_dict(exp.cfg.model), exp.data.num_classes, "none")
+    model = model_from_config(exp.cfg.model, exp.data.num_classes, "none")
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict()}, buffer)
-    uri = exp._uri("checkpoints", f"round_{round_index:03d}.pt")
+    uri = exp.layout.checkpoint(round_index)
     storage.write_bytes(uri, buffer.getvalue())
     return uri
 
 
-def capture_teacher_call(exp, round_index: int, checkpoint: str) -> tuple[dict, dict]:
-    """Run the round loop's own teacher stage (``Experiment._teach``) once and capture the exact
-    arguments it passes to ``run_teacher``. Returns (call kwargs, the round record)."""
-    import s4al_ray.experiment as experiment_module
+def current_state(exp, round_index: int) -> PoolState:
+    """The pool state round ``round_index`` starts from, as the pool actor holds it now."""
+    from s4al_ray.pool.actor import pool_snapshot
 
-    captured: dict = {}
-    real = experiment_module.run_teacher
-
-    def spy(rows, cfg, output_uri, num_actors, batch_size):
-        captured.update(rows=rows, cfg=cfg, output_uri=output_uri, num_actors=num_actors,
-                        batch_size=batch_size)
-        return real(rows, cfg, output_uri, num_actors, batch_size)
-
-    record: dict = {"round": round_index}
-    experiment_module.run_teacher = spy
-    try:
-        state = current_state(exp, round_index)
-        exp._teach(round_index, state, checkpoint, record)
-    finally:
-        experiment_module.run_teacher = real
-    return captured, record
+    return pool_snapshot(exp.pool).before(round_index)
 
 
-def current_state(exp, round_index: int):
-    import ray
+@dataclass(frozen=True)
+class TeacherCall:
+    """One teacher pass of the round loop: its inputs and where it wrote, and its result."""
 
-    from s4al_ray.pool.state import PoolState
+    job: TeacherJob
+    rows: list[dict]
+    output_uri: str
+    scores: dict  # sample_id -> region scores (what acquisition selects from)
+    summary: TeacherSummary
 
-    return PoolState.from_json(ray.get(exp.pool.snapshot.remote())).before(round_index)
+
+def teacher_call(exp, round_index: int, state: PoolState, checkpoint: str) -> TeacherCall:
+    """Run the round loop's own teacher stage (``Experiment.teach``) once, and return its inputs
+    as built by the public functions ``teach`` builds them with (``jobs.teacher_job``,
+    ``jobs.teacher_rows``, ``RunLayout.teacher``, ``runtime.teacher_actors``), on the same
+    config, dataset, pool state, round and checkpoint, for the benchmarks to rerun."""
+    from s4al_ray.jobs import teacher_job, teacher_rows
+    from s4al_ray.runtime import teacher_actors
+
+    job = teacher_job(
+        exp.cfg, exp.data, state, round_index, checkpoint, teacher_actors(exp.cfg, exp.resources)
+    )
+    rows = teacher_rows(exp.data, state)
+    result = exp.teach(round_index, state, checkpoint)
+    return TeacherCall(job, rows, exp.layout.teacher(round_index), result.scores, result.summary)
 
 
 def round1_setup(exp, checkpoint: str | None = None) -> dict:
     """What round 1 of the default run trains on: round 0's checkpoint (untrained unless given),
-    its teacher pass and acquisition, then ``Experiment._loop_config(1, state)``. Returns
-    {"loop_config", "teacher_call", "teacher_record", "checkpoint"}."""
+    its teacher pass (``Experiment.teach``) and acquisition (``Experiment.acquire``, committed
+    through the pool actor), then ``jobs.student_job`` for round 1 on the committed state, as
+    ``Experiment.run_round`` builds it. Returns {"job": the round-1 ``StudentJob``, "teacher":
+    round 0's ``TeacherCall``, "checkpoint": round 0's checkpoint}."""
+    from s4al_ray.jobs import student_job
+
     checkpoint = checkpoint or save_untrained_checkpoint(exp, 0)
-    call, record = capture_teacher_call(exp, 0, checkpoint)
-    exp._acquire(0, current_state(exp, 0), record)
-    exp.records = [record]
-    loop_config = exp._loop_config(1, current_state(exp, 1))
-    return {"loop_config": loop_config, "teacher_call": call, "teacher_record": record,
-            "checkpoint": checkpoint}
+    state0 = current_state(exp, 0)
+    teacher = teacher_call(exp, 0, state0, checkpoint)
+    exp.acquire(0, state0, teacher.scores)
+    job = student_job(exp.cfg, exp.data, current_state(exp, 1), exp.layout, 1, teacher.summary)
+    return {"job": job, "teacher": teacher, "checkpoint": checkpoint}
 
 
-def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
+def one_epoch(job: StudentJob, steps: int, **train) -> StudentJob:
+    """``job`` trained for one epoch of ``steps`` steps, with other ``TrainConfig`` fields
+    replaced too (``cpus_per_worker`` is also the threads each worker runs on)."""
+    return replace(job, train=replace(job.train, epochs=1, steps_per_epoch=steps, **train))
+
+
+def plain_epoch(job: StudentJob, model_out: list | None = None) -> dict:
     """``student.train_loop``'s work for one epoch, rank 0 of 1, in this process without Ray:
     the same functions, seeds, batches and augmentation. Returns its parts' seconds (and appends
     the trained model to ``model_out`` when given)."""
@@ -293,55 +336,71 @@ def plain_epoch(cfg: dict, model_out: list | None = None) -> dict:
 
     import torch
 
-    from s4al_ray.student import (MODEL_FILE, METRICS_FILE, _build_datasets, _init_model,
-                                  epoch_streams, evaluate_items, make_ema_teacher, make_optimizer,
-                                  train_epoch)
+    from s4al_ray.evaluate import evaluate_items
+    from s4al_ray.mean_teacher import make_ema_teacher
+    from s4al_ray.student import (
+        METRICS_FILE,
+        MODEL_FILE,
+        build_datasets,
+        epoch_streams,
+        init_model,
+        make_optimizer,
+        train_epoch,
+    )
 
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg["threads"])
-    torch.manual_seed(cfg["seed"])
+    train = job.train
+    torch.set_num_threads(train.cpus_per_worker)
+    torch.manual_seed(job.seed)
     device = torch.device("cpu")
-    model = _init_model(cfg)
-    train = cfg["train"]
+    model = init_model(job)
     optimizer = make_optimizer(model, train)
-    sets = _build_datasets(cfg)
+    sets = build_datasets(job)
     epoch = 0
     model.train()
-    streams = epoch_streams(cfg, sets, 0, epoch, device)
+    streams = epoch_streams(job, sets, 0, epoch, device)
     t1 = time.perf_counter()
-    ema = make_ema_teacher(model, train, sets)
-    losses, _ = train_epoch(model, optimizer, cfg, epoch, streams, device, ema)
+    ema = make_ema_teacher(model, train, sets.pool is not None)
+    losses, _ = train_epoch(model, optimizer, job, epoch, streams, device, ema)
     t2 = time.perf_counter()
-    evaluate_items(model, cfg["val_items"], cfg["num_classes"], device)
+    evaluate_items(model, job.val_items, job.num_classes, device)
     t3 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="s4al-bench-ckpt-") as directory:
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch}, os.path.join(directory, MODEL_FILE))
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch},
+            os.path.join(directory, MODEL_FILE),
+        )
         with open(os.path.join(directory, METRICS_FILE), "w") as handle:
             json.dump(losses, handle)
         t4 = time.perf_counter()
     if model_out is not None:
         model_out.append(model)
-    return {"setup_s": t1 - t0, "loop_s": t2 - t1, "eval_s": t3 - t2, "ckpt_s": t4 - t3,
-            "step_s": (t2 - t1) / train["steps_per_epoch"]}
+    return {
+        "setup_s": t1 - t0,
+        "loop_s": t2 - t1,
+        "eval_s": t3 - t2,
+        "ckpt_s": t4 - t3,
+        "step_s": (t2 - t1) / train.steps_per_epoch,
+    }
 
 
 def train_round0(exp, steps: int) -> str:
-    """A briefly trained round-0 student (plain loop, round 0's own loop_config), saved where the
-    round loop publishes it: for figures that depend on the weights (pseudo-label sizes)."""
+    """A briefly trained round-0 student (plain loop, round 0's own ``StudentJob`` cut to one
+    epoch of ``steps``), saved where the round loop publishes it: for figures that depend on the
+    weights (pseudo-label sizes)."""
     import io
 
     import torch
 
     from s4al_ray import storage
+    from s4al_ray.jobs import student_job
 
-    cfg = exp._loop_config(0, current_state(exp, 0))
-    cfg["train"].update(epochs=1, steps_per_epoch=steps)
+    job = student_job(exp.cfg, exp.data, current_state(exp, 0), exp.layout, 0, None)
     models: list = []
-    plain_epoch(cfg, models)
+    plain_epoch(one_epoch(job, steps), models)
     buffer = io.BytesIO()
     torch.save({"model": models[0].state_dict()}, buffer)
-    uri = exp._uri("checkpoints", "round_000.pt")
+    uri = exp.layout.checkpoint(0)
     storage.write_bytes(uri, buffer.getvalue())
     return uri
 
@@ -349,8 +408,13 @@ def train_round0(exp, steps: int) -> str:
 def header(title: str, quick: bool) -> None:
     info = machine()
     print(f"# {title}{'  (--quick)' if quick else ''}")
-    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')!r}, "
-          f"RAY_worker_niceness={os.environ.get('RAY_worker_niceness')!r}")
-    print(f"machine: {info['cpus']} CPUs, torch {info['torch']} (default {info['torch_threads_default']}"
-          f" threads), CUDA: {info['cuda']}, load average at start {info['load_at_start']}")
+    print(
+        f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY')!r}, "
+        f"RAY_worker_niceness={os.environ.get('RAY_worker_niceness')!r}"
+    )
+    print(
+        f"machine: {info['cpus']} CPUs, torch {info['torch']} (default "
+        f"{info['torch_threads_default']} threads), CUDA: {info['cuda']}, load average at start "
+        f"{info['load_at_start']}"
+    )
     sys.stdout.flush()

@@ -26,11 +26,11 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
-
 
 # ---------------------------------------------------------------------------------------------
 # Memory of a process tree
@@ -103,27 +103,45 @@ def run_default(overrides: list[str]) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     load_before = common.load1()
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=common.ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=common.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     sampler = TreeSampler(proc.pid)
     sampler.start()
     output, _ = proc.communicate()
     wall = time.perf_counter() - started
     sampler.stop_event.set()
     sampler.join()
-    out = {"cmd": " ".join(cmd), "returncode": proc.returncode, "wall_s": wall,
-           "load_before": load_before, "load_after": common.load1(),
-           "peak_tree_rss_mb": sampler.peak_rss_kb / 1024, "peak_tree_pss_mb": sampler.peak_pss_kb / 1024,
-           "peak_processes": sampler.peak_procs}
+    out = {
+        "cmd": " ".join(cmd),
+        "returncode": proc.returncode,
+        "wall_s": wall,
+        "load_before": load_before,
+        "load_after": common.load1(),
+        "peak_tree_rss_mb": sampler.peak_rss_kb / 1024,
+        "peak_tree_pss_mb": sampler.peak_pss_kb / 1024,
+        "peak_processes": sampler.peak_procs,
+    }
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", output)
     if match:
         out["time_v_max_single_rss_mb"] = int(match.group(1)) / 1024
     rounds_csv = os.path.join(storage, "default", "rounds.csv")
     if os.path.exists(rounds_csv):
         with open(rounds_csv) as handle:
-            out["rounds"] = [{k: row[k] for k in ("round", "time/train_s", "time/teacher_s",
-                                                  "time/acquire_s", "time/round_s", "val/miou")}
-                             for row in csv.DictReader(handle)]
+            out["rounds"] = [
+                {
+                    k: row[k]
+                    for k in (
+                        "round",
+                        "time/train_s",
+                        "time/teacher_s",
+                        "time/acquire_s",
+                        "time/round_s",
+                        "val/miou",
+                    )
+                }
+                for row in csv.DictReader(handle)
+            ]
     log_path = os.path.join(tempfile.gettempdir(), "s4al-bench-run-py.log")
     with open(log_path, "w") as handle:
         handle.write(output)
@@ -151,14 +169,18 @@ def _noop_loop(config: dict) -> None:
 
     from s4al_ray.model import model_from_config
 
-    model = model_from_config(config["model"], config["num_classes"], "none")
-    # Staged like student._report: the synchronous upload has copied it when report returns.
+    model = model_from_config(config["model"], config["num_classes"], "none")  # a ModelConfig
+    # Staged as the student's epoch report stages it: the synchronous upload has copied it when
+    # report returns.
     with tempfile.TemporaryDirectory(prefix="s4al-bench-ckpt-") as directory:
         torch.save({"model": model.state_dict()}, os.path.join(directory, "model.pt"))
         with open(os.path.join(directory, "metrics.json"), "w") as handle:
             json.dump({}, handle)
-        checkpoint = Checkpoint.from_directory(directory) if \
-            ray.train.get_context().get_world_rank() == 0 else None
+        checkpoint = (
+            Checkpoint.from_directory(directory)
+            if ray.train.get_context().get_world_rank() == 0
+            else None
+        )
         ray.train.report({"done": 1}, checkpoint=checkpoint)
 
 
@@ -166,10 +188,14 @@ def train_startup(storage_dir: str, name: str, workers: int, cpus: int, loop_con
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    trainer = TorchTrainer(_noop_loop, train_loop_config=loop_config,
-                           scaling_config=ScalingConfig(num_workers=workers, use_gpu=False,
-                                                        resources_per_worker={"CPU": cpus}),
-                           run_config=RunConfig(name=name, storage_path=storage_dir))
+    trainer = TorchTrainer(
+        _noop_loop,
+        train_loop_config=loop_config,
+        scaling_config=ScalingConfig(
+            num_workers=workers, use_gpu=False, resources_per_worker={"CPU": cpus}
+        ),
+        run_config=RunConfig(name=name, storage_path=storage_dir),
+    )
     started = time.perf_counter()
     with common.quiet_stdout():
         trainer.fit()
@@ -190,11 +216,17 @@ def data_pass(rows: list[dict], out_dir: str, actors: int | None, batch_size: in
     started = time.perf_counter()
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // batch_size, 64)))
     if actors:
-        ds = ds.map_batches(NoopPredictor, batch_size=batch_size, batch_format="numpy",
-                            compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=1)
+        ds = ds.map_batches(
+            NoopPredictor,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=actors),
+            num_cpus=1,
+        )
     else:
-        ds = ds.map_batches(lambda b: {"sample_id": b["sample_id"]}, batch_size=batch_size,
-                            batch_format="numpy")
+        ds = ds.map_batches(
+            lambda b: {"sample_id": b["sample_id"]}, batch_size=batch_size, batch_format="numpy"
+        )
     shutil.rmtree(out_dir, ignore_errors=True)
     ds.write_parquet(out_dir)
     return time.perf_counter() - started
@@ -206,11 +238,10 @@ def checkpoint_io(exp, uri_dir: str) -> dict:
     import torch
 
     from s4al_ray import storage
-    from s4al_ray.config import to_dict
     from s4al_ray.model import model_from_config
     from s4al_ray.model.weights import load_checkpoint
 
-    model = model_from_config(to_dict(exp.cfg.model), exp.data.num_classes, "none")
+    model = model_from_config(exp.cfg.model, exp.data.num_classes, "none")
     optimizer = torch.optim.SGD(model.parameter_groups(), lr=0.01, momentum=0.9)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -225,21 +256,36 @@ def checkpoint_io(exp, uri_dir: str) -> dict:
     t2 = time.perf_counter()
     load_checkpoint(model, published)
     t3 = time.perf_counter()
-    return {"save_s": t1 - t0, "publish_s": t2 - t1, "load_s": t3 - t2,
-            "size_mb": os.path.getsize(path) / 2 ** 20}
+    return {
+        "save_s": t1 - t0,
+        "publish_s": t2 - t1,
+        "load_s": t3 - t2,
+        "size_mb": os.path.getsize(path) / 2**20,
+    }
 
 
 def report_run(overrides: list[str]) -> dict:
     print("\npython run.py (default config) ...", flush=True)
     run = run_default(overrides)
-    print(common.table(["figure", "value"], [[k, f"{v:.1f}" if isinstance(v, float) else v]
-                                             for k, v in run.items()
-                                             if k not in ("rounds", "tail", "cmd")],
-                       "Default run (python run.py)"))
+    print(
+        common.table(
+            ["figure", "value"],
+            [
+                [k, f"{v:.1f}" if isinstance(v, float) else v]
+                for k, v in run.items()
+                if k not in ("rounds", "tail", "cmd")
+            ],
+            "Default run (python run.py)",
+        )
+    )
     if run.get("rounds"):
-        print(common.table(list(run["rounds"][0]),
-                           [[f"{float(v):.1f}" if v else "-" for v in r.values()]
-                            for r in run["rounds"]], "Its rounds (from rounds.csv)"))
+        print(
+            common.table(
+                list(run["rounds"][0]),
+                [[f"{float(v):.1f}" if v else "-" for v in r.values()] for r in run["rounds"]],
+                "Its rounds (from rounds.csv)",
+            )
+        )
     if run.get("tail"):
         print(run["tail"])
     return run
@@ -258,8 +304,7 @@ def main(argv=None) -> int:
         return 0
     import ray
 
-    from s4al_ray.config import to_dict
-    from s4al_ray.student import _build_datasets
+    from s4al_ray.student import build_datasets
     from s4al_ray.teacher import run_teacher
 
     stages: dict[str, common.Samples] = {}
@@ -283,78 +328,114 @@ def main(argv=None) -> int:
             add("ray.shutdown", time.perf_counter() - t0)
 
     cpus = res.cpus
-    train_cfg = {"model": to_dict(exp.cfg.model), "num_classes": exp.data.num_classes}
+    train_cfg = {"model": exp.cfg.model, "num_classes": exp.data.num_classes}
     for i in range(repeat):
-        add(f"Ray Train fit, no-op loop, 1 worker x {cpus} CPU",
-            train_startup(base, f"noop1-{i}", 1, cpus, train_cfg))
-        add(f"Ray Train fit, no-op loop + checkpoint, 1 worker",
-            train_startup(base, f"ckpt1-{i}", 1, cpus, {**train_cfg, "checkpoint_model": True}))
-        add(f"Ray Train fit, no-op loop, 2 workers x {max(1, cpus // 2)} CPU",
-            train_startup(base, f"noop2-{i}", 2, max(1, cpus // 2), train_cfg))
+        add(
+            f"Ray Train fit, no-op loop, 1 worker x {cpus} CPU",
+            train_startup(base, f"noop1-{i}", 1, cpus, train_cfg),
+        )
+        add(
+            "Ray Train fit, no-op loop + checkpoint, 1 worker",
+            train_startup(base, f"ckpt1-{i}", 1, cpus, {**train_cfg, "checkpoint_model": True}),
+        )
+        add(
+            f"Ray Train fit, no-op loop, 2 workers x {max(1, cpus // 2)} CPU",
+            train_startup(base, f"noop2-{i}", 2, max(1, cpus // 2), train_cfg),
+        )
 
     rows = [{**r, "acquired": []} for r in exp.data.rows("train")][:216]
-    for i in range(repeat):
+    for _ in range(repeat):
         t0 = time.perf_counter()
         ds = ray.data.from_items(rows, override_num_blocks=13)
         add("ray.data.from_items (lazy)", time.perf_counter() - t0)
         t0 = time.perf_counter()
         ds.materialize()
         add("ray.data.from_items + materialize", time.perf_counter() - t0)
-        add("Ray Data trivial task pass + write_parquet",
-            data_pass(rows, os.path.join(base, "data_task"), None, 16))
-        add(f"Ray Data trivial actor pool ({cpus} actors) + write",
-            data_pass(rows, os.path.join(base, "data_actor"), cpus, 16))
+        add(
+            "Ray Data trivial task pass + write_parquet",
+            data_pass(rows, os.path.join(base, "data_task"), None, 16),
+        )
+        add(
+            f"Ray Data trivial actor pool ({cpus} actors) + write",
+            data_pass(rows, os.path.join(base, "data_actor"), cpus, 16),
+        )
 
     checkpoint = common.save_untrained_checkpoint(exp, 0)
-    call, _ = common.capture_teacher_call(exp, 0, checkpoint)  # pseudo-labels for the student set
-    tiny = call["rows"][: 2 * call["num_actors"]]
+    # Round 0's teacher pass and acquisition (the round loop's own stages), then round 1's
+    # student job: the pass's pseudo-labels are what the student's dataset build reads.
+    setup = common.round1_setup(exp, checkpoint)
+    teacher = setup["teacher"]
+    workers = teacher.job.num_workers
+    tiny = teacher.rows[: 2 * workers]
     for i in range(repeat):
-        # A new config key per repeat: the task workers load the model again, as for each
+        # A new checkpoint stamp per repeat: the task workers load the model again, as for each
         # round's new checkpoint (their processes and imports are kept, as between rounds).
-        add(f"run_teacher on {len(tiny)} images ({call['num_actors']} task workers: model load, "
-            "write)", run_teacher(tiny, {**call["cfg"], "pass": i}, exp._uri("bench", "tiny"),
-                                  call["num_actors"], 2))
-        parts = checkpoint_io(exp, exp._uri("bench", "ckpt"))
+        tiny_job = replace(
+            teacher.job, batch_size=2, checkpoint_stamp=f"{teacher.job.checkpoint_stamp}/{i}"
+        )
+        add(
+            f"run_teacher on {len(tiny)} images ({workers} task workers: model load, write)",
+            run_teacher(tiny_job, tiny, exp.layout.scratch("tiny")),
+        )
+        parts = checkpoint_io(exp, exp.layout.scratch("ckpt"))
         add("checkpoint save (model + optimizer)", parts["save_s"], size_mb=parts["size_mb"])
         add("checkpoint publish copy", parts["publish_s"])
         add("checkpoint load (teacher)", parts["load_s"])
 
-    exp._acquire(0, common.current_state(exp, 0), _)
-    exp.records = [_]
-    loop_config = exp._loop_config(1, common.current_state(exp, 1))
-    for i in range(repeat):
+    for _ in range(repeat):
         t0 = time.perf_counter()
-        _build_datasets(loop_config)
-        add("student _build_datasets (reads pseudo-labels)", time.perf_counter() - t0)
+        build_datasets(setup["job"])
+        add("student build_datasets (reads pseudo-labels)", time.perf_counter() - t0)
     ray.shutdown()
 
-    print(common.table(["stage", "median s", "load"],
-                       [[name, f"{s.median:.2f}", f"{s.load:.1f}"] for name, s in stages.items()],
-                       f"Fixed costs (median of {repeat})"))
+    print(
+        common.table(
+            ["stage", "median s", "load"],
+            [[name, f"{s.median:.2f}", f"{s.load:.1f}"] for name, s in stages.items()],
+            f"Fixed costs (median of {repeat})",
+        )
+    )
     med = {name: s.median for name, s in stages.items()}
     per_round = {
-        "Ray Train start-up (fit with checkpoint, no work)":
-            med["Ray Train fit, no-op loop + checkpoint, 1 worker"],
-        "teacher pass fixed part (tiny run_teacher)": next(v for k, v in med.items()
-                                                           if k.startswith("run_teacher")),
+        "Ray Train start-up (fit with checkpoint, no work)": med[
+            "Ray Train fit, no-op loop + checkpoint, 1 worker"
+        ],
+        "teacher pass fixed part (tiny run_teacher)": next(
+            v for k, v in med.items() if k.startswith("run_teacher")
+        ),
         "checkpoint save + publish + load": med["checkpoint save (model + optimizer)"]
-        + med["checkpoint publish copy"] + med["checkpoint load (teacher)"],
-        "student dataset build": med["student _build_datasets (reads pseudo-labels)"],
+        + med["checkpoint publish copy"]
+        + med["checkpoint load (teacher)"],
+        "student dataset build": med["student build_datasets (reads pseudo-labels)"],
     }
     total = sum(per_round.values())
-    print(common.table(["per-round fixed cost", "s"],
-                       [[k, f"{v:.2f}"] for k, v in per_round.items()] + [["total", f"{total:.1f}"]],
-                       "Fixed cost per round (target: under 15 s)"))
-    per_run = med["ray.init (local, 2 CPUs)"] + med["preflight + prepare (dataset check, pool actor)"]
+    print(
+        common.table(
+            ["per-round fixed cost", "s"],
+            [[k, f"{v:.2f}"] for k, v in per_round.items()] + [["total", f"{total:.1f}"]],
+            "Fixed cost per round (target: under 15 s)",
+        )
+    )
+    per_run = (
+        med["ray.init (local, 2 CPUs)"] + med["preflight + prepare (dataset check, pool actor)"]
+    )
     print(f"per run, once: ray.init + preflight + prepare = {per_run:.1f}s")
 
     run = None
     if not args.skip_run and not args.quick:
         run = report_run(args.overrides)
-    common.write_json(args.json, {"machine": common.machine(), "repeat": repeat,
-                                  "stages": {k: v.as_dict() for k, v in stages.items()},
-                                  "per_round": per_round, "per_round_total_s": total,
-                                  "per_run_s": per_run, "run_py": run})
+    common.write_json(
+        args.json,
+        {
+            "machine": common.machine(),
+            "repeat": repeat,
+            "stages": {k: v.as_dict() for k, v in stages.items()},
+            "per_round": per_round,
+            "per_round_total_s": total,
+            "per_run_s": per_run,
+            "run_py": run,
+        },
+    )
     shutil.rmtree(base, ignore_errors=True)
     return 0
 

@@ -36,8 +36,11 @@ METHODS = {
     "s4al+ active": [],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
-    "supervised-only active": ["train.pseudo_labels=false", "train.reco_weight=0",
-                               "train.class_balanced=false"],
+    "supervised-only active": [
+        "train.pseudo_labels=false",
+        "train.reco_weight=0",
+        "train.class_balanced=false",
+    ],
 }
 
 
@@ -74,18 +77,25 @@ def summarise(results: dict[str, list[dict]]) -> list[dict]:
     rows = []
     for label, records in results.items():
         for rec in records:
-            rows.append({"method": label, "round": rec["round"],
-                         "labeled_pct": 100 * rec["pool/labeled_frac"],
-                         "miou_pct": 100 * rec["val/miou"],
-                         "of_full_pct": 100 * rec["val/miou"] / full})
+            rows.append(
+                {
+                    "method": label,
+                    "round": rec["round"],
+                    "labeled_pct": 100 * rec["pool/labeled_frac"],
+                    "miou_pct": 100 * rec["val/miou"],
+                    "of_full_pct": 100 * rec["val/miou"] / full,
+                }
+            )
     return rows
 
 
 def print_table(rows: list[dict]) -> None:
     print(f"\n{'method':>22s}  {'round':>5s}  {'labeled %':>9s}  {'mIoU %':>7s}  {'% of full':>9s}")
     for row in rows:
-        print(f"{row['method']:>22s}  {row['round']:5d}  {row['labeled_pct']:9.2f}  "
-              f"{row['miou_pct']:7.1f}  {row['of_full_pct']:9.1f}")
+        print(
+            f"{row['method']:>22s}  {row['round']:5d}  {row['labeled_pct']:9.2f}  "
+            f"{row['miou_pct']:7.1f}  {row['of_full_pct']:9.1f}"
+        )
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -95,8 +105,9 @@ def plot(rows: list[dict], path: str) -> None:
     ax.axhline(0.95 * full["miou_pct"], color="grey", lw=1, ls=":", label="95% of full")
     for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "full"):
         points = [r for r in rows if r["method"] == method]
-        ax.plot([p["labeled_pct"] for p in points], [p["miou_pct"] for p in points], "o-",
-                label=method)
+        ax.plot(
+            [p["labeled_pct"] for p in points], [p["miou_pct"] for p in points], "o-", label=method
+        )
     ax.set_xlabel("labeled pixels (% of train pixels)")
     ax.set_ylabel("val mIoU (%)")
     ax.set_title("Label efficiency on the synthetic street scenes")
@@ -109,9 +120,13 @@ def plot(rows: list[dict], path: str) -> None:
 
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], "runs/benchmarks/label_efficiency")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help="comma-separated subset of: " + ", ".join(METHODS) +
-                             " (full is always run: every other figure is a share of it)")
+    parser.add_argument(
+        "--methods",
+        default=",".join(METHODS),
+        help="comma-separated subset of: "
+        + ", ".join(METHODS)
+        + " (full is always run: every other figure is a share of it)",
+    )
     args = parser.parse_args()
     chosen = ["full", *[m.strip() for m in args.methods.split(",") if m.strip() != "full"]]
     unknown = [m for m in chosen if m not in METHODS]
@@ -123,8 +138,10 @@ def main() -> None:
     # The reference trains as many steps in its one round as the others do over all rounds.
     methods = {label: METHODS[label] for label in chosen}
     methods["full"] = [*METHODS["full"], f"train.epochs={base.train.epochs * base.loop.rounds}"]
-    results = {label: run_method(args.config, label, overrides, common)
-               for label, overrides in methods.items()}
+    results = {
+        label: run_method(args.config, label, overrides, common)
+        for label, overrides in methods.items()
+    }
     rows = summarise(results)
     print_table(rows)
     os.makedirs(args.out, exist_ok=True)

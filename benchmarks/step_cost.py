@@ -4,9 +4,10 @@ The paper's first observation: S4AL+ makes its pseudo-labels once per round, off
 training iteration is one forward/backward of the student; the mean teacher also runs the EMA
 teacher forward on the pool batch, thresholds it, strongly augments the labeled pair and updates
 the EMA weights, every iteration. Both variants here run ``student.train_step`` (what every Ray
-Train worker runs) on the same model, the same round-1 batches (the round loop's own
-``loop_config`` on ``configs/default.yaml``) and the same threads, interleaved in one run; only
-``train.method`` differs. Seconds per iteration exclude set-up, validation and checkpointing.
+Train worker runs) on the same model, the same round-1 batches (the round loop's own round-1
+``StudentJob``, ``jobs.student_job`` on ``configs/default.yaml``) and the same threads, interleaved
+in one run; only ``train.method`` differs. Seconds per iteration exclude set-up, validation and
+checkpointing.
 
     .venv/bin/python benchmarks/step_cost.py             # 20 steps x 3 repeats: ~4 min
     .venv/bin/python benchmarks/step_cost.py --quick     # 5 steps once: ~1 min
@@ -14,7 +15,6 @@ Train worker runs) on the same model, the same round-1 batches (the round loop's
 
 from __future__ import annotations
 
-import copy
 import os
 import sys
 
@@ -23,11 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def method_config(loop_config: dict, method: str, steps: int, threads: int) -> dict:
-    cfg = copy.deepcopy(loop_config)
-    cfg["train"].update(method=method, epochs=1, steps_per_epoch=steps)
-    cfg["threads"] = threads
-    return cfg
+def method_job(job, method: str, steps: int, threads: int):
+    """``job`` with ``train.method`` set, one epoch of ``steps``, on ``threads`` threads."""
+    return common.one_epoch(job, steps, method=method, cpus_per_worker=threads)
 
 
 def main(argv=None) -> int:
@@ -41,27 +39,44 @@ def main(argv=None) -> int:
     cfg = common.bench_config(args.overrides, name="bench-step-cost")
     res, _ = common.connect(cfg)
     exp = common.experiment(cfg, res)
-    loop_config = common.round1_setup(exp)["loop_config"]
-    train = loop_config["train"]
-    print(f"model {cfg.model.backbone} DeepLabv3+ (heads {cfg.model.head_channels}), batch "
-          f"{train['labeled_batch']} labeled + {train['pseudo_batch']} pool images, crop "
-          f"{loop_config['crop']}, {res.cpus} threads; {steps} steps x {repeat} repeat(s)")
+    job = common.round1_setup(exp)["job"]
+    train = job.train
+    print(
+        f"model {cfg.model.backbone} DeepLabv3+ (heads {cfg.model.head_channels}), batch "
+        f"{train.labeled_batch} labeled + {train.pseudo_batch} pool images, crop "
+        f"{job.crop}, {res.cpus} threads; {steps} steps x {repeat} repeat(s)"
+    )
     names = {"S4AL+ self-training": "self_training", "S4AL mean teacher": "mean_teacher"}
-    variants = {label: (lambda c=method_config(loop_config, method, steps, res.cpus):
-                        common.plain_epoch(c))
-                for label, method in names.items()}
+    variants = {
+        label: (lambda j=method_job(job, method, steps, res.cpus): common.plain_epoch(j))
+        for label, method in names.items()
+    }
     samples = common.interleave(variants, repeat)
     step_s = {label: s.extra_median("step_s") for label, s in samples.items()}
     base = step_s["S4AL+ self-training"]
-    print(common.table(["method", "s per iteration", "x self-training", "load"],
-                       [[label, f"{v:.3f}", f"{v / base:.2f}", f"{samples[label].load:.1f}"]
-                        for label, v in step_s.items()],
-                       f"Seconds per student iteration (median of {repeat} x {steps} steps)"))
+    print(
+        common.table(
+            ["method", "s per iteration", "x self-training", "load"],
+            [
+                [label, f"{v:.3f}", f"{v / base:.2f}", f"{samples[label].load:.1f}"]
+                for label, v in step_s.items()
+            ],
+            f"Seconds per student iteration (median of {repeat} x {steps} steps)",
+        )
+    )
     ratio = step_s["S4AL mean teacher"] / base
     print(f"\nmean teacher / self-training = {ratio:.2f}x per iteration")
-    common.write_json(args.json, {"machine": common.machine(), "steps": steps, "repeat": repeat,
-                                  "step_s": step_s, "ratio": ratio,
-                                  "variants": {k: v.as_dict() for k, v in samples.items()}})
+    common.write_json(
+        args.json,
+        {
+            "machine": common.machine(),
+            "steps": steps,
+            "repeat": repeat,
+            "step_s": step_s,
+            "ratio": ratio,
+            "variants": {k: v.as_dict() for k, v in samples.items()},
+        },
+    )
     return 0
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from s4al_ray.regions import RegionGrid
 
+
 def region_scores(pixel_score: np.ndarray, known: np.ndarray, grid: RegionGrid) -> np.ndarray:
     """Mean score of each region, with already-labeled pixels counting 0 (as in S4AL+)."""
     return grid.region_means(np.where(known, 0.0, pixel_score)).astype(np.float32)
@@ -30,8 +31,12 @@ def inverse_frequency_weights(class_pixels: list[int] | np.ndarray) -> np.ndarra
     return weights / weights.mean()
 
 
-def _candidates(scores: dict[str, np.ndarray], acquired: dict[str, list[int]],
-                grids: dict[str, RegionGrid], exclude_border: bool):
+def _candidates(
+    scores: dict[str, np.ndarray],
+    acquired: dict[str, list[int]],
+    grids: dict[str, RegionGrid],
+    exclude_border: bool,
+):
     """Flat arrays (score, image index, region, area) of every region that may be acquired."""
     ids = sorted(scores)
     parts = []
@@ -42,18 +47,25 @@ def _candidates(scores: dict[str, np.ndarray], acquired: dict[str, list[int]],
         if exclude_border:
             allowed[grid.border_regions()] = False
         regions = np.flatnonzero(allowed)
-        parts.append((scores[sample_id][regions], np.full(regions.size, i), regions,
-                      grid.areas[regions]))
+        parts.append(
+            (scores[sample_id][regions], np.full(regions.size, i), regions, grid.areas[regions])
+        )
     if not parts:
         return ids, np.empty(0), np.empty(0, int), np.empty(0, int), np.empty(0, int)
     score, image, region, area = (np.concatenate(x) for x in zip(*parts))
     return ids, score, image, region, area
 
 
-def select_regions(scores: dict[str, np.ndarray], grids: dict[str, RegionGrid],
-                   acquired: dict[str, list[int]], *, mode: str = "budget",
-                   budget_pixels: int = 0, top_k: int = 4,
-                   exclude_border: bool = False) -> dict[str, list[int]]:
+def select_regions(
+    scores: dict[str, np.ndarray],
+    grids: dict[str, RegionGrid],
+    acquired: dict[str, list[int]],
+    *,
+    mode: str = "budget",
+    budget_pixels: int = 0,
+    top_k: int = 4,
+    exclude_border: bool = False,
+) -> dict[str, list[int]]:
     """Pick regions to label.
 
     ``budget``: global ranking across the pool; take regions in descending score while they fit

@@ -8,13 +8,14 @@ import ray
 
 from s4al_ray.config import ExperimentConfig
 from s4al_ray.experiment import Experiment
-from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
 from s4al_ray.pool.actor import pool_snapshot
+from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
 from s4al_ray.runtime import connect
 
 
-def import_annotations(cfg: ExperimentConfig, folder: str, address: str | None = None,
-                       log=print) -> dict:
+def import_annotations(
+    cfg: ExperimentConfig, folder: str, address: str | None = None, log=print
+) -> dict:
     """Check the masks in ``folder`` against the pending query and commit them through the pool
     actor. Raises AnnotationError (nothing committed) when a mask is missing or incomplete."""
     experiment = Experiment(cfg, log=log)
@@ -25,13 +26,16 @@ def import_annotations(cfg: ExperimentConfig, folder: str, address: str | None =
     round_index = pending_round(experiment.layout, state)
     if round_index is None:
         raise AnnotationError(f"{experiment.run_dir} has no query waiting for annotations")
-    selection, class_pixels, masks = read_answers(experiment.layout, round_index, folder,
-                                                  experiment.data.num_classes)
+    selection, class_pixels, masks = read_answers(
+        experiment.layout, round_index, folder, experiment.data.num_classes
+    )
     store_labels(experiment.layout, state, masks, selection)
     entry = ray.get(experiment.pool.commit.remote(round_index, selection, class_pixels))
-    log(f"[annotate] round {round_index}: committed {entry['regions']} regions in "
+    log(
+        f"[annotate] round {round_index}: committed {entry['regions']} regions in "
         f"{entry['images']} images ({entry['pixels']} px). Continue with: python run.py "
-        f"<same config and options>")
+        f"<same config and options>"
+    )
     return entry
 
 

@@ -12,62 +12,159 @@ import os
 import sys
 from typing import Callable
 
-COMMANDS = {"run": "the active semi-supervised round loop (default)",
-            "prepare": "prepare (cache) the dataset and check every sample; no Ray",
-            "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
-            "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
-            "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)"}
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                              "configs", "default.yaml")
+from s4al_ray import __version__
+
+COMMANDS = {
+    "run": "the active semi-supervised round loop (default)",
+    "prepare": "prepare (cache) the dataset and check every sample; no Ray",
+    "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
+    "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
+    "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)",
+}
+REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+EXAMPLES = (
+    "examples:\n"
+    "  python run.py                                  # default experiment, local Ray\n"
+    "  python run.py --config configs/smoke.yaml train.epochs=1\n"
+    "  python run.py --dry-run acquisition.region_size=32   # check everything, run nothing\n"
+    "  python run.py --help-config train              # every train.* key\n"
+    "  python run.py sweep --config configs/sweep_smoke.yaml num_samples=2\n"
+    "  ray job submit -- python run.py --config configs/default.yaml storage=s3://b/p"
+)
 
 
-def _parser() -> argparse.ArgumentParser:
+def bundled_configs() -> str:
+    """The configs shipped with the package (``configs/`` of the checkout, or the copy a wheel
+    installs as ``s4al_ray/configs``)."""
+    if os.path.isdir(REPO_CONFIGS):
+        return REPO_CONFIGS
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def resolve_config(path: str | None) -> str | None:
+    """``--config``: a file as given; else a bundled config of that name (``smoke``,
+    ``configs/smoke.yaml`` from any directory); no ``--config``: the bundled default."""
+    if path is None:
+        default = os.path.join(bundled_configs(), "default.yaml")
+        return default if os.path.exists(default) else None
+    if path.startswith("s3://") or os.path.exists(path):
+        return path
+    name = os.path.basename(path)
+    bundled = os.path.join(bundled_configs(), name if name.endswith(".yaml") else f"{name}.yaml")
+    return bundled if os.path.isfile(bundled) else path
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    prog = "run.py" if command == "run" else f"run.py {command}"
+    description = "S4AL+ active semi-supervised segmentation on Ray."
+    if command == "run":
+        description += "\n\ncommands:\n" + "\n".join(
+            f"  {name:9s} {text}" for name, text in COMMANDS.items()
+        )
+    else:
+        description = f"{COMMANDS[command]}."
     parser = argparse.ArgumentParser(
-        prog="run.py", usage="python run.py [COMMAND] [--config FILE] [key.path=value ...]",
-        description="S4AL+ active semi-supervised segmentation on Ray.\n\ncommands:\n"
-                    + "\n".join(f"  {name:9s} {text}" for name, text in COMMANDS.items()),
-        epilog="examples:\n"
-               "  python run.py                                  # default experiment, local Ray\n"
-               "  python run.py --config configs/smoke.yaml train.epochs=1\n"
-               "  python run.py sweep --config configs/sweep_smoke.yaml num_samples=2\n"
-               "  ray job submit -- python run.py --config configs/default.yaml storage=s3://b/p",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", "-c", default=None,
-                        help="experiment YAML (default: configs/default.yaml)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (else RAY_ADDRESS, else a local Ray)")
-    parser.add_argument("--import", dest="import_dir", default=None, metavar="FOLDER",
-                        help="annotate: the folder of returned PNG masks")
-    parser.add_argument("overrides", nargs="*", metavar="key.path=value",
-                        help="config overrides, e.g. train.epochs=3 loop.rounds=2")
+        prog=prog,
+        usage=f"python {prog} [options] [key.path=value ...]",
+        description=description,
+        epilog=EXAMPLES if command == "run" else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"s4al-ray {__version__}")
+    if command == "sweep":
+        parser.add_argument(
+            "--config",
+            "-c",
+            default=None,
+            metavar="SWEEP_FILE",
+            help="the sweep file (configs/sweep_*.yaml documents every key)",
+        )
+    else:
+        parser.add_argument(
+            "--config",
+            "-c",
+            default=None,
+            metavar="FILE",
+            help="experiment YAML (default: configs/default.yaml)",
+        )
+    if command in ("run", "sweep", "annotate"):
+        parser.add_argument(
+            "--address",
+            default=None,
+            help="join this Ray cluster ('auto': the one running here); "
+            "default: RAY_ADDRESS, else a new local Ray",
+        )
+    if command == "annotate":
+        parser.add_argument(
+            "--import",
+            dest="import_dir",
+            default=None,
+            metavar="FOLDER",
+            help="the folder of returned PNG masks",
+        )
+    if command in ("run", "prepare", "annotate"):
+        parser.add_argument(
+            "--print-config", action="store_true", help="print the resolved config as YAML and exit"
+        )
+        parser.add_argument(
+            "--help-config",
+            nargs="?",
+            const="",
+            default=None,
+            metavar="SECTION",
+            help="document every config key (or a section's) and exit",
+        )
+    if command == "run":
+        parser.add_argument(
+            "--dry-run",
+            action="store_true",
+            help="preflight only: storage, dataset check and sizing; then exit",
+        )
+    what = "keys of the sweep file" if command == "sweep" else "config overrides"
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key.path=value",
+        help=f"{what}, e.g. train.epochs=3 loop.rounds=2",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from s4al_ray.config import ConfigError, load_config
+    from s4al_ray.config import ConfigError, load_config, to_yaml
 
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "run"
     if command == "sync":
         return _sync(argv)
-    args = _parser().parse_args(argv)
+    # Options and overrides in any order: run.py --config X a=1 --address Y b=2
+    args = _parser(command).parse_intermixed_args(argv)
     if command == "sweep":  # its --config is a sweep file, validated by the sweep module
         from s4al_ray.sweep import sweep_command
 
-        return sweep_command(args.config, args.overrides, args.address)
-    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+        return sweep_command(
+            resolve_config(args.config) if args.config else None, args.overrides, args.address
+        )
     try:
-        cfg = load_config(path, args.overrides)
+        if args.help_config is not None:
+            from s4al_ray.config_help import describe_config
+
+            print(describe_config(args.help_config or None))
+            return 0
+        cfg = load_config(resolve_config(args.config), args.overrides)
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
     if command == "prepare":
         return _prepare(cfg)
     if command == "annotate":
         from s4al_ray.annotate import annotate_command
 
         return annotate_command(cfg, args.import_dir, args.address)
-    return _run(cfg, args.address)
+    return _run(cfg, args.address, dry_run=args.dry_run)
 
 
 def _prepare(cfg, log: Callable[[str], None] = print) -> int:
@@ -100,8 +197,9 @@ def _prepare(cfg, log: Callable[[str], None] = print) -> int:
 def _sync(argv: list[str]) -> int:
     from s4al_ray.transfer import sync
 
-    parser = argparse.ArgumentParser(prog="run.py sync",
-                                     description="copy a directory tree to or from s3://")
+    parser = argparse.ArgumentParser(
+        prog="run.py sync", description="copy a directory tree to or from s3://"
+    )
     parser.add_argument("source")
     parser.add_argument("destination")
     parser.add_argument("--endpoint", default=None, help="S3-compatible endpoint URL")
@@ -114,18 +212,30 @@ def _sync(argv: list[str]) -> int:
     return 0
 
 
-def _run(cfg, address: str | None) -> int:
+def _run(cfg, address: str | None, dry_run: bool = False) -> int:
     from s4al_ray.config import ConfigError
     from s4al_ray.data.folder import DatasetError
     from s4al_ray.experiment import Experiment
-    from s4al_ray.runtime import connect, dashboard_url
+    from s4al_ray.runtime import check_fits, connect, dashboard_url, planned_resources
     from s4al_ray.storage import StorageError, configure_endpoint
 
-    print(f"s4al-ray: experiment '{cfg.name}' -> {cfg.storage}/{cfg.name}")
+    print(
+        f"s4al-ray: experiment '{cfg.name}' -> {cfg.storage}/{cfg.name}"
+        + ("  (dry run: nothing is trained or written)" if dry_run else "")
+    )
     configure_endpoint(cfg.s3_endpoint)
     experiment = Experiment(cfg)
     try:
-        experiment.preflight()  # bad config, storage or data fail here, before Ray starts
+        # Bad config, storage or data fail here, before Ray starts.
+        experiment.preflight(record=not dry_run)
+        if dry_run:
+            res = planned_resources(cfg, address)
+            check_fits(cfg, res)
+            print(
+                f"[dry run] ok: the trainer fits {res.cpus} CPU, {res.gpus} GPU; "
+                f"run without --dry-run to start"
+            )
+            return 0
         res = connect(cfg, address)
         url = dashboard_url()
         print(f"[ray] {res.cpus} CPU, {res.gpus} GPU" + (f", dashboard {url}" if url else ""))

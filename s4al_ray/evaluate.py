@@ -18,7 +18,7 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int)
     """(C, C) int64, rows = ground truth, columns = prediction; ignore pixels skipped."""
     valid = target != IGNORE_INDEX
     index = target[valid].long() * num_classes + pred[valid].long()
-    return torch.bincount(index, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return torch.bincount(index, minlength=num_classes**2).reshape(num_classes, num_classes)
 
 
 def iou_per_class(confusion: np.ndarray) -> np.ndarray:
@@ -40,8 +40,9 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def evaluate_items(model, items: list[dict], num_classes: int, device,
-                   batch_size: int = 8) -> torch.Tensor:
+def evaluate_items(
+    model, items: list[dict], num_classes: int, device, batch_size: int = 8
+) -> torch.Tensor:
     """Confusion matrix of ``model`` over ``items`` (any sizes: batches group equal sizes)."""
     model.eval()
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -50,10 +51,11 @@ def evaluate_items(model, items: list[dict], num_classes: int, device,
         by_size.setdefault((item["height"], item["width"]), []).append(item)
     for group in by_size.values():
         for start in range(0, len(group), batch_size):
-            chunk = group[start:start + batch_size]
+            chunk = group[start : start + batch_size]
             x = torch.stack([image_tensor(load_image(i["image_uri"])) for i in chunk])
-            y = torch.stack([torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64))
-                             for i in chunk])
+            y = torch.stack(
+                [torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64)) for i in chunk]
+            )
             pred = model(normalize(x.to(device)))["logits"].argmax(1).cpu()
             confusion += confusion_matrix(pred, y, num_classes)
     return confusion

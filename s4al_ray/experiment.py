@@ -21,31 +21,53 @@ import ray
 
 from s4al_ray import storage
 from s4al_ray.acquisition import select_regions
-from s4al_ray.config import ConfigError, ExperimentConfig, changed_keys, flatten, read_yaml
-from s4al_ray.config import to_dict, to_yaml
+from s4al_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    changed_keys,
+    flatten,
+    read_yaml,
+    to_dict,
+    to_yaml,
+)
 from s4al_ray.data.check import require_clean
 from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.evaluate import iou_per_class, mean_iou, pixel_accuracy
-from s4al_ray.jobs import (TeacherSummary, acquisition_budget, student_job, summarize_teacher,
-                           teacher_job, teacher_rows)
+from s4al_ray.jobs import (
+    TeacherSummary,
+    acquisition_budget,
+    student_job,
+    summarize_teacher,
+    teacher_job,
+    teacher_rows,
+)
 from s4al_ray.layout import RUN_FORMAT, RunLayout
 from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
 from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
-from s4al_ray.report import (eta_line, format_class_table, format_round_table,
-                             write_rounds_csv)
+from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
 
 # Keys that may change between a run and its resumption without mixing incompatible results.
-RESUMABLE_KEYS = ("ray.", "train.num_workers", "train.cpus_per_worker", "train.use_gpu",
-                  "teacher.num_actors", "teacher.cpus_per_actor", "teacher.batch_size",
-                  "loop.rounds", "data.loader_workers", "storage", "s3_endpoint")
+RESUMABLE_KEYS = (
+    "ray.",
+    "train.num_workers",
+    "train.cpus_per_worker",
+    "train.use_gpu",
+    "teacher.num_actors",
+    "teacher.cpus_per_actor",
+    "teacher.batch_size",
+    "loop.rounds",
+    "data.loader_workers",
+    "storage",
+    "s3_endpoint",
+)
 
 
 @dataclass(frozen=True)
@@ -81,8 +103,10 @@ class Experiment:
             return
         fmt = json.loads(storage.read_text(marker)).get("format")
         if fmt != RUN_FORMAT:
-            raise ConfigError(f"{self.run_dir} was written by an incompatible s4al-ray "
-                              f"(format {fmt}, expected {RUN_FORMAT}); use another name=")
+            raise ConfigError(
+                f"{self.run_dir} was written by an incompatible s4al-ray "
+                f"(format {fmt}, expected {RUN_FORMAT}); use another name="
+            )
         saved = flatten(read_yaml(self.layout.config))
         now = flatten(to_dict(self.cfg))
         changed = changed_keys(saved, now, RESUMABLE_KEYS)
@@ -90,28 +114,37 @@ class Experiment:
             detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
             raise ConfigError(
                 f"{self.run_dir} holds a run with a different config ({detail}). Resume it "
-                "with the same settings, or start a new experiment with name=<new name>")
+                "with the same settings, or start a new experiment with name=<new name>"
+            )
 
     def _initial_state(self) -> PoolState:
         train = self.data.rows("train")
         rng = np.random.default_rng(self.cfg.seed)
         count = int(round(self.cfg.data.initial_labeled_frac * len(train)))
         # At least one labeled image; all of them only when asked (the fully supervised reference).
-        count = max(count, 1) if self.cfg.data.initial_labeled_frac >= 1.0 else \
-            min(max(count, 1), len(train) - 1)
+        count = (
+            max(count, 1)
+            if self.cfg.data.initial_labeled_frac >= 1.0
+            else min(max(count, 1), len(train) - 1)
+        )
         labeled = sorted(train[i]["sample_id"] for i in rng.permutation(len(train))[:count])
         by_id = {r["sample_id"]: r for r in train}
-        counts = sum(class_histogram(load_mask(by_id[s]["mask_uri"]), self.data.num_classes)
-                     for s in labeled)
-        return PoolState(region_size=self.cfg.acquisition.region_size,
-                         num_classes=self.data.num_classes,
-                         sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
-                         labeled=labeled, initial_class_pixels=np.asarray(counts).tolist())
+        counts = sum(
+            class_histogram(load_mask(by_id[s]["mask_uri"]), self.data.num_classes) for s in labeled
+        )
+        return PoolState(
+            region_size=self.cfg.acquisition.region_size,
+            num_classes=self.data.num_classes,
+            sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
+            labeled=labeled,
+            initial_class_pixels=np.asarray(counts).tolist(),
+        )
 
-    def preflight(self) -> None:
+    def preflight(self, record: bool = True) -> None:
         """Everything that can fail on bad input, before any Ray work: storage reachable and
         writable, a compatible run directory, a dataset without errors. Nothing is written to
-        the run directory until every check has passed."""
+        the run directory until every check has passed (and nothing at all without
+        ``record``: a dry run)."""
         if self.data is not None:
             return
         self._check_run_dir()
@@ -121,10 +154,13 @@ class Experiment:
         if not self.data.rows("train") or not self.data.rows("val"):
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
         self._check_region_size()
-        storage.write_text(self.layout.config, to_yaml(self.cfg))
-        storage.write_text(self.layout.marker, json.dumps({"format": RUN_FORMAT}))
-        self.log(f"[data] {len(self.data.rows('train'))} train, {len(self.data.rows('val'))} val "
-                 f"images, {self.data.num_classes} classes  ({time.perf_counter() - t0:.1f}s)")
+        if record:
+            storage.write_text(self.layout.config, to_yaml(self.cfg))
+            storage.write_text(self.layout.marker, json.dumps({"format": RUN_FORMAT}))
+        self.log(
+            f"[data] {len(self.data.rows('train'))} train, {len(self.data.rows('val'))} val "
+            f"images, {self.data.num_classes} classes  ({time.perf_counter() - t0:.1f}s)"
+        )
 
     def prepare(self) -> None:
         self.preflight()
@@ -134,14 +170,18 @@ class Experiment:
         state = pool_snapshot(self.pool)
         if self._teacher_tasks() and self.cfg.loop.rounds > 1:
             warm_task_workers(teacher_actors(self.cfg, self.resources))
-        self.log(f"[pool] {len(state.labeled)} labeled images, {len(state.pool_ids)} "
-                 f"pool images, {100 * state.labeled_frac:.2f}% of pixels labeled")
+        self.log(
+            f"[pool] {len(state.labeled)} labeled images, {len(state.pool_ids)} "
+            f"pool images, {100 * state.labeled_frac:.2f}% of pixels labeled"
+        )
 
     def _check_region_size(self) -> None:
         smallest = min(min(r["height"], r["width"]) for r in self.data.rows("train"))
         if self.cfg.acquisition.region_size > smallest:
-            raise ConfigError(f"acquisition.region_size ({self.cfg.acquisition.region_size}) is "
-                              f"larger than the smallest train image side ({smallest} px)")
+            raise ConfigError(
+                f"acquisition.region_size ({self.cfg.acquisition.region_size}) is "
+                f"larger than the smallest train image side ({smallest} px)"
+            )
 
     def _teacher_tasks(self) -> bool:
         return uses_tasks(self.cfg.teacher.reuse_workers, self.cfg.train.use_gpu)
@@ -152,11 +192,14 @@ class Experiment:
         layout = self.layout
         if storage.exists(layout.checkpoint(r)) and storage.exists(layout.train_metrics(r)):
             self.log(f"[round {r}] train   reusing the finished student {layout.checkpoint(r)}")
-            return StudentResult(layout.checkpoint(r),
-                                 json.loads(storage.read_text(layout.train_metrics(r))))
-        self.log(f"[round {r}] train   {self.cfg.train.num_workers} worker(s), "
-                 f"{self.cfg.train.epochs}x{self.cfg.train.steps_per_epoch} steps, "
-                 f"labeled {100 * state.labeled_frac:.2f}% of pixels ...")
+            return StudentResult(
+                layout.checkpoint(r), json.loads(storage.read_text(layout.train_metrics(r)))
+            )
+        self.log(
+            f"[round {r}] train   {self.cfg.train.num_workers} worker(s), "
+            f"{self.cfg.train.epochs}x{self.cfg.train.steps_per_epoch} steps, "
+            f"labeled {100 * state.labeled_frac:.2f}% of pixels ..."
+        )
         previous = TeacherSummary.load(layout.teacher_summary(r - 1)) if r > 0 else None
         result = fit_student(student_job(self.cfg, self.data, state, layout, r, previous))
         storage.write_text(layout.train_metrics(r), json.dumps(result.metrics))
@@ -169,19 +212,24 @@ class Experiment:
         output_uri = self.layout.teacher(r)
         if summary is not None:
             self.log(f"[round {r}] teacher reusing the finished pass {output_uri}")
-            return TeacherResult(read_teacher_output(output_uri, self.data.num_classes).scores,
-                                 summary)
+            return TeacherResult(
+                read_teacher_output(output_uri, self.data.num_classes).scores, summary
+            )
         num_workers = teacher_actors(self.cfg, self.resources)
-        self.log(f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
-                 f"{num_workers} {'task worker(s)' if self._teacher_tasks() else 'actor(s)'} ...")
+        self.log(
+            f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
+            f"{num_workers} {'task worker(s)' if self._teacher_tasks() else 'actor(s)'} ..."
+        )
         job = teacher_job(self.cfg, self.data, state, r, checkpoint, num_workers)
         rows = teacher_rows(self.data, state)
         seconds = run_teacher(job, rows, output_uri)
         output = read_teacher_output(output_uri, self.data.num_classes)
         summary = summarize_teacher(self.cfg, output, seconds, len(rows))
         summary.save(self.layout.teacher_summary(r))
-        self.log(f"[round {r}] teacher done in {seconds:.1f}s ({summary.images_per_s:.1f} "
-                 f"img/s), {100 * summary.kept_frac:.1f}% of pool pixels kept as pseudo-labels")
+        self.log(
+            f"[round {r}] teacher done in {seconds:.1f}s ({summary.images_per_s:.1f} "
+            f"img/s), {100 * summary.kept_frac:.1f}% of pool pixels kept as pseudo-labels"
+        )
         return TeacherResult(output.scores, summary)
 
     def acquire(self, r: int, state: PoolState, scores: dict[str, np.ndarray]) -> dict:
@@ -189,28 +237,43 @@ class Experiment:
         oracle writes the query package and stops the run instead."""
         acq = self.cfg.acquisition
         grids = {s: state.grid(s) for s in scores}
-        selection = select_regions(scores, grids, state.acquired, mode=acq.mode,
-                                   budget_pixels=acquisition_budget(self.cfg, state),
-                                   top_k=acq.top_k, exclude_border=acq.exclude_border)
+        selection = select_regions(
+            scores,
+            grids,
+            state.acquired,
+            mode=acq.mode,
+            budget_pixels=acquisition_budget(self.cfg, state),
+            top_k=acq.top_k,
+            exclude_border=acq.exclude_border,
+        )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}
-            package = write_query_package(self.layout, r, selection, state, by_id,
-                                          self.data.classes)
+            package = write_query_package(
+                self.layout, r, selection, state, by_id, self.data.classes
+            )
             raise AwaitingAnnotation(r, package)
         return ray.get(self.pool.commit.remote(r, selection))
 
     def run_round(self, r: int) -> dict:
         committed = pool_snapshot(self.pool)  # once per round
         state = committed.before(r)
-        record = {"round": r, "pool/labeled_frac": state.labeled_frac,
-                  "pool/labeled_pixels": state.labeled_pixels, "pool/acquired_pixels": 0,
-                  "pool/acquired_regions": 0, "time/teacher_s": 0.0, "time/acquire_s": 0.0}
+        record = {
+            "round": r,
+            "pool/labeled_frac": state.labeled_frac,
+            "pool/labeled_pixels": state.labeled_pixels,
+            "pool/acquired_pixels": 0,
+            "pool/acquired_regions": 0,
+            "time/teacher_s": 0.0,
+            "time/acquire_s": 0.0,
+        }
         t0 = time.perf_counter()
         student = self.train(r, state)
         record.update(self._student_fields(student.metrics))
         record["time/train_s"] = time.perf_counter() - t0
-        self.log(f"[round {r}] train   done in {record['time/train_s']:.1f}s: "
-                 f"loss {record['train/loss']:.3f}, val mIoU {100 * record['val/miou']:.1f}")
+        self.log(
+            f"[round {r}] train   done in {record['time/train_s']:.1f}s: "
+            f"loss {record['train/loss']:.3f}, val mIoU {100 * record['val/miou']:.1f}"
+        )
         after = state
         if r < self.cfg.loop.rounds - 1 and state.pool_ids:
             teacher = self.teach(r, state, student.checkpoint_uri)
@@ -218,15 +281,22 @@ class Experiment:
             t0 = time.perf_counter()
             # A manual import commits before the rerun that continues the round.
             entry = committed.entry(r) or self.acquire(r, state, teacher.scores)
-            record.update({"pool/acquired_pixels": entry["pixels"],
-                           "pool/acquired_regions": entry["regions"],
-                           "time/acquire_s": time.perf_counter() - t0})
-            self.log(f"[round {r}] acquire {entry['regions']} regions in {entry['images']} "
-                     f"images, {entry['pixels']} px "
-                     f"({100 * entry['pixels'] / state.total_pixels:.2f}% of train pixels)")
+            record.update(
+                {
+                    "pool/acquired_pixels": entry["pixels"],
+                    "pool/acquired_regions": entry["regions"],
+                    "time/acquire_s": time.perf_counter() - t0,
+                }
+            )
+            self.log(
+                f"[round {r}] acquire {entry['regions']} regions in {entry['images']} "
+                f"images, {entry['pixels']} px "
+                f"({100 * entry['pixels'] / state.total_pixels:.2f}% of train pixels)"
+            )
             after = state.with_entry(entry)
-        record["time/round_s"] = sum(record[k] for k in
-                                     ("time/train_s", "time/teacher_s", "time/acquire_s"))
+        record["time/round_s"] = sum(
+            record[k] for k in ("time/train_s", "time/teacher_s", "time/acquire_s")
+        )
         storage.write_text(self.layout.record(r), json.dumps(record, indent=1))
         self._report(r, [*self.records, record], after)
         return record
@@ -234,10 +304,15 @@ class Experiment:
     def _student_fields(self, metrics: dict) -> dict:
         confusion = np.asarray(metrics["val/confusion"])
         ious = iou_per_class(confusion)
-        return {"val/miou": mean_iou(confusion), "val/pixel_acc": pixel_accuracy(confusion),
-                **{f"val/iou/{c}": (None if np.isnan(v) else float(v))
-                   for c, v in zip(self.data.classes, ious)},
-                "train/loss": metrics.get("train/loss_total")}
+        return {
+            "val/miou": mean_iou(confusion),
+            "val/pixel_acc": pixel_accuracy(confusion),
+            **{
+                f"val/iou/{c}": (None if np.isnan(v) else float(v))
+                for c, v in zip(self.data.classes, ious)
+            },
+            "train/loss": metrics.get("train/loss_total"),
+        }
 
     def _report(self, r: int, records: list[dict], after: PoolState) -> None:
         from s4al_ray.visual_report import write_round_report  # matplotlib: only when drawing
@@ -245,14 +320,16 @@ class Experiment:
         try:  # the report is a view of results already saved: drawing it never fails the run
             t0 = time.perf_counter()
             write_round_report(self.layout, records, self.data, after, r)
-            self.log(f"[round {r}] report  {self.layout.report_file('report.html')} "
-                     f"({time.perf_counter() - t0:.1f}s)")
+            self.log(
+                f"[round {r}] report  {self.layout.report_file('report.html')} "
+                f"({time.perf_counter() - t0:.1f}s)"
+            )
         except Exception as err:  # noqa: BLE001
             self.log(f"[round {r}] warning: report not drawn ({type(err).__name__}: {err})")
         elapsed = time.perf_counter() - self.started
         self.log(f"[round {r}] {eta_line(records, self.cfg.loop.rounds, elapsed)}")
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- the loop
     def _load_record(self, r: int) -> dict | None:
         """A finished round's record; a damaged one means the round is redone (idempotently)."""
         uri = self.layout.record(r)
@@ -265,11 +342,15 @@ class Experiment:
             return None
 
     def _explain_query(self, waiting: AwaitingAnnotation) -> None:
-        self.log(f"[round {waiting.round_index}] acquire: query package for annotators written to "
-                 f"{waiting.package}/ (query.json, images/, README.txt)")
-        self.log("Stopped: annotate the requested regions, then run\n"
-                 "  python run.py annotate --import <folder of masks> <same config and options>\n"
-                 "  python run.py <same config and options>      # continues this experiment")
+        self.log(
+            f"[round {waiting.round_index}] acquire: query package for annotators written to "
+            f"{waiting.package}/ (query.json, images/, README.txt)"
+        )
+        self.log(
+            "Stopped: annotate the requested regions, then run\n"
+            "  python run.py annotate --import <folder of masks> <same config and options>\n"
+            "  python run.py <same config and options>      # continues this experiment"
+        )
 
     def _notify(self, record: dict, resumed: bool) -> None:
         if self.on_record is not None:

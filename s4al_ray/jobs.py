@@ -35,8 +35,12 @@ class TeacherSummary:
     pool_weights: dict[str, float] | None = None  # class-balanced sampling of pool images
 
     def record_fields(self) -> dict:
-        return {"teacher/thresholds": self.thresholds, "teacher/kept_frac": self.kept_frac,
-                "time/teacher_s": self.seconds, "teacher/images_per_s": self.images_per_s}
+        return {
+            "teacher/thresholds": self.thresholds,
+            "teacher/kept_frac": self.kept_frac,
+            "time/teacher_s": self.seconds,
+            "teacher/images_per_s": self.images_per_s,
+        }
 
     def save(self, uri: str) -> None:
         payload = self.record_fields()
@@ -49,57 +53,94 @@ class TeacherSummary:
         if not storage.exists(uri):
             return None
         data = json.loads(storage.read_text(uri))
-        return cls(data["teacher/thresholds"], data["teacher/kept_frac"], data["time/teacher_s"],
-                   data["teacher/images_per_s"], data.get("teacher/pool_weights"))
+        return cls(
+            data["teacher/thresholds"],
+            data["teacher/kept_frac"],
+            data["time/teacher_s"],
+            data["teacher/images_per_s"],
+            data.get("teacher/pool_weights"),
+        )
 
 
-def summarize_teacher(cfg: ExperimentConfig, output: TeacherOutput, seconds: float,
-                      images: int) -> TeacherSummary:
+def summarize_teacher(
+    cfg: ExperimentConfig, output: TeacherOutput, seconds: float, images: int
+) -> TeacherSummary:
     t = cfg.teacher
     thresholds = class_thresholds(output.hist, t.threshold, t.class_aware, t.class_quantile)
     weights = None
     if cfg.train.class_balanced:
         weights = repeat_factors(output.class_pixels, cfg.train.balance_threshold)
-    return TeacherSummary(thresholds, kept_fraction(output.hist, thresholds), seconds,
-                          images / max(seconds, 1e-9), weights)
+    return TeacherSummary(
+        thresholds,
+        kept_fraction(output.hist, thresholds),
+        seconds,
+        images / max(seconds, 1e-9),
+        weights,
+    )
 
 
 def crop_size(cfg: ExperimentConfig, data: DatasetInfo) -> tuple[int, int]:
     """The training crop: as configured, else the smallest train image side."""
     rows = data.rows("train")
-    return (cfg.data.crop_height or min(row["height"] for row in rows),
-            cfg.data.crop_width or min(row["width"] for row in rows))
+    return (
+        cfg.data.crop_height or min(row["height"] for row in rows),
+        cfg.data.crop_width or min(row["width"] for row in rows),
+    )
 
 
-def pool_rows(cfg: ExperimentConfig, data: DatasetInfo, state: PoolState,
-              layout: RunLayout) -> list[dict]:
+def pool_rows(
+    cfg: ExperimentConfig, data: DatasetInfo, state: PoolState, layout: RunLayout
+) -> list[dict]:
     """Pool images as the student sees them: with a manual oracle, acquired labels come from the
     annotators' files, not from the dataset's masks."""
     by_id = {row["sample_id"]: row for row in data.rows("train")}
     acquired = state.acquired
     manual = cfg.oracle == "manual"
-    return [{**by_id[s], "mask_uri": layout.oracle_label(s)} if manual and s in acquired
-            else by_id[s] for s in state.pool_ids]
+    return [
+        {**by_id[s], "mask_uri": layout.oracle_label(s)} if manual and s in acquired else by_id[s]
+        for s in state.pool_ids
+    ]
 
 
-def student_job(cfg: ExperimentConfig, data: DatasetInfo, state: PoolState, layout: RunLayout,
-                r: int, previous: TeacherSummary | None) -> StudentJob:
+def student_job(
+    cfg: ExperimentConfig,
+    data: DatasetInfo,
+    state: PoolState,
+    layout: RunLayout,
+    r: int,
+    previous: TeacherSummary | None,
+) -> StudentJob:
     """Round ``r``'s training: the labeled images, and from round 1 the pool with the previous
     round's teacher pass (``previous``) and the regions acquired so far."""
     by_id = {row["sample_id"]: row for row in data.rows("train")}
     pool: dict = {}
     if previous is not None:
-        pool = {"pool_items": pool_rows(cfg, data, state, layout),
-                "pseudo_uri": layout.teacher(r - 1), "thresholds": previous.thresholds,
-                "pool_weights": previous.pool_weights, "acquired": state.acquired,
-                "region_size": state.region_size}
+        pool = {
+            "pool_items": pool_rows(cfg, data, state, layout),
+            "pseudo_uri": layout.teacher(r - 1),
+            "thresholds": previous.thresholds,
+            "pool_weights": previous.pool_weights,
+            "acquired": state.acquired,
+            "region_size": state.region_size,
+        }
     init = None if r == 0 or cfg.train.fresh_student else layout.checkpoint(r - 1)
     return StudentJob(
-        round=r, seed=cfg.seed, num_classes=data.num_classes, crop=crop_size(cfg, data),
-        train=cfg.train, model=cfg.model, reco=cfg.reco, loader_workers=cfg.data.loader_workers,
-        labeled_items=[by_id[s] for s in state.labeled], val_items=data.rows("val"),
-        run_name=f"{cfg.name}-round{r:03d}", train_dir=layout.train_dir,
-        checkpoint_uri=layout.checkpoint(r), init_checkpoint=init, **pool)
+        round=r,
+        seed=cfg.seed,
+        num_classes=data.num_classes,
+        crop=crop_size(cfg, data),
+        train=cfg.train,
+        model=cfg.model,
+        reco=cfg.reco,
+        loader_workers=cfg.data.loader_workers,
+        labeled_items=[by_id[s] for s in state.labeled],
+        val_items=data.rows("val"),
+        run_name=f"{cfg.name}-round{r:03d}",
+        train_dir=layout.train_dir,
+        checkpoint_uri=layout.checkpoint(r),
+        init_checkpoint=init,
+        **pool,
+    )
 
 
 def teacher_rows(data: DatasetInfo, state: PoolState) -> list[dict]:
@@ -109,26 +150,43 @@ def teacher_rows(data: DatasetInfo, state: PoolState) -> list[dict]:
     return [{**by_id[s], "acquired": acquired.get(s, [])} for s in state.pool_ids]
 
 
-def teacher_job(cfg: ExperimentConfig, data: DatasetInfo, state: PoolState, r: int,
-                checkpoint: str, num_workers: int) -> TeacherJob:
+def teacher_job(
+    cfg: ExperimentConfig,
+    data: DatasetInfo,
+    state: PoolState,
+    r: int,
+    checkpoint: str,
+    num_workers: int,
+) -> TeacherJob:
     score = get_score(cfg.acquisition.function)
     weights = None
     if "class_weights" in score.needs:
         weights = inverse_frequency_weights(state.labeled_class_pixels).tolist()
     t = cfg.teacher
     return TeacherJob(
-        round=r, seed=cfg.seed + r, model=cfg.model, num_classes=data.num_classes,
-        checkpoint_uri=checkpoint, checkpoint_stamp=storage.stamp(checkpoint),
-        region_size=state.region_size, score=score.name, class_weights=weights,
-        scales=list(t.scales), flip=t.flip, use_gpu=cfg.train.use_gpu,
-        cpus_per_worker=t.cpus_per_actor, reuse_workers=t.reuse_workers,
-        num_workers=num_workers, batch_size=t.batch_size)
+        round=r,
+        seed=cfg.seed + r,
+        model=cfg.model,
+        num_classes=data.num_classes,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        region_size=state.region_size,
+        score=score.name,
+        class_weights=weights,
+        scales=list(t.scales),
+        flip=t.flip,
+        use_gpu=cfg.train.use_gpu,
+        cpus_per_worker=t.cpus_per_actor,
+        reuse_workers=t.reuse_workers,
+        num_workers=num_workers,
+        batch_size=t.batch_size,
+    )
 
 
 def acquisition_budget(cfg: ExperimentConfig, state: PoolState) -> int:
     """Pixels round acquisition may take: the round budget, capped by the total budget."""
     total = state.total_pixels
     acq = cfg.acquisition
-    return max(min(int(acq.round_budget * total),
-                   int(acq.total_budget * total) - state.labeled_pixels), 0)
-
+    return max(
+        min(int(acq.round_budget * total), int(acq.total_budget * total) - state.labeled_pixels), 0
+    )

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 from s4al_ray import storage
 
-RUN_FORMAT = 1
+# 2: teacher parquet histograms hold 256 confidence levels per class (were 20 bins).
+RUN_FORMAT = 2
 
 
 def _round(r: int) -> str:

@@ -37,12 +37,15 @@ def threshold_levels(thresholds) -> np.ndarray:
 
 def confidence_histogram(label: np.ndarray, level: np.ndarray, num_classes: int) -> np.ndarray:
     """(C * LEVELS,) counts of pixels per predicted class and confidence level."""
-    return np.bincount(label.astype(np.int64).ravel() * LEVELS + level.astype(np.int64).ravel(),
-                       minlength=num_classes * LEVELS)
+    return np.bincount(
+        label.astype(np.int64).ravel() * LEVELS + level.astype(np.int64).ravel(),
+        minlength=num_classes * LEVELS,
+    )
 
 
-def class_thresholds(hist: np.ndarray, threshold: float, class_aware: bool,
-                     quantile: float) -> list[float]:
+def class_thresholds(
+    hist: np.ndarray, threshold: float, class_aware: bool, quantile: float
+) -> list[float]:
     """Per-class confidence thresholds from the pool's (C, LEVELS) histogram.
 
     Global: every class uses ``threshold``. Class-aware (the S4AL+ answer to the long tail): a
@@ -69,12 +72,17 @@ def class_thresholds(hist: np.ndarray, threshold: float, class_aware: bool,
 def kept_fraction(hist: np.ndarray, thresholds: list[float]) -> float:
     """Share of pixels of the (C, LEVELS) histogram that :func:`compose_target` keeps."""
     levels = threshold_levels(thresholds)
-    kept = sum(int(hist[c, max(levels[c], 0):].sum()) for c in range(hist.shape[0]))
+    kept = sum(int(hist[c, max(levels[c], 0) :].sum()) for c in range(hist.shape[0]))
     return float(kept / max(int(hist.sum()), 1))
 
 
-def compose_target(label: np.ndarray, level: np.ndarray, thresholds: list[float],
-                   truth: np.ndarray | None, known: np.ndarray | None) -> np.ndarray:
+def compose_target(
+    label: np.ndarray,
+    level: np.ndarray,
+    thresholds: list[float],
+    truth: np.ndarray | None,
+    known: np.ndarray | None,
+) -> np.ndarray:
     """Pseudo-label where the teacher's confidence level passes its class threshold, ignore
     elsewhere; ground truth wherever it is known (acquired regions)."""
     limits = threshold_levels(thresholds)
@@ -93,6 +101,7 @@ def pseudo_targets(probs, thresholds: list[float], known):
 
     confidence, label = probs.max(1)
     limits = torch.from_numpy(threshold_levels(thresholds))[label]
-    target = torch.where(confidence_levels(confidence).long() >= limits, label,
-                         torch.full_like(label, IGNORE_INDEX))
+    target = torch.where(
+        confidence_levels(confidence).long() >= limits, label, torch.full_like(label, IGNORE_INDEX)
+    )
     return torch.where(known != IGNORE_INDEX, known, target)

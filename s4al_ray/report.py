@@ -82,8 +82,7 @@ def _fmt_estimate(seconds: float) -> str:
     return f"~{minutes // 60}h{minutes % 60:02d}m"
 
 
-# ----------------------------------------------------------------------------------------------
-# Progress
+# -- Progress
 
 
 def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:
@@ -99,13 +98,17 @@ def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:
     if not remaining:
         return f"{head}, finished"
     train = [r["time/train_s"] for r in records if r.get("time/train_s") is not None]
-    extra = [r.get("time/teacher_s", 0.0) + r.get("time/acquire_s", 0.0) for r in records
-             if r.get("time/teacher_s")]
+    extra = [
+        r.get("time/teacher_s", 0.0) + r.get("time/acquire_s", 0.0)
+        for r in records
+        if r.get("time/teacher_s")
+    ]
     if train:
         mean_train = statistics.fmean(train)
         mean_extra = statistics.fmean(extra) if extra else 0.0
-        estimate = sum(mean_train + (mean_extra if r < total_rounds - 1 else 0.0)
-                       for r in remaining)
+        estimate = sum(
+            mean_train + (mean_extra if r < total_rounds - 1 else 0.0) for r in remaining
+        )
     elif done:
         estimate = elapsed_s / done * len(remaining)
     else:

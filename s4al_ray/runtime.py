@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import ray
 
 from s4al_ray import storage
-from s4al_ray.config import ExperimentConfig
+from s4al_ray.config import ConfigError, ExperimentConfig
 
 
 @dataclass
@@ -43,9 +43,15 @@ def _runtime_env() -> dict:
     return {"env_vars": env}
 
 
-def connect(cfg: ExperimentConfig, address: str | None = None,
-            custom_resources: dict[str, float] | None = None) -> ClusterResources:
-    """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a local Ray.
+def connect(
+    cfg: ExperimentConfig,
+    address: str | None = None,
+    custom_resources: dict[str, float] | None = None,
+) -> ClusterResources:
+    """Join ``address`` / ``cfg.ray.address`` / ``RAY_ADDRESS``, else start a new local Ray.
+
+    Never joins a cluster nobody asked for: a Ray already running on this machine (or its stale
+    address file) is used only with ``--address auto`` or an address.
 
     ``custom_resources`` are given to a local Ray only (a joined cluster's nodes declare theirs
     with ``ray start --resources``); sweeps use one to schedule trials without taking a CPU.
@@ -54,9 +60,13 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
     storage.configure_endpoint(cfg.s3_endpoint)
     if ray.is_initialized():
         return resources()
-    target = address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
-    kwargs: dict = {"runtime_env": _runtime_env(), "logging_level": logging.WARNING,
-                    "log_to_driver": cfg.ray.worker_logs, "configure_logging": True}
+    target = target_address(cfg, address)
+    kwargs: dict = {
+        "runtime_env": _runtime_env(),
+        "logging_level": logging.WARNING,
+        "log_to_driver": cfg.ray.worker_logs,
+        "configure_logging": True,
+    }
     if target:
         context = ray.init(address=target, **kwargs)
     else:
@@ -70,11 +80,15 @@ def connect(cfg: ExperimentConfig, address: str | None = None,
             # round's teacher pass paid ~10 s of imports again.
             system["num_workers_soft_limit"] = 2 * (cfg.ray.num_cpus or os.cpu_count() or 1) + 4
         _hide_default_token_notice()
-        context = ray.init(num_cpus=cfg.ray.num_cpus or None,
-                           object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
-                           include_dashboard=cfg.ray.dashboard,
-                           resources=custom_resources or None, _system_config=system or None,
-                           **kwargs)
+        context = ray.init(
+            address="local",
+            num_cpus=cfg.ray.num_cpus or None,
+            object_store_memory=cfg.ray.object_store_mb * 1024 * 1024,
+            include_dashboard=cfg.ray.dashboard,
+            resources=custom_resources or None,
+            _system_config=system or None,
+            **kwargs,
+        )
     url = getattr(context, "dashboard_url", None)
     _DASHBOARD_URL = (url if url.startswith("http") else f"http://{url}") if url else None
     _quiet_ray_data()
@@ -131,6 +145,23 @@ def teacher_actors(cfg: ExperimentConfig, res: ClusterResources) -> int:
     return max(1, res.cpus // cfg.teacher.cpus_per_actor)
 
 
+def target_address(cfg: ExperimentConfig, address: str | None = None) -> str | None:
+    """The cluster to join, when one was asked for (``--address``, ``ray.address``,
+    ``RAY_ADDRESS``); None = a new local Ray."""
+    return address or cfg.ray.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def planned_resources(cfg: ExperimentConfig, address: str | None = None) -> ClusterResources:
+    """What a run would get, without starting Ray when it would start its own (dry runs): the
+    joined cluster's resources, else this machine's CPUs (``ray.num_cpus``) and GPUs."""
+    if target_address(cfg, address):
+        return connect(cfg, address)
+    import torch
+
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return ClusterResources(cpus=cfg.ray.num_cpus or os.cpu_count() or 1, gpus=gpus)
+
+
 def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:
     """Fail before training when the trainer could never be scheduled (it would hang)."""
     train = cfg.train
@@ -138,11 +169,13 @@ def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:
         return
     need_cpus = train.num_workers * train.cpus_per_worker
     if need_cpus > res.cpus:
-        raise RuntimeError(
+        raise ConfigError(
             f"train.num_workers={train.num_workers} x train.cpus_per_worker={train.cpus_per_worker}"
             f" needs {need_cpus} CPUs but the Ray cluster has {res.cpus}; lower them, e.g. "
-            f"train.num_workers={max(1, res.cpus // train.cpus_per_worker)}")
+            f"train.num_workers={max(1, res.cpus // train.cpus_per_worker)}"
+        )
     if train.use_gpu and train.num_workers > res.gpus:
-        raise RuntimeError(
+        raise ConfigError(
             f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; "
-            f"the cluster has {res.gpus}")
+            f"the cluster has {res.gpus}"
+        )

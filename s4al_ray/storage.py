@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
+import shutil
 import uuid
 from functools import lru_cache
 
@@ -22,6 +24,31 @@ ENDPOINT_ENV = "S4AL_S3_ENDPOINT"
 
 def is_s3(uri: str) -> bool:
     return str(uri).startswith(S3_PREFIX)
+
+
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
+def uri_problem(uri: str) -> str | None:
+    """What is wrong with a storage URI as written (no network access), or None. Catches what
+    would otherwise fail late or write somewhere unexpected: ``s3://`` without a bucket, an empty
+    bucket (``s3:///prefix``), ``s3:/x``, a bucket name S3 does not allow."""
+    text = str(uri)
+    if not text.strip():
+        return "is empty"
+    if text.lower().startswith("s3:") and not text.startswith(S3_PREFIX):
+        return f"{text!r} is not an S3 URI; write s3://bucket/prefix"
+    if not is_s3(text):
+        return None
+    bucket = text[len(S3_PREFIX) :].split("/", 1)[0]
+    if not bucket:
+        return f"{text!r} names no bucket; write s3://bucket/prefix"
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        return (
+            f"{text!r}: {bucket!r} is not a valid S3 bucket name (3-63 lowercase letters, "
+            "digits, dots and hyphens)"
+        )
+    return None
 
 
 def s3_endpoint() -> str | None:
@@ -55,7 +82,7 @@ def configure_endpoint(endpoint: str | None) -> None:
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem for ``uri`` and the path to use with it."""
     if is_s3(uri):
-        return _s3_filesystem(s3_endpoint(), s3_region()), uri[len(S3_PREFIX):].rstrip("/")
+        return _s3_filesystem(s3_endpoint(), s3_region()), uri[len(S3_PREFIX) :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 
 
@@ -153,6 +180,7 @@ def check_writable(uri: str) -> None:
     """Write, read back and delete a probe under ``uri``, so a wrong bucket, endpoint or
     credential fails before any expensive work, with a message that says where."""
     probe = join(uri, ".s4al_probe")
+    created = None if is_s3(uri) else _first_missing_dir(absolute(uri))
     try:
         write_bytes(probe, b"ok")
         if read_bytes(probe) != b"ok":
@@ -161,16 +189,29 @@ def check_writable(uri: str) -> None:
         fs.delete_file(path)
     except Exception as err:  # pyarrow raises OSError subclasses; boto-style errors vary
         raise StorageError(_describe(uri, err)) from err
+    finally:
+        if created:  # a check leaves no trace: the run creates its directory when it writes
+            shutil.rmtree(created, ignore_errors=True)
+
+
+def _first_missing_dir(path: str) -> str | None:
+    """The outermost directory of ``path`` that does not exist yet (what a write creates)."""
+    missing = None
+    while path and not os.path.exists(path):
+        missing, path = path, os.path.dirname(path)
+    return missing
 
 
 def _describe(uri: str, err: Exception) -> str:
     if not is_s3(uri):
         return f"cannot write to {uri}: {err}"
-    bucket = uri[len(S3_PREFIX):].split("/", 1)[0]
+    bucket = uri[len(S3_PREFIX) :].split("/", 1)[0]
     endpoint = s3_endpoint() or "AWS S3 (no endpoint override)"
-    return (f"cannot write to {uri} (bucket '{bucket}', endpoint {endpoint}, region "
-            f"{s3_region()}): {str(err).splitlines()[0]}. Check that the bucket exists, that the "
-            f"endpoint is reachable (s3_endpoint=...) and that AWS credentials allow writing.")
+    return (
+        f"cannot write to {uri} (bucket '{bucket}', endpoint {endpoint}, region "
+        f"{s3_region()}): {str(err).splitlines()[0]}. Check that the bucket exists, that the "
+        f"endpoint is reachable (s3_endpoint=...) and that AWS credentials allow writing."
+    )
 
 
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:

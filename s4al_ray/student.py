@@ -15,25 +15,28 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-import numpy as np
 import ray.train
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
 
-from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray import storage
 from s4al_ray.config import ModelConfig, RecoConfig, TrainConfig
-from s4al_ray.data.augment import classmix, cutmix, strong_augment
-from s4al_ray.data.training import (DecodeCache, LabeledImages, PoolImages, normalize,
-                                    read_pseudo_labels)
+from s4al_ray.data.augment import classmix, cutmix
+from s4al_ray.data.training import (
+    DecodeCache,
+    LabeledImages,
+    PoolImages,
+    epoch_batches,
+    normalize,
+    read_pseudo_labels,
+)
 from s4al_ray.evaluate import evaluate_items
-from s4al_ray.losses import reco_loss
+from s4al_ray.losses.joint import joint_losses
+from s4al_ray.mean_teacher import make_ema_teacher, mean_teacher_batch
 from s4al_ray.model import model_from_config, unwrap
 from s4al_ray.model.weights import load_checkpoint
-from s4al_ray.pseudo_labels import pseudo_targets
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
@@ -73,38 +76,10 @@ class StudentJob:
         return self.train.pseudo_labels and self.train.method == "self_training"
 
 
-def masked_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean CE over non-ignore pixels; 0 (not NaN) when every pixel is ignore."""
-    loss = F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss / (target != IGNORE_INDEX).sum().clamp(min=1)
-
-
 def _seed(job: StudentJob, rank: int, epoch: int, stream: int = 0) -> int:
     """Every random stream is a function of (seed, round, rank, epoch): a run resumed at epoch e
     draws exactly the batches and augmentations an uninterrupted run would have drawn."""
     return ((job.seed * 1009 + job.round) * 1013 + rank) * 1019 + epoch * 7 + stream
-
-
-def _reseed_worker(worker_id: int) -> None:
-    """DataLoader worker processes get a copy of the dataset; give each its own stream."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.generator.manual_seed(info.seed % 2 ** 63)
-
-
-def _epoch_batches(dataset, batch_size: int, steps: int, seed: int, workers: int,
-                   weights: list[float] | None = None, pin_memory: bool = False):
-    """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced)."""
-    dataset.generator.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed + 1)
-    count = batch_size * steps
-    if weights is not None:
-        sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
-    else:
-        sampler = RandomSampler(dataset, replacement=True, num_samples=count, generator=generator)
-    return iter(DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                           drop_last=True, worker_init_fn=_reseed_worker if workers else None,
-                           pin_memory=pin_memory,
-                           generator=torch.Generator().manual_seed(seed + 2)))
 
 
 @dataclass
@@ -124,17 +99,29 @@ def build_datasets(job: StudentJob) -> TrainingSets:
         # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
         return TrainingSets(labeled, job.train.labeled_batch + job.train.pseudo_batch)
     pseudo = read_pseudo_labels(job.pseudo_uri, {i["sample_id"] for i in job.pool_items})
-    pool = PoolImages(job.pool_items, pseudo, job.thresholds, job.acquired, job.region_size,
-                      job.crop, 0, cache=cache, pseudo_labels=job.use_pseudo_labels,
-                      # the mean teacher augments strongly after labeling the weak view
-                      strong=job.train.strong_aug and job.train.method == "self_training")
+    pool = PoolImages(
+        job.pool_items,
+        pseudo,
+        job.thresholds,
+        job.acquired,
+        job.region_size,
+        job.crop,
+        0,
+        cache=cache,
+        pseudo_labels=job.use_pseudo_labels,
+        # the mean teacher augments strongly after labeling the weak view
+        strong=job.train.strong_aug and job.train.method == "self_training",
+    )
     weights = job.pool_weights
-    return TrainingSets(labeled, job.train.labeled_batch, pool,
-                        [weights[i["sample_id"]] for i in job.pool_items] if weights else None)
+    return TrainingSets(
+        labeled,
+        job.train.labeled_batch,
+        pool,
+        [weights[i["sample_id"]] for i in job.pool_items] if weights else None,
+    )
 
 
-def epoch_streams(job: StudentJob, sets: TrainingSets, rank: int, epoch: int,
-                  device: torch.device):
+def epoch_streams(job: StudentJob, sets: TrainingSets, rank: int, epoch: int, device: torch.device):
     """Seed one epoch's randomness and open its batch streams: (generator for mixing and ReCo,
     labeled batches, pool batches or None). Each stream is a function of (seed, round, rank,
     epoch), so a resumed epoch replays exactly."""
@@ -142,11 +129,22 @@ def epoch_streams(job: StudentJob, sets: TrainingSets, rank: int, epoch: int,
     torch.manual_seed(_seed(job, rank, epoch, 0))  # dropout
     generator = torch.Generator().manual_seed(_seed(job, rank, epoch, 1))
     pin = device.type == "cuda"  # page-locked batches copy to the GPU asynchronously
-    labeled = _epoch_batches(sets.labeled, sets.labeled_batch, steps, _seed(job, rank, epoch, 2),
-                             workers, pin_memory=pin)
-    pool = None if sets.pool is None else _epoch_batches(
-        sets.pool, job.train.pseudo_batch, steps, _seed(job, rank, epoch, 5), workers,
-        sets.pool_weights, pin_memory=pin)
+    labeled = epoch_batches(
+        sets.labeled, sets.labeled_batch, steps, _seed(job, rank, epoch, 2), workers, pin_memory=pin
+    )
+    pool = (
+        None
+        if sets.pool is None
+        else epoch_batches(
+            sets.pool,
+            job.train.pseudo_batch,
+            steps,
+            _seed(job, rank, epoch, 5),
+            workers,
+            sets.pool_weights,
+            pin_memory=pin,
+        )
+    )
     return generator, labeled, pool
 
 
@@ -165,21 +163,9 @@ def _mix(images, masks, mix: str, generator):
     return images, masks
 
 
-@torch.no_grad()
-def mean_teacher_batch(teacher, images: torch.Tensor, known: torch.Tensor, thresholds: list[float],
-                       crop: tuple[int, int], generator: torch.Generator):
-    """The S4AL baseline's per-iteration pseudo-labels: the EMA teacher labels the weakly
-    augmented pool batch (ignore below the class threshold, ground truth where acquired), then
-    each image and its target are strongly augmented together."""
-    device = next(teacher.parameters()).device
-    probs = torch.softmax(teacher(normalize(images.to(device)))["logits"].float(), dim=1).cpu()
-    target = pseudo_targets(probs, thresholds, known)
-    pairs = [strong_augment(image, mask, crop, generator) for image, mask in zip(images, target)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-
-
-def _step_losses(model, job: StudentJob, batch_l, batch_u, device,
-                 generator) -> dict[str, torch.Tensor]:
+def _step_losses(
+    model, job: StudentJob, batch_l, batch_u, device, generator
+) -> dict[str, torch.Tensor]:
     images_l, masks_l = batch_l
     parts_x, parts_y = [images_l], [masks_l]
     if batch_u is not None:
@@ -188,28 +174,21 @@ def _step_losses(model, job: StudentJob, batch_l, batch_u, device,
         parts_y.append(targets_u)
     x = normalize(torch.cat(parts_x).to(device, non_blocking=True))
     y = torch.cat(parts_y).to(device, non_blocking=True)
-    reco_w = job.train.reco_weight
-    out = model(x, with_embedding=reco_w > 0)
-    n_l = images_l.shape[0]
-    losses = {"sup": masked_cross_entropy(out["logits"][:n_l], y[:n_l])}
-    if batch_u is not None:
-        losses["unsup"] = masked_cross_entropy(out["logits"][n_l:], y[n_l:])
-    if reco_w > 0:
-        size = out["embedding"].shape[-2:]
-        y_small = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
-        probs = torch.softmax(out["logits_s4"].detach().float(), dim=1)
-        r = job.reco
-        losses["reco"] = reco_loss(out["embedding"].float(), probs, y_small,
-                                   strong_threshold=r.strong_threshold, temperature=r.temperature,
-                                   num_queries=r.num_queries, num_negatives=r.num_negatives,
-                                   generator=generator)
-    total = losses["sup"] + job.train.unsup_weight * losses.get("unsup", 0.0)
-    losses["total"] = total + reco_w * losses.get("reco", 0.0)
-    return losses
+    out = model(x, with_embedding=job.train.reco_weight > 0)
+    return joint_losses(out, y, images_l.shape[0], job.train, job.reco, generator)
 
 
-def train_step(model, optimizer, job: StudentJob, batch_l, batch_u, device, generator,
-               ema=None, use_amp: bool = False) -> dict[str, float]:
+def train_step(
+    model,
+    optimizer,
+    job: StudentJob,
+    batch_l,
+    batch_u,
+    device,
+    generator,
+    ema=None,
+    use_amp: bool = False,
+) -> dict[str, float]:
     """One optimiser step on a joint batch; with ``ema`` (the mean-teacher baseline) the EMA
     teacher first labels the pool batch and then follows the student. Returns the losses."""
     if ema is not None:
@@ -224,8 +203,9 @@ def train_step(model, optimizer, job: StudentJob, batch_l, batch_u, device, gene
     return {k: float(v.detach() if torch.is_tensor(v) else v) for k, v in losses.items()}
 
 
-def train_epoch(model, optimizer, job: StudentJob, epoch: int, streams, device, ema=None,
-                use_amp: bool = False) -> tuple[dict[str, float], float]:
+def train_epoch(
+    model, optimizer, job: StudentJob, epoch: int, streams, device, ema=None, use_amp: bool = False
+) -> tuple[dict[str, float], float]:
     """One epoch of ``train_step`` on the batches of ``epoch_streams``, with the poly learning
     rate counted over the whole round. Returns (mean of each loss, the last learning rate)."""
     train = job.train
@@ -235,8 +215,17 @@ def train_epoch(model, optimizer, job: StudentJob, epoch: int, streams, device, 
     lr = train.lr
     for step in range(steps):
         lr = _poly_lr(optimizer, train.lr, epoch * steps + step, total, train.poly_power)
-        losses = train_step(model, optimizer, job, next(labeled), next(pool) if pool else None,
-                            device, generator, ema, use_amp)
+        losses = train_step(
+            model,
+            optimizer,
+            job,
+            next(labeled),
+            next(pool) if pool else None,
+            device,
+            generator,
+            ema,
+            use_amp,
+        )
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value
     return {key: value / steps for key, value in sums.items()}, lr
@@ -262,20 +251,13 @@ def init_model(job: StudentJob) -> torch.nn.Module:
 def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SGD:
     """SGD (Nesterov when there is momentum) over the model's parameter groups (heads at
     ``head_lr_mult``)."""
-    return torch.optim.SGD(model.parameter_groups(), lr=train.lr, momentum=train.momentum,
-                           weight_decay=train.weight_decay, nesterov=train.momentum > 0)
-
-
-def make_ema_teacher(model: torch.nn.Module, train: TrainConfig, sets: TrainingSets):
-    """The mean-teacher baseline's EMA of the student (weights and batch-norm buffers); None for
-    self-training, and in round 0, which has no pool batches to label."""
-    if train.method != "mean_teacher" or sets.pool is None:
-        return None
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(train.ema_decay),
-                        use_buffers=True)
-    return ema.eval()
+    return torch.optim.SGD(
+        model.parameter_groups(),
+        lr=train.lr,
+        momentum=train.momentum,
+        weight_decay=train.weight_decay,
+        nesterov=train.momentum > 0,
+    )
 
 
 def _report(metrics: dict, model, optimizer, epoch: int) -> None:
@@ -287,12 +269,19 @@ def _report(metrics: dict, model, optimizer, epoch: int) -> None:
         ray.train.report(metrics, checkpoint=None, checkpoint_dir_name=name)
         return
     with tempfile.TemporaryDirectory(prefix="s4al-ckpt-") as directory:
-        torch.save({"model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                    "epoch": epoch}, os.path.join(directory, MODEL_FILE))
+        torch.save(
+            {
+                "model": unwrap(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch,
+            },
+            os.path.join(directory, MODEL_FILE),
+        )
         with open(os.path.join(directory, METRICS_FILE), "w") as handle:
             json.dump(metrics, handle)
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(directory),
-                         checkpoint_dir_name=name)
+        ray.train.report(
+            metrics, checkpoint=Checkpoint.from_directory(directory), checkpoint_dir_name=name
+        )
 
 
 def _resume(model, optimizer) -> int:
@@ -302,8 +291,9 @@ def _resume(model, optimizer) -> int:
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as directory:
-        state = torch.load(os.path.join(directory, MODEL_FILE), map_location="cpu",
-                           weights_only=True)
+        state = torch.load(
+            os.path.join(directory, MODEL_FILE), map_location="cpu", weights_only=True
+        )
     unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return int(state["epoch"]) + 1
@@ -325,7 +315,7 @@ def train_loop(config: dict) -> None:
     optimizer = make_optimizer(unwrap(model), train)
     start_epoch = _resume(model, optimizer)
     sets = build_datasets(job)
-    ema = make_ema_teacher(unwrap(model), train, sets)
+    ema = make_ema_teacher(unwrap(model), train, sets.pool is not None)
     use_amp = train.amp and device.type == "cuda"
     for epoch in range(start_epoch, train.epochs):
         model.train()
@@ -333,8 +323,9 @@ def train_loop(config: dict) -> None:
         started = time.perf_counter()  # the loop alone: what benchmarks compare with plain PyTorch
         losses, lr = train_epoch(model, optimizer, job, epoch, streams, device, ema, use_amp)
         metrics = {f"train/loss_{k}": v for k, v in losses.items()}
-        metrics.update({"epoch": epoch, "train/lr": lr,
-                        "train/seconds": time.perf_counter() - started})
+        metrics.update(
+            {"epoch": epoch, "train/lr": lr, "train/seconds": time.perf_counter() - started}
+        )
         if epoch == train.epochs - 1:
             val_items = job.val_items[rank::world]
             confusion = _all_reduce_sum(evaluate_items(model, val_items, job.num_classes, device))
@@ -368,12 +359,18 @@ def fit_student(job: StudentJob) -> StudentResult:
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},
-        scaling_config=ScalingConfig(num_workers=train.num_workers, use_gpu=train.use_gpu,
-                                     resources_per_worker=_worker_resources(train)),
+        scaling_config=ScalingConfig(
+            num_workers=train.num_workers,
+            use_gpu=train.use_gpu,
+            resources_per_worker=_worker_resources(train),
+        ),
         run_config=RunConfig(
-            name=job.run_name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=job.run_name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
     )
     result = trainer.fit()
     if result.checkpoint is None:

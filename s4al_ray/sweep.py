@@ -14,12 +14,10 @@ a resumed trial reports each round exactly once (and Tune restores its result lo
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,26 +25,47 @@ import yaml
 from ray import tune
 
 from s4al_ray import storage
-from s4al_ray.config import ConfigError, ExperimentConfig, changed_keys, flatten, from_dict, to_dict
-from s4al_ray.sweep_callbacks import (RoundTensorBoard, SweepProgress, make_callbacks,
-                                      round_metrics, trial_dirname)
-from s4al_ray.sweep_report import (TrialRow, curve_auc, curve_points, format_report, plot_curves,
-                                   score_rows, target_value, write_report_csv)
-from s4al_ray.sweep_space import (Spec, Sweep, absolute_paths, load_sweep, plain_value,
-                                  with_values)
+from s4al_ray.config import ConfigError, changed_keys, flatten, to_dict
+from s4al_ray.sweep_callbacks import (
+    RoundTensorBoard,
+    SweepProgress,
+    make_callbacks,
+    round_metrics,
+    trial_dirname,
+)
+from s4al_ray.sweep_report import (
+    TrialRow,
+    format_report,
+    plot_curves,
+    score_rows,
+    write_report_csv,
+)
+from s4al_ray.sweep_space import Spec, Sweep, load_sweep, plain_value
+from s4al_ray.sweep_trial import TrialPlan, run_trial
 
 # The sweep's API, with what callers (the CLI, tests) import from here though it lives in
 # sweep_space (Spec, Sweep, load_sweep), and the Tune hooks of sweep_callbacks: a sweep
 # started before they moved there has them pickled as s4al_ray.sweep.<name>, and restores.
-__all__ = ["RoundTensorBoard", "Spec", "Sweep", "SweepOutcome", "SweepProgress", "TrialPlan",
-           "load_sweep", "round_metrics", "run_sweep", "run_trial", "sweep_command",
-           "trial_dirname", "write_report"]
+__all__ = [
+    "RoundTensorBoard",
+    "Spec",
+    "Sweep",
+    "SweepOutcome",
+    "SweepProgress",
+    "TrialPlan",
+    "load_sweep",
+    "round_metrics",
+    "run_sweep",
+    "run_trial",
+    "sweep_command",
+    "trial_dirname",
+    "write_report",
+]
 
 TRIAL_RESOURCE = "s4al_trial"
 # Fallback trial reservation when the cluster has no TRIAL_RESOURCE: a trial's own process is a
 # light driver, and a CPU reservation would starve its trainer on small machines.
 FALLBACK_TRIAL_MEMORY = 256 * 1024 * 1024
-LEDGER_FILE = "reported.json"
 SWEEP_FILE = "sweep.yaml"
 # Keys of the saved sweep spec that may change between a sweep and its resumption: where the
 # base file lives, concurrency, and what each trial overrides anyway (its name); experiment keys
@@ -54,82 +73,12 @@ SWEEP_FILE = "sweep.yaml"
 RESUMABLE_SWEEP_KEYS = ("max_concurrent_trials", "base", "base_config.name")
 
 
-# ---------------------------------------------------------------------------------------------
-# Inside a trial (a Tune function on some node)
-
-
-@dataclass(frozen=True)
-class TrialPlan:
-    """What every trial needs from the driver (plain data, shipped once via the object store)."""
-    sweep: str
-    base_tree: dict
-    trials_uri: str
-    cwd: str
-    metric: str
-    budget: float
-    cpus: int   # this trial's share of the cluster: sizes its teacher pool
-    gpus: int
-
-    def experiment_config(self, params: dict, trial_id: str) -> ExperimentConfig:
-        values = {k: plain_value(v) for k, v in params.items()}
-        tree = with_values(self.base_tree, values)
-        tree["name"] = f"{self.sweep}-{trial_id}"
-        tree["storage"] = self.trials_uri
-        absolute_paths(tree, self.cwd)
-        return from_dict(tree)
-
-
-def _last_reported_round() -> int:
-
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return -1
-    with checkpoint.as_directory() as directory:
-        with open(os.path.join(directory, LEDGER_FILE)) as handle:
-            return int(json.load(handle)["round"])
-
-
-def _report(metrics: dict) -> None:
-    """One Tune result per round, with a tiny checkpoint that records the round as reported."""
-
-    with tempfile.TemporaryDirectory(prefix="s4al-tune-") as directory:
-        with open(os.path.join(directory, LEDGER_FILE), "w") as handle:
-            json.dump({"round": metrics["round"]}, handle)
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-
-def run_trial(config: dict, plan: TrialPlan) -> None:
-    """The Tune trainable: one whole experiment, one ``tune.report`` per round."""
-    from s4al_ray.experiment import Experiment
-    from s4al_ray.runtime import ClusterResources
-
-    trial_id = tune.get_context().get_trial_id()
-    cfg = plan.experiment_config(config, trial_id)
-    reported = _last_reported_round()
-    records: list[dict] = []
-
-    def on_record(record: dict, resumed: bool) -> None:
-        records.append(record)
-        if record["round"] <= reported:
-            return  # Tune already has it (restored from the trial's checkpoint)
-        points = curve_points(records)
-        _report({**round_metrics(record), "round": int(record["round"]),
-                 "target": target_value(plan.metric, points, plan.budget),
-                 "auc": curve_auc(points)})
-
-    def log(line: str) -> None:
-        print(f"[{cfg.name}] {line}", flush=True)
-
-    Experiment(cfg, ClusterResources(plan.cpus, plan.gpus), log=log, on_record=on_record).run()
-
-
 def _trial_id_from_path(path: str) -> str:
     match = re.match(r"[0-9a-f]+_\d{5}", os.path.basename(path.rstrip("/")))
     return match.group(0) if match else os.path.basename(path.rstrip("/"))
 
 
-# ---------------------------------------------------------------------------------------------
-# Running a sweep (driver)
+# -- Running a sweep (driver)
 
 
 @dataclass
@@ -138,7 +87,7 @@ class SweepOutcome:
     rows: list[TrialRow]
     report_csv: str
     curves_png: str
-    results: Any = None   # Tune's ResultGrid
+    results: Any = None  # Tune's ResultGrid
 
 
 def _trial_resources(log: Callable[[str], None]) -> dict:
@@ -148,9 +97,11 @@ def _trial_resources(log: Callable[[str], None]) -> dict:
 
     if ray.cluster_resources().get(TRIAL_RESOURCE, 0) >= 1:
         return {"CPU": 0, TRIAL_RESOURCE: 1}
-    log(f"[sweep] the cluster has no '{TRIAL_RESOURCE}' resource; each trial reserves "
+    log(
+        f"[sweep] the cluster has no '{TRIAL_RESOURCE}' resource; each trial reserves "
         f"{FALLBACK_TRIAL_MEMORY >> 20} MiB of memory instead (start nodes with "
-        f"--resources='{{\"{TRIAL_RESOURCE}\": N}}' to cap trials per node)")
+        f"--resources='{{\"{TRIAL_RESOURCE}\": N}}' to cap trials per node)"
+    )
     return {"CPU": 0, "memory": FALLBACK_TRIAL_MEMORY}
 
 
@@ -161,8 +112,10 @@ def _concurrency(sweep: Sweep, cpus: int, gpus: int, log: Callable[[str], None])
     fits = max(fits, 1)
     wanted = sweep.cfg.max_concurrent_trials
     if wanted and wanted > fits:
-        log(f"[sweep] max_concurrent_trials={wanted} but the cluster fits {fits} trial(s) "
-            f"({sweep.need_cpus} CPU each): the extra trials' trainers will wait for resources")
+        log(
+            f"[sweep] max_concurrent_trials={wanted} but the cluster fits {fits} trial(s) "
+            f"({sweep.need_cpus} CPU each): the extra trials' trainers will wait for resources"
+        )
     return wanted or fits
 
 
@@ -182,7 +135,8 @@ def _resumable(key: str) -> bool:
     from s4al_ray.experiment import RESUMABLE_KEYS
 
     return key in RESUMABLE_SWEEP_KEYS or key.startswith(
-        tuple(f"base_config.{k}" for k in RESUMABLE_KEYS))
+        tuple(f"base_config.{k}" for k in RESUMABLE_KEYS)
+    )
 
 
 def _check_sweep_dir(sweep: Sweep) -> None:
@@ -194,10 +148,13 @@ def _check_sweep_dir(sweep: Sweep) -> None:
         flat_saved, flat_now = flatten(saved), flatten(now)
         changed = changed_keys(flat_saved, flat_now, _resumable)
         if changed:
-            detail = ", ".join(f"{k}: {flat_saved.get(k)!r} -> {flat_now.get(k)!r}"
-                               for k in changed[:5])
-            raise ConfigError(f"{sweep.uri} holds a different sweep ({detail}). Rerun it with "
-                              "the same file to resume, or choose another name=")
+            detail = ", ".join(
+                f"{k}: {flat_saved.get(k)!r} -> {flat_now.get(k)!r}" for k in changed[:5]
+            )
+            raise ConfigError(
+                f"{sweep.uri} holds a different sweep ({detail}). Rerun it with "
+                "the same file to resume, or choose another name="
+            )
         return
     storage.write_text(uri, yaml.safe_dump(now, sort_keys=False))
 
@@ -209,32 +166,49 @@ def _build_tuner(sweep: Sweep, trainable: Any, concurrency: int, log: Callable[[
     storage_path, storage_fs = storage.ray_storage(storage.absolute(sweep.cfg.storage))
     experiment_path, _ = storage.ray_storage(sweep.uri)
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage_fs):
-        log(f"[sweep] resuming the sweep in {sweep.uri}: finished trials are kept, unfinished "
-            "ones continue from their last round")
-        return tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
-                                  storage_filesystem=storage_fs)
+        log(
+            f"[sweep] resuming the sweep in {sweep.uri}: finished trials are kept, unfinished "
+            "ones continue from their last round"
+        )
+        return tune.Tuner.restore(
+            experiment_path, trainable=trainable, resume_errored=True, storage_filesystem=storage_fs
+        )
     scheduler = None
     if sweep.cfg.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=sweep.max_rounds,
-                                  grace_period=sweep.cfg.grace_period,
-                                  reduction_factor=sweep.cfg.reduction_factor)
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration",
+            max_t=sweep.max_rounds,
+            grace_period=sweep.cfg.grace_period,
+            reduction_factor=sweep.cfg.reduction_factor,
+        )
     return tune.Tuner(
-        trainable, param_space=_param_space(sweep),
+        trainable,
+        param_space=_param_space(sweep),
         tune_config=tune.TuneConfig(
-            metric="target", mode="max", num_samples=sweep.cfg.num_samples, scheduler=scheduler,
+            metric="target",
+            mode="max",
+            num_samples=sweep.cfg.num_samples,
+            scheduler=scheduler,
             # The generator itself limits concurrency (Tune ignores max_concurrent_trials when
             # a generator is passed), and is seeded for reproducible draws.
-            search_alg=BasicVariantGenerator(max_concurrent=concurrency,
-                                             random_state=sweep.cfg.seed),
-            trial_dirname_creator=trial_dirname),
+            search_alg=BasicVariantGenerator(
+                max_concurrent=concurrency, random_state=sweep.cfg.seed
+            ),
+            trial_dirname_creator=trial_dirname,
+        ),
         run_config=tune.RunConfig(
-            name=sweep.cfg.name, storage_path=storage_path, storage_filesystem=storage_fs,
-            verbose=0, callbacks=make_callbacks(sweep, log),
+            name=sweep.cfg.name,
+            storage_path=storage_path,
+            storage_filesystem=storage_fs,
+            verbose=0,
+            callbacks=make_callbacks(sweep, log),
             # One checkpoint kept per trial: the round ledger. num_to_keep=1 also makes Tune
             # save the experiment state after every trial checkpoint, so a killed sweep
             # restores with every reported round accounted for.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=0)))
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
 
 
 @contextlib.contextmanager
@@ -259,14 +233,21 @@ def _tune_environment() -> Iterator[None]:
 
 
 def _trial_plan(sweep: Sweep, cpus: int, gpus: int, concurrency: int) -> TrialPlan:
-    return TrialPlan(sweep=sweep.cfg.name, base_tree=to_dict(sweep.base),
-                     trials_uri=sweep.trials_uri, cwd=sweep.cwd, metric=sweep.cfg.metric,
-                     budget=sweep.cfg.budget, cpus=max(sweep.need_cpus, cpus // concurrency),
-                     gpus=gpus // concurrency if sweep.need_gpus else 0)
+    return TrialPlan(
+        sweep=sweep.cfg.name,
+        base_tree=to_dict(sweep.base),
+        trials_uri=sweep.trials_uri,
+        cwd=sweep.cwd,
+        metric=sweep.cfg.metric,
+        budget=sweep.cfg.budget,
+        cpus=max(sweep.need_cpus, cpus // concurrency),
+        gpus=gpus // concurrency if sweep.need_gpus else 0,
+    )
 
 
-def run_sweep(sweep: Sweep, address: str | None = None,
-              log: Callable[[str], None] = print) -> SweepOutcome:
+def run_sweep(
+    sweep: Sweep, address: str | None = None, log: Callable[[str], None] = print
+) -> SweepOutcome:
     """Run (or resume) the sweep, then write and print its report."""
     from s4al_ray.runtime import connect, dashboard_url
 
@@ -278,12 +259,16 @@ def run_sweep(sweep: Sweep, address: str | None = None,
     res = connect(sweep.base, address, custom_resources={TRIAL_RESOURCE: cpus_hint})
     concurrency = _concurrency(sweep, res.cpus, res.gpus, log)
     url = dashboard_url()
-    log(f"[ray] {res.cpus} CPU, {res.gpus} GPU: {concurrency} trial(s) at a time, each needing "
-        f"{sweep.need_cpus} CPU" + (f" {sweep.need_gpus} GPU" if sweep.need_gpus else "")
-        + (f"; dashboard {url}" if url else ""))
+    log(
+        f"[ray] {res.cpus} CPU, {res.gpus} GPU: {concurrency} trial(s) at a time, each needing "
+        f"{sweep.need_cpus} CPU"
+        + (f" {sweep.need_gpus} GPU" if sweep.need_gpus else "")
+        + (f"; dashboard {url}" if url else "")
+    )
     plan = _trial_plan(sweep, res.cpus, res.gpus, concurrency)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, plan=plan),
-                                    _trial_resources(log))
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, plan=plan), _trial_resources(log)
+    )
     log(f"[sweep] results in {sweep.uri}\n[sweep] dashboards: tensorboard --logdir {sweep.uri}")
     with _tune_environment():
         results = _build_tuner(sweep, trainable, concurrency, log).fit()
@@ -293,12 +278,17 @@ def run_sweep(sweep: Sweep, address: str | None = None,
 def _print_plan(sweep: Sweep, log: Callable[[str], None]) -> None:
     cfg = sweep.cfg
     grid = math.prod(s.grid_size for s in sweep.space.values())
-    scheduler = (f"ASHA (grace {cfg.grace_period} rounds, reduction {cfg.reduction_factor})"
-                 if cfg.scheduler == "asha" else "none")
+    scheduler = (
+        f"ASHA (grace {cfg.grace_period} rounds, reduction {cfg.reduction_factor})"
+        if cfg.scheduler == "asha"
+        else "none"
+    )
     target = cfg.metric + (f" (budget {cfg.budget})" if cfg.metric == "miou_at_budget" else "")
-    log(f"s4al-ray sweep '{cfg.name}': {sweep.num_trials} trial(s) = grid {grid} x "
+    log(
+        f"s4al-ray sweep '{cfg.name}': {sweep.num_trials} trial(s) = grid {grid} x "
         f"{cfg.num_samples} sample(s), {sweep.max_rounds} rounds each; target {target}; "
-        f"scheduler {scheduler}")
+        f"scheduler {scheduler}"
+    )
     base = sweep.base_path if storage.is_s3(sweep.base_path) else os.path.relpath(sweep.base_path)
     log(f"  base {base}")
     for spec in sweep.space.values():
@@ -315,11 +305,15 @@ def _rows_from_results(sweep: Sweep, results: Any) -> list[TrialRow]:
             records = frame.sort_values("round").to_dict("records")
         params = {k: plain_value(result.config.get(k)) for k in sweep.space}
         error = str(result.error).strip().splitlines()[-1][:200] if result.error else None
-        rows.append(TrialRow(trial_id=(result.metrics or {}).get("trial_id")
-                             or _trial_id_from_path(result.path),
-                             params=params, records=records, error=error,
-                             rounds_planned=int(params.get("loop.rounds")
-                                                or sweep.base.loop.rounds)))
+        rows.append(
+            TrialRow(
+                trial_id=(result.metrics or {}).get("trial_id") or _trial_id_from_path(result.path),
+                params=params,
+                records=records,
+                error=error,
+                rounds_planned=int(params.get("loop.rounds") or sweep.base.loop.rounds),
+            )
+        )
     return rows
 
 
@@ -329,10 +323,13 @@ def write_report(sweep: Sweep, results: Any, log: Callable[[str], None] = print)
     csv_uri = storage.join(sweep.uri, "report.csv")
     png_uri = storage.join(sweep.uri, "curves.png")
     write_report_csv(rows, keys, sweep.cfg.metric, csv_uri)
-    plot_curves(rows, keys, sweep.cfg.metric,
-                f"sweep '{sweep.cfg.name}': mIoU vs labeled pixels", png_uri)
-    log(f"\nSweep '{sweep.cfg.name}', trials by {sweep.cfg.metric} (best first):\n"
-        + format_report(rows, keys, sweep.cfg.metric))
+    plot_curves(
+        rows, keys, sweep.cfg.metric, f"sweep '{sweep.cfg.name}': mIoU vs labeled pixels", png_uri
+    )
+    log(
+        f"\nSweep '{sweep.cfg.name}', trials by {sweep.cfg.metric} (best first):\n"
+        + format_report(rows, keys, sweep.cfg.metric)
+    )
     log(f"\nreport {csv_uri}\ncurves {png_uri}\ntensorboard --logdir {sweep.uri}")
     return SweepOutcome(sweep.uri, rows, csv_uri, png_uri, results)
 
@@ -340,8 +337,10 @@ def write_report(sweep: Sweep, results: Any, log: Callable[[str], None] = print)
 def sweep_command(path: str | None, overrides: Sequence[str], address: str | None) -> int:
     """``python run.py sweep --config FILE [key=value ...]`` (keys of the sweep file)."""
     if not path:
-        print("config error: sweep needs --config <sweep file>, e.g. configs/sweep_smoke.yaml",
-              file=sys.stderr)
+        print(
+            "config error: sweep needs --config <sweep file>, e.g. configs/sweep_smoke.yaml",
+            file=sys.stderr,
+        )
         return 2
     try:
         sweep = load_sweep(path, overrides)

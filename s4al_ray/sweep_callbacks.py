@@ -21,8 +21,11 @@ from s4al_ray.sweep_space import Sweep, plain_value
 
 def round_metrics(record: dict) -> dict[str, float]:
     """A round record's scalars (lists such as thresholds and missing IoUs left out)."""
-    return {k: v for k, v in record.items() if isinstance(v, (int, float))
-            and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: v
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def trial_dirname(trial: Any) -> str:
@@ -59,8 +62,11 @@ class RoundTensorBoard(TBXLoggerCallback):
             self.log_trial_start(trial)
         writer = self._trial_writer[trial]
         step = int(result.get("round", iteration))
-        scalars = {k: v for k, v in round_metrics(result).items()
-                   if k.startswith(self.PREFIXES) or k in ("target", "auc")}
+        scalars = {
+            k: v
+            for k, v in round_metrics(result).items()
+            if k.startswith(self.PREFIXES) or k in ("target", "auc")
+        }
         for key, value in scalars.items():
             writer.add_scalar(key, value, global_step=step)
         writer.flush()
@@ -86,18 +92,21 @@ class SweepProgress(tune.Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         print(f"[sweep] {_label(trial)} started", flush=True)
 
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
         nan = float("nan")
-        print(f"[sweep] {trial.trial_id} round {result.get('round')}/{self._rounds(trial) - 1}: "
-              f"mIoU {100 * result.get('val/miou', nan):.1f}%, labeled "
-              f"{100 * result.get('pool/labeled_frac', nan):.2f}%, "
-              f"{self.metric} {result.get('target', nan):.4f}", flush=True)
+        print(
+            f"[sweep] {trial.trial_id} round {result.get('round')}/{self._rounds(trial) - 1}: "
+            f"mIoU {100 * result.get('val/miou', nan):.1f}%, labeled "
+            f"{100 * result.get('pool/labeled_frac', nan):.2f}%, "
+            f"{self.metric} {result.get('target', nan):.4f}",
+            flush=True,
+        )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         done = int((trial.last_result or {}).get("round", -1)) + 1
-        what = ("finished" if done >= self._rounds(trial)
-                else f"stopped early after {done} round(s)")
+        what = "finished" if done >= self._rounds(trial) else f"stopped early after {done} round(s)"
         print(f"[sweep] {trial.trial_id} {what}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -109,6 +118,7 @@ def make_callbacks(sweep: Sweep, log: Callable[[str], None]) -> list:
     try:
         callbacks.append(RoundTensorBoard())
     except ImportError:
-        log("[sweep] tensorboardX is not installed: no TensorBoard files "
-            "(pip install tensorboardX)")
+        log(
+            "[sweep] tensorboardX is not installed: no TensorBoard files (pip install tensorboardX)"
+        )
     return callbacks

@@ -18,8 +18,7 @@ from s4al_ray import storage
 METRICS = ("final_miou", "auc", "miou_at_budget")
 
 
-# ---------------------------------------------------------------------------------------------
-# Targets
+# -- Targets
 
 
 def curve_auc(points: Sequence[tuple[float, float]]) -> float:
@@ -57,23 +56,25 @@ def target_value(metric: str, points: Sequence[tuple[float, float]], budget: flo
 
 
 def curve_points(records: Sequence[dict]) -> list[tuple[float, float]]:
-    return [(float(r["pool/labeled_frac"]), float(r["val/miou"])) for r in records
-            if _is_number(r.get("pool/labeled_frac")) and _is_number(r.get("val/miou"))]
+    return [
+        (float(r["pool/labeled_frac"]), float(r["val/miou"]))
+        for r in records
+        if _is_number(r.get("pool/labeled_frac")) and _is_number(r.get("val/miou"))
+    ]
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-# ---------------------------------------------------------------------------------------------
-# The report
+# -- The report
 
 
 @dataclass
 class TrialRow:
     trial_id: str
-    params: dict[str, Any]           # searched dotted keys -> value
-    records: list[dict]              # one per reported round, in round order
+    params: dict[str, Any]  # searched dotted keys -> value
+    records: list[dict]  # one per reported round, in round order
     rounds_planned: int
     error: str | None = None
     target: float = float("nan")
@@ -100,8 +101,14 @@ def score_rows(rows: list[TrialRow], metric: str, budget: float) -> list[TrialRo
         pts = row.points
         row.target = target_value(metric, pts, budget) if pts else float("nan")
         row.auc = curve_auc(pts) if pts else float("nan")
-    return sorted(rows, key=lambda r: (math.isnan(r.target), -r.target if not math.isnan(r.target)
-                                       else 0.0, r.trial_id))
+    return sorted(
+        rows,
+        key=lambda r: (
+            math.isnan(r.target),
+            -r.target if not math.isnan(r.target) else 0.0,
+            r.trial_id,
+        ),
+    )
 
 
 def short_names(keys: Sequence[str]) -> dict[str, str]:
@@ -126,22 +133,43 @@ def _final(row: TrialRow, key: str) -> float | None:
 
 def report_columns(keys: Sequence[str], metric: str) -> list[str]:
     names = short_names(keys)
-    return ["rank", "trial", *[names[k] for k in keys], f"target ({metric})", "final mIoU %",
-            "labeled %", "AUC mIoU %", "rounds", "status"]
+    return [
+        "rank",
+        "trial",
+        *[names[k] for k in keys],
+        f"target ({metric})",
+        "final mIoU %",
+        "labeled %",
+        "AUC mIoU %",
+        "rounds",
+        "status",
+    ]
 
 
 def format_report(rows: list[TrialRow], keys: Sequence[str], metric: str) -> str:
     header = report_columns(keys, metric)
     body = []
     for rank, row in enumerate(rows, 1):
-        body.append([str(rank), row.trial_id, *[_fmt_value(row.params.get(k)) for k in keys],
-                     "-" if math.isnan(row.target) else f"{row.target:.4f}",
-                     _pct(_final(row, "val/miou")), _pct(_final(row, "pool/labeled_frac"), 2),
-                     _pct(row.auc), str(len(row.records)), row.status])
-    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h)
-              for i, h in enumerate(header)]
-    lines = ["  ".join(h.rjust(w) for h, w in zip(header, widths)),
-             "  ".join("-" * w for w in widths)]
+        body.append(
+            [
+                str(rank),
+                row.trial_id,
+                *[_fmt_value(row.params.get(k)) for k in keys],
+                "-" if math.isnan(row.target) else f"{row.target:.4f}",
+                _pct(_final(row, "val/miou")),
+                _pct(_final(row, "pool/labeled_frac"), 2),
+                _pct(row.auc),
+                str(len(row.records)),
+                row.status,
+            ]
+        )
+    widths = [
+        max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(header)
+    ]
+    lines = [
+        "  ".join(h.rjust(w) for h, w in zip(header, widths)),
+        "  ".join("-" * w for w in widths),
+    ]
     lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in body]
     return "\n".join(lines)
 
@@ -149,19 +177,45 @@ def format_report(rows: list[TrialRow], keys: Sequence[str], metric: str) -> str
 def write_report_csv(rows: list[TrialRow], keys: Sequence[str], metric: str, uri: str) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["rank", "trial_id", *keys, "target", "metric", "final_miou",
-                     "final_labeled_frac", "auc", "rounds", "rounds_planned", "status", "error"])
+    writer.writerow(
+        [
+            "rank",
+            "trial_id",
+            *keys,
+            "target",
+            "metric",
+            "final_miou",
+            "final_labeled_frac",
+            "auc",
+            "rounds",
+            "rounds_planned",
+            "status",
+            "error",
+        ]
+    )
     for rank, row in enumerate(rows, 1):
-        writer.writerow([rank, row.trial_id, *[row.params.get(k) for k in keys],
-                         "" if math.isnan(row.target) else row.target, metric,
-                         _final(row, "val/miou"), _final(row, "pool/labeled_frac"),
-                         "" if math.isnan(row.auc) else row.auc, len(row.records),
-                         row.rounds_planned, row.status, row.error or ""])
+        writer.writerow(
+            [
+                rank,
+                row.trial_id,
+                *[row.params.get(k) for k in keys],
+                "" if math.isnan(row.target) else row.target,
+                metric,
+                _final(row, "val/miou"),
+                _final(row, "pool/labeled_frac"),
+                "" if math.isnan(row.auc) else row.auc,
+                len(row.records),
+                row.rounds_planned,
+                row.status,
+                row.error or "",
+            ]
+        )
     storage.write_text(uri, buffer.getvalue())
 
 
-def plot_curves(rows: list[TrialRow], keys: Sequence[str], metric: str, title: str,
-                uri: str) -> None:
+def plot_curves(
+    rows: list[TrialRow], keys: Sequence[str], metric: str, title: str, uri: str
+) -> None:
     """One mIoU-vs-labeled-pixels line per trial, best first in the legend."""
     import matplotlib
 
@@ -174,11 +228,17 @@ def plot_curves(rows: list[TrialRow], keys: Sequence[str], metric: str, title: s
         pts = row.points
         if not pts:
             continue
-        label = ", ".join(f"{names[k]}={_fmt_value(row.params.get(k))}" for k in keys) \
-            or row.trial_id
+        label = (
+            ", ".join(f"{names[k]}={_fmt_value(row.params.get(k))}" for k in keys) or row.trial_id
+        )
         score = "" if math.isnan(row.target) else f"  [{metric} {row.target:.3f}]"
-        ax.plot([100 * x for x, _ in pts], [100 * y for _, y in pts], marker="o",
-                linewidth=1.5, label=f"{label}{score}")
+        ax.plot(
+            [100 * x for x, _ in pts],
+            [100 * y for _, y in pts],
+            marker="o",
+            linewidth=1.5,
+            label=f"{label}{score}",
+        )
     ax.set_xlabel("labeled pixels (% of train pixels)")
     ax.set_ylabel("validation mIoU (%)")
     ax.set_title(title)

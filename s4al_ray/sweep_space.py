@@ -26,8 +26,18 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from s4al_ray import storage
-from s4al_ray.config import (ConfigError, ExperimentConfig, build_config, flatten, from_dict,
-                             parse_override, read_yaml, set_dotted, setting, to_dict)
+from s4al_ray.config import (
+    ConfigError,
+    ExperimentConfig,
+    build_config,
+    flatten,
+    from_dict,
+    parse_override,
+    read_yaml,
+    set_dotted,
+    setting,
+    to_dict,
+)
 from s4al_ray.sweep_report import METRICS
 
 SPEC_KINDS = ("grid", "choice", "uniform", "loguniform", "randint")
@@ -40,8 +50,9 @@ class SweepConfig:
     name: str = setting("sweep", doc="sweep name; results in <storage>/<name>")
     base: str = setting("", doc="experiment config the trials start from")
     overrides: dict = setting({}, doc="dotted experiment keys -> values applied to the base")
-    search_space: dict = setting({}, doc="dotted experiment key -> {grid|choice|uniform|"
-                                         "loguniform|randint: ...}")
+    search_space: dict = setting(
+        {}, doc="dotted experiment key -> {grid|choice|uniform|loguniform|randint: ...}"
+    )
     num_samples: int = setting(1, lo=1, doc="samples of the space (each covers the whole grid)")
     metric: str = setting("final_miou", choices=METRICS)
     budget: float = setting(0.1, lo=0.0, hi=1.0, doc="labeled fraction for miou_at_budget")
@@ -53,8 +64,7 @@ class SweepConfig:
     seed: int = setting(0, doc="seed of the random search")
 
 
-# ---------------------------------------------------------------------------------------------
-# The search space
+# -- The search space
 
 
 @dataclass(frozen=True)
@@ -66,11 +76,13 @@ class Spec:
     @classmethod
     def parse(cls, key: str, raw: Any) -> "Spec":
         where = f"search_space.{key}"
-        usage = "expected one of {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, " \
-                "{loguniform: [lo, hi]}, {randint: [lo, hi]}"
+        usage = (
+            "expected one of {grid: [..]}, {choice: [..]}, {uniform: [lo, hi]}, "
+            "{loguniform: [lo, hi]}, {randint: [lo, hi]}"
+        )
         if not isinstance(raw, dict) or len(raw) != 1:
             raise ConfigError(f"{where}: {usage}, got {raw!r} (constants go under overrides:)")
-        (kind, values), = raw.items()
+        ((kind, values),) = raw.items()
         if kind not in SPEC_KINDS:
             close = difflib.get_close_matches(str(kind), SPEC_KINDS, n=1, cutoff=0.4)
             hint = f"; did you mean '{close[0]}'?" if close else f"; {usage}"
@@ -111,8 +123,9 @@ class Spec:
 
 
 def _check_bounds(where: str, kind: str, values: list) -> None:
-    numbers = len(values) == 2 and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                       for v in values)
+    numbers = len(values) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    )
     if not numbers:
         raise ConfigError(f"{where}: {kind} needs [lo, hi], got {values!r}")
     lo, hi = values
@@ -122,7 +135,6 @@ def _check_bounds(where: str, kind: str, values: list) -> None:
         raise ConfigError(f"{where}: {kind} needs lo < hi, got {values!r}")
     if kind == "loguniform" and lo <= 0:
         raise ConfigError(f"{where}: loguniform needs lo > 0, got {values!r}")
-
 
 
 def _flatten_space(tree: dict, leaves: set[str], prefix: str = "") -> dict[str, Any]:
@@ -163,8 +175,7 @@ def _check_key(key: str) -> None:
     raise ConfigError(f"search_space: unknown config key '{key}'{hint}")
 
 
-# ---------------------------------------------------------------------------------------------
-# Loading and validating a sweep
+# -- Loading and validating a sweep
 
 
 @dataclass
@@ -172,10 +183,10 @@ class Sweep:
     cfg: SweepConfig
     path: str
     base_path: str
-    base: ExperimentConfig          # base + overrides, validated
+    base: ExperimentConfig  # base + overrides, validated
     space: dict[str, Spec]
     cwd: str = field(default_factory=os.getcwd)
-    need_cpus: int = 1              # the most CPUs any trial's trainer/teacher needs at once
+    need_cpus: int = 1  # the most CPUs any trial's trainer/teacher needs at once
     need_gpus: int = 0
 
     @property
@@ -245,8 +256,10 @@ def _parse_space(tree: dict) -> dict[str, Spec]:
 def _validate_scheduler(sweep: Sweep) -> None:
     cfg = sweep.cfg
     if cfg.scheduler == "asha" and cfg.grace_period >= sweep.max_rounds:
-        raise ConfigError(f"grace_period ({cfg.grace_period}) must be below loop.rounds "
-                          f"({sweep.max_rounds}), or ASHA can never stop a trial")
+        raise ConfigError(
+            f"grace_period ({cfg.grace_period}) must be below loop.rounds "
+            f"({sweep.max_rounds}), or ASHA can never stop a trial"
+        )
 
 
 def _validate_space(sweep: Sweep) -> None:
@@ -256,14 +269,20 @@ def _validate_space(sweep: Sweep) -> None:
     for key, spec in sweep.space.items():
         for value in spec.candidates():
             try:
-                build_config(ExperimentConfig,
-                             with_values(base_tree, {**representative, key: value}))
+                build_config(
+                    ExperimentConfig, with_values(base_tree, {**representative, key: value})
+                )
             except ConfigError as err:
-                hint = " (use randint for an integer key)" if spec.kind in (
-                    "uniform", "loguniform") and "expected int" in str(err) else ""
+                hint = (
+                    " (use randint for an integer key)"
+                    if spec.kind in ("uniform", "loguniform") and "expected int" in str(err)
+                    else ""
+                )
                 raise ConfigError(f"search_space.{key} = {value!r}: {err}{hint}") from None
-    needs = [_needs(_combination_config(base_tree, combo, sweep.cfg.name))
-             for combo in _combinations(sweep.space)]
+    needs = [
+        _needs(_combination_config(base_tree, combo, sweep.cfg.name))
+        for combo in _combinations(sweep.space)
+    ]
     sweep.need_cpus = max(n[0] for n in needs)
     sweep.need_gpus = max(n[1] for n in needs)
 
@@ -284,8 +303,9 @@ def _combination_config(base_tree: dict, combo: dict, name: str) -> ExperimentCo
         return from_dict(with_values(base_tree, {**combo, "name": f"{name}-check"}))
     except ConfigError as err:
         values = ", ".join(f"{k}={v!r}" for k, v in combo.items())
-        raise ConfigError(f"search_space: the combination {values} is not a valid "
-                          f"experiment: {err}") from None
+        raise ConfigError(
+            f"search_space: the combination {values} is not a valid experiment: {err}"
+        ) from None
 
 
 def with_values(tree: dict, values: dict[str, Any]) -> dict:
@@ -304,8 +324,7 @@ def _needs(cfg: ExperimentConfig) -> tuple[int, int]:
     return cpus, (max(train.num_workers, 1) if train.use_gpu else 0)
 
 
-# ---------------------------------------------------------------------------------------------
-# A trial's experiment config, as the trial builds it (see s4al_ray.sweep.TrialPlan)
+# -- A trial's experiment config, as the trial builds it (see s4al_ray.sweep.TrialPlan)
 
 
 def plain_value(value: Any) -> Any:
@@ -321,6 +340,9 @@ def absolute_paths(tree: dict, cwd: str) -> None:
         if value and not storage.is_s3(value) and not os.path.isabs(value):
             data[key] = os.path.join(cwd, value)
     pretrained = tree.get("model", {}).get("pretrained", "none")
-    if pretrained not in ("none", "imagenet") and not storage.is_s3(pretrained) \
-            and not os.path.isabs(pretrained):
+    if (
+        pretrained not in ("none", "imagenet")
+        and not storage.is_s3(pretrained)
+        and not os.path.isabs(pretrained)
+    ):
         tree["model"]["pretrained"] = os.path.join(cwd, pretrained)

@@ -37,13 +37,15 @@ from s4al_ray.pseudo_labels import LEVELS, confidence_histogram, confidence_leve
 from s4al_ray.regions import RegionGrid
 from s4al_ray.scores import get_score
 
-OUTPUT_SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("label_png", pa.binary()),
-    ("conf_png", pa.binary()),  # uint8 confidence levels (pseudo_labels.confidence_levels)
-    ("scores", pa.list_(pa.float32())),
-    ("conf_hist", pa.list_(pa.int32())),  # (C * LEVELS,) pixels per predicted class and level
-])
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label_png", pa.binary()),
+        ("conf_png", pa.binary()),  # uint8 confidence levels (pseudo_labels.confidence_levels)
+        ("scores", pa.list_(pa.float32())),
+        ("conf_hist", pa.list_(pa.int32())),  # (C * LEVELS,) pixels per predicted class and level
+    ]
+)
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,11 @@ def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) 
     size = images.shape[-2:]
     total = None
     for scale in scales:
-        x = images if scale == 1.0 else F.interpolate(
-            images, scale_factor=scale, mode="bilinear", align_corners=False)
+        x = (
+            images
+            if scale == 1.0
+            else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
         views = [x, x.flip(-1)] if flip else [x]
         for i, view in enumerate(views):
             logits = model(normalize(view))["logits"]
@@ -114,14 +119,15 @@ class TeacherPredictor:
     def __call__(self, batch: dict) -> pa.Table:
         rows = self._rows(batch)
         images = torch.stack([image_tensor(load_image(r["image_uri"])) for r in rows])
-        probs = predict_probs(self.model, images.to(self.device), self.job.scales,
-                              self.job.flip).cpu()
+        probs = predict_probs(
+            self.model, images.to(self.device), self.job.scales, self.job.flip
+        ).cpu()
         out = {name: [] for name in OUTPUT_SCHEMA.names}
         for row, p in zip(rows, probs):
-            self._emit(row, p, out)
+            self.emit(row, p, out)
         return pa.table(out, schema=OUTPUT_SCHEMA)
 
-    def _emit(self, row: dict, probs: torch.Tensor, out: dict) -> None:
+    def emit(self, row: dict, probs: torch.Tensor, out: dict) -> None:
         confidence, label = probs.max(0)
         label_u8 = label.numpy().astype(np.uint8)
         level = confidence_levels(confidence.numpy())
@@ -172,12 +178,22 @@ def uses_tasks(reuse_workers: bool, use_gpu: bool) -> bool:
 def _map_predict(ds: ray.data.Dataset, job: TeacherJob) -> ray.data.Dataset:
     resources = {"num_cpus": job.cpus_per_worker, "num_gpus": 1 if job.use_gpu else 0}
     if job.uses_tasks:
-        return ds.map_batches(predict_batch, fn_kwargs={"job": job}, batch_size=job.batch_size,
-                              batch_format="numpy",
-                              compute=ray.data.TaskPoolStrategy(size=job.num_workers), **resources)
-    return ds.map_batches(TeacherPredictor, fn_constructor_kwargs={"job": job},
-                          batch_size=job.batch_size, batch_format="numpy",
-                          compute=ray.data.ActorPoolStrategy(size=job.num_workers), **resources)
+        return ds.map_batches(
+            predict_batch,
+            fn_kwargs={"job": job},
+            batch_size=job.batch_size,
+            batch_format="numpy",
+            compute=ray.data.TaskPoolStrategy(size=job.num_workers),
+            **resources,
+        )
+    return ds.map_batches(
+        TeacherPredictor,
+        fn_constructor_kwargs={"job": job},
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=job.num_workers),
+        **resources,
+    )
 
 
 def size_groups(rows: list[dict]) -> list[list[dict]]:
@@ -212,8 +228,10 @@ def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
     fs, path = storage.filesystem(output_uri)
     table = pq.read_table(path, filesystem=fs, columns=["sample_id", "scores", "conf_hist"])
     ids = table.column("sample_id").to_pylist()
-    scores = {sid: np.asarray(s, dtype=np.float32)
-              for sid, s in zip(ids, table.column("scores").to_pylist())}
+    scores = {
+        sid: np.asarray(s, dtype=np.float32)
+        for sid, s in zip(ids, table.column("scores").to_pylist())
+    }
     hist = table.column("conf_hist").combine_chunks()
     per_image = hist.flatten().to_numpy().astype(np.int64).reshape(len(ids), num_classes, LEVELS)
     class_pixels = {sid: counts.sum(1) for sid, counts in zip(ids, per_image)}

@@ -26,12 +26,13 @@ class Plan:
 def _client(endpoint: str | None):
     import boto3
 
-    return boto3.client("s3", endpoint_url=endpoint or storage.s3_endpoint(),
-                        region_name=storage.s3_region())
+    return boto3.client(
+        "s3", endpoint_url=endpoint or storage.s3_endpoint(), region_name=storage.s3_region()
+    )
 
 
 def _split(uri: str) -> tuple[str, str]:
-    bucket, _, prefix = uri[len(storage.S3_PREFIX):].partition("/")
+    bucket, _, prefix = uri[len(storage.S3_PREFIX) :].partition("/")
     return bucket, prefix.strip("/")
 
 
@@ -40,9 +41,10 @@ def _s3_objects(client, uri: str) -> dict[str, int]:
     bucket, prefix = _split(uri)
     found: dict[str, int] = {}
     for page in client.get_paginator("list_objects_v2").paginate(
-            Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""):
+        Bucket=bucket, Prefix=f"{prefix}/" if prefix else ""
+    ):
         for obj in page.get("Contents", []):
-            found[obj["Key"][len(prefix):].lstrip("/")] = obj["Size"]
+            found[obj["Key"][len(prefix) :].lstrip("/")] = obj["Size"]
     return found
 
 
@@ -56,8 +58,7 @@ def _local_files(root: str) -> dict[str, int]:
 
 
 def _plan(sources: dict[str, int], existing: dict[str, int]) -> Plan:
-    pairs = [(rel, rel, size) for rel, size in sorted(sources.items())
-             if existing.get(rel) != size]
+    pairs = [(rel, rel, size) for rel, size in sorted(sources.items()) if existing.get(rel) != size]
     return Plan(pairs, len(sources) - len(pairs))
 
 
@@ -73,22 +74,30 @@ class _Progress:
         now = time.monotonic()
         if now - self.last > 2.0 or self.files == self.count:
             self.last = now
-            self.log(f"[sync] {self.files}/{self.count} files, "
-                     f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB")
+            self.log(
+                f"[sync] {self.files}/{self.count} files, "
+                f"{self.done / 1e6:.1f}/{self.total / 1e6:.1f} MB"
+            )
 
 
-def sync(source: str, destination: str, endpoint: str | None = None,
-         log: Callable[[str], None] = print) -> int:
+def sync(
+    source: str, destination: str, endpoint: str | None = None, log: Callable[[str], None] = print
+) -> int:
     """Copy ``source`` to ``destination`` (one of them ``s3://``); returns files copied."""
     if storage.is_s3(source) == storage.is_s3(destination):
-        raise ValueError("sync copies between a local directory and an s3:// URI; "
-                         f"got {source} -> {destination}")
+        raise ValueError(
+            f"sync copies between a local directory and an s3:// URI; got {source} -> {destination}"
+        )
     client = _client(endpoint)
     if storage.is_s3(destination):
         plan = _plan(_local_files(source), _s3_objects(client, destination))
         bucket, prefix = _split(destination)
-        copy = lambda rel: client.upload_file(os.path.join(source, rel), bucket,  # noqa: E731
-                                              f"{prefix}/{rel}" if prefix else rel)
+
+        def copy(rel: str) -> None:
+            client.upload_file(
+                os.path.join(source, rel), bucket, f"{prefix}/{rel}" if prefix else rel
+            )
+
     else:
         if not os.path.isdir(destination):
             os.makedirs(destination, exist_ok=True)
@@ -99,8 +108,11 @@ def sync(source: str, destination: str, endpoint: str | None = None,
             target = os.path.join(destination, rel)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             client.download_file(bucket, f"{prefix}/{rel}" if prefix else rel, target)
-    log(f"[sync] {source} -> {destination}: {len(plan.pairs)} files to copy, "
-        f"{plan.skipped} already there")
+
+    log(
+        f"[sync] {source} -> {destination}: {len(plan.pairs)} files to copy, "
+        f"{plan.skipped} already there"
+    )
     progress = _Progress(plan, log)
     for rel, _, size in plan.pairs:
         copy(rel)

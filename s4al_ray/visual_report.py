@@ -21,12 +21,16 @@ from s4al_ray import storage
 from s4al_ray.layout import RunLayout
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import ROUND_COLUMNS, cell
-from s4al_ray.report_figures import (acquired_class_pixels, class_colors, draw_acquired_classes,
-                                     draw_examples, draw_miou_curve, pool_class_pixels)
+from s4al_ray.report_examples import draw_examples
+from s4al_ray.report_figures import (
+    acquired_class_pixels,
+    class_colors,
+    draw_acquired_classes,
+    draw_miou_curve,
+    pool_class_pixels,
+)
 
-
-# ----------------------------------------------------------------------------------------------
-# The page
+# -- The page
 
 
 CSS = """
@@ -45,68 +49,97 @@ figcaption{font-size:13px;color:#555;margin-top:4px}
 
 def _html_table(header: list[str], rows: list[list[str]]) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>"
-                   for r in rows)
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            "</table></div>")
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows
+    )
+    return (
+        f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
+        "</table></div>"
+    )
 
 
 def _figure_html(name: str, caption: str) -> str:
     src = html.escape(name, quote=True)
     alt = html.escape(name[: -len(".png")].replace("_", " "), quote=True)
-    return (f'<figure><a href="{src}"><img src="{src}" alt="{alt}">'
-            f"</a><figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><a href="{src}"><img src="{src}" alt="{alt}">'
+        f"</a><figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
-def build_html(run_dir: str, records: list[dict], classes: list[str], present: set[str],
-               round_index: int) -> str:
+def build_html(
+    run_dir: str, records: list[dict], classes: list[str], present: set[str], round_index: int
+) -> str:
     """The page; ``present`` holds the file names in the report folder that exist."""
     records = sorted(records, key=lambda r: r["round"])
     name = run_dir.rstrip("/").rsplit("/", 1)[-1]
     round_rows = [[cell(fmt, rec.get(key)) for _, key, fmt in ROUND_COLUMNS] for rec in records]
-    class_rows = [[str(rec["round"]), *(cell("{:.1%}", rec.get(f"val/iou/{c}")) for c in classes)]
-                  for rec in records]
+    class_rows = [
+        [str(rec["round"]), *(cell("{:.1%}", rec.get(f"val/iou/{c}")) for c in classes)]
+        for rec in records
+    ]
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
         f"<title>S4AL+ report: {html.escape(name)}</title><style>{CSS}</style></head><body>",
         f"<h1>S4AL+ report: {html.escape(name)}</h1>",
         f'<p class="meta">After round {round_index}. Run directory: '
         f"<code>{html.escape(run_dir)}</code></p>",
-        "<h2>Rounds</h2>", _html_table([n for n, _, _ in ROUND_COLUMNS], round_rows),
-        "<h2>Per-class IoU %</h2>", _html_table(["round", *classes], class_rows),
+        "<h2>Rounds</h2>",
+        _html_table([n for n, _, _ in ROUND_COLUMNS], round_rows),
+        "<h2>Per-class IoU %</h2>",
+        _html_table(["round", *classes], class_rows),
     ]
     figures = []
     if "miou_curve.png" in present:
-        figures.append(_figure_html(
-            "miou_curve.png", "Validation mIoU (black) and per-class IoU (thin lines) against "
-            "the share of train pixels labeled when each round's student was trained."))
+        figures.append(
+            _figure_html(
+                "miou_curve.png",
+                "Validation mIoU (black) and per-class IoU (thin lines) against "
+                "the share of train pixels labeled when each round's student was trained.",
+            )
+        )
     if "acquired_classes.png" in present:
-        figures.append(_figure_html(
-            "acquired_classes.png", "Share of acquired pixels per class (all rounds so far) "
-            "next to the class distribution of the pool's ground truth."))
+        figures.append(
+            _figure_html(
+                "acquired_classes.png",
+                "Share of acquired pixels per class (all rounds so far) "
+                "next to the class distribution of the pool's ground truth.",
+            )
+        )
     if figures:
         parts += ["<h2>Curves</h2>", *figures]
-    examples = sorted((n for n in present if n.startswith("examples_round_")
-                       and n.endswith(".png")), reverse=True)
+    examples = sorted(
+        (n for n in present if n.startswith("examples_round_") and n.endswith(".png")), reverse=True
+    )
     if examples:
         parts.append("<h2>Example pool images</h2>")
         for file_name in examples:
-            r = int(file_name[len("examples_round_"):-len(".png")])
-            parts.append(_figure_html(
-                file_name, f"Round {r}: pool images with the most pixels acquired in round {r}. "
-                "Prediction = teacher arg-max; pseudo-label = prediction where its confidence "
-                "passes the class threshold (black = ignored); yellow boxes = regions acquired "
-                f"in round {r}, cyan = earlier."))
+            r = int(file_name[len("examples_round_") : -len(".png")])
+            parts.append(
+                _figure_html(
+                    file_name,
+                    f"Round {r}: pool images with the most pixels acquired in round {r}. "
+                    "Prediction = teacher arg-max; pseudo-label = prediction where its confidence "
+                    "passes the class threshold (black = ignored); yellow boxes = regions acquired "
+                    f"in round {r}, cyan = earlier.",
+                )
+            )
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-# ----------------------------------------------------------------------------------------------
-# The entry point
+# -- The entry point
 
 
-def write_round_report(layout: RunLayout, records: list[dict], data, state: PoolState,
-                       round_index: int, max_examples: int = 4) -> list[str]:
+def write_round_report(
+    layout: RunLayout,
+    records: list[dict],
+    data,
+    state: PoolState,
+    round_index: int,
+    max_examples: int = 4,
+) -> list[str]:
     """Draw this round's report into ``<run_dir>/report/``; return the URIs written.
 
     ``records`` are the round records so far (this round's included); ``state`` is the pool state
@@ -126,21 +159,38 @@ def write_round_report(layout: RunLayout, records: list[dict], data, state: Pool
 
     record = next((r for r in records if r["round"] == round_index), None)
     teacher_uri = layout.teacher(round_index)
-    if (record is not None and record.get("teacher/thresholds") is not None
-            and max_examples > 0 and storage.exists(teacher_uri)):
+    if (
+        record is not None
+        and record.get("teacher/thresholds") is not None
+        and max_examples > 0
+        and storage.exists(teacher_uri)
+    ):
         png = draw_examples(data, state, record, teacher_uri, round_index, max_examples, colors)
         if png is not None:
             put(layout.examples_figure(round_index), png)
 
     acquired = acquired_class_pixels(state, round_index)
     pool = pool_class_pixels(report_dir, data, state)
-    put("acquired_classes.json", json.dumps({
-        "classes": list(data.classes), "round": round_index, "acquired_pixels": acquired,
-        "pool_pixels": pool}, indent=1).encode())
-    put("acquired_classes.png", draw_acquired_classes(list(data.classes), acquired, pool,
-                                                      round_index))
+    put(
+        "acquired_classes.json",
+        json.dumps(
+            {
+                "classes": list(data.classes),
+                "round": round_index,
+                "acquired_pixels": acquired,
+                "pool_pixels": pool,
+            },
+            indent=1,
+        ).encode(),
+    )
+    put(
+        "acquired_classes.png",
+        draw_acquired_classes(list(data.classes), acquired, pool, round_index),
+    )
 
     present = {u.rstrip("/").rsplit("/", 1)[-1] for u in storage.list_files(report_dir)}
-    put("report.html", build_html(layout.run_dir, records, list(data.classes), present,
-                                  round_index).encode())
+    put(
+        "report.html",
+        build_html(layout.run_dir, records, list(data.classes), present, round_index).encode(),
+    )
     return written

@@ -35,8 +35,7 @@ def smoke_data_root(tmp_path_factory) -> str:
     return root
 
 
-# ---------------------------------------------------------------------------------------------
-# A local S3 (moto server) for tests that read or write s3:// URIs. Loopback only.
+# -- A local S3 (moto server) for tests that read or write s3:// URIs. Loopback only.
 
 
 def _free_port() -> int:
@@ -79,12 +78,18 @@ def s3_server():
     pytest.importorskip("moto.server", reason="needs moto[server]")
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port),
-                             "-H", "127.0.0.1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"S4AL_S3_ENDPOINT": url, "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port), "-H", "127.0.0.1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "S4AL_S3_ENDPOINT": url,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     saved = {name: os.environ.get(name) for name in env}
     try:
         _wait_until_up(url, proc)
@@ -109,8 +114,13 @@ def upload_tree(endpoint: str, local_dir: str, bucket: str, prefix: str = "") ->
     and return the ``s3://bucket/prefix`` URI of the copy."""
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id="testing", aws_secret_access_key="testing")
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if bucket not in existing:
         client.create_bucket(Bucket=bucket)

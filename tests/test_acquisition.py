@@ -39,7 +39,7 @@ def test_no_nan_on_exact_zeros():
 def test_class_weighting_lifts_rare_class_region():
     weights = torch.tensor(inverse_frequency_weights([1000, 10]), dtype=torch.float32)
     common = _probs([0.6, 0.4])  # predicted class 0 (common), same entropy as below
-    rare = _probs([0.4, 0.6])    # predicted class 1 (rare)
+    rare = _probs([0.4, 0.6])  # predicted class 1 (rare)
     plain = [pixel_scores(p, "entropy").item() for p in (common, rare)]
     weighted = [pixel_scores(p, "class_weighted_entropy", weights).item() for p in (common, rare)]
     assert plain[0] == pytest.approx(plain[1])
@@ -71,9 +71,10 @@ def test_a_score_gets_only_what_it_declares():
     assert plain.class_weights is None and plain.generator is None
     weighted = get_score("class_weighted_entropy").context(0, "a", weights)
     assert weighted.class_weights is weights and weighted.generator is None
-    draws = [get_score("random").context(7, "a", None).generator.initial_seed()
-             for _ in range(2)]
-    assert draws[0] == draws[1] != get_score("random").context(7, "b", None).generator.initial_seed()
+    draws = [get_score("random").context(7, "a", None).generator.initial_seed() for _ in range(2)]
+    assert (
+        draws[0] == draws[1] != get_score("random").context(7, "b", None).generator.initial_seed()
+    )
     with pytest.raises(ValueError, match="unknown needs"):
         register("bad", needs=("labels",))
 
@@ -94,8 +95,10 @@ def test_labeled_pixels_count_zero():
 
 def _hand_map():
     grid = RegionGrid(30, 30, 10)  # 3x3 regions of 100 px
-    scores = {"a": np.array([0.1, 0.9, 0.2, 0, 0, 0, 0, 0, 0.5], dtype=np.float32),
-              "b": np.array([0.8, 0, 0, 0, 0.95, 0, 0, 0, 0.3], dtype=np.float32)}
+    scores = {
+        "a": np.array([0.1, 0.9, 0.2, 0, 0, 0, 0, 0, 0.5], dtype=np.float32),
+        "b": np.array([0.8, 0, 0, 0, 0.95, 0, 0, 0, 0.3], dtype=np.float32),
+    }
     return scores, {"a": grid, "b": grid}
 
 
@@ -123,5 +126,5 @@ def test_budget_is_never_exceeded_with_edge_regions():
 
 def test_topk_mode_takes_k_per_image():
     scores, grids = _hand_map()
-    chosen = select_regions(scores, grids, {}, mode="topk", top_k=2, budget_pixels=10 ** 6)
+    chosen = select_regions(scores, grids, {}, mode="topk", top_k=2, budget_pixels=10**6)
     assert chosen == {"a": [1, 8], "b": [0, 4]}

@@ -43,8 +43,9 @@ def _paint(mask: torch.Tensor) -> torch.Tensor:
     return colours[idx].movedim(-1, -3).contiguous()
 
 
-def _assert_aligned(image: torch.Tensor, mask: torch.Tensor, where: torch.Tensor | None = None,
-                    atol: float = 0.0) -> int:
+def _assert_aligned(
+    image: torch.Tensor, mask: torch.Tensor, where: torch.Tensor | None = None, atol: float = 0.0
+) -> int:
     """Every labelled pixel (within ``where``) shows its class colour; returns the count checked."""
     check = mask != IGNORE_INDEX
     if where is not None:
@@ -70,7 +71,7 @@ def _uniform_neighbourhood(mask: torch.Tensor, radius: int = 2) -> torch.Tensor:
     return keep
 
 
-# ---------------------------------------------------------------- weak
+# -- weak
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -91,14 +92,21 @@ def test_weak_pads_with_ignore_and_black() -> None:
     _assert_aligned(image, out_mask)
 
 
-# ---------------------------------------------------------------- strong
+# -- strong
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_strong_keeps_alignment_exactly_with_nearest(seed: int) -> None:
     mask = _block_mask(seed)
-    image, out_mask = strong_augment(_paint(mask), mask, (40, 48), _gen(seed), cutout_p=0.5,
-                                     interpolation=InterpolationMode.NEAREST, **NO_COLOUR)
+    image, out_mask = strong_augment(
+        _paint(mask),
+        mask,
+        (40, 48),
+        _gen(seed),
+        cutout_p=0.5,
+        interpolation=InterpolationMode.NEAREST,
+        **NO_COLOUR,
+    )
     assert image.shape == (3, 40, 48) and out_mask.shape == (40, 48)
     assert _assert_aligned(image, out_mask) > 0
     # Black pixels are padding or hole; either way ignore.
@@ -108,8 +116,9 @@ def test_strong_keeps_alignment_exactly_with_nearest(seed: int) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_strong_bilinear_aligned_away_from_boundaries(seed: int) -> None:
     mask = _block_mask(seed, block=12)
-    image, out_mask = strong_augment(_paint(mask), mask, (40, 48), _gen(seed), cutout_p=0.0,
-                                     **NO_COLOUR)
+    image, out_mask = strong_augment(
+        _paint(mask), mask, (40, 48), _gen(seed), cutout_p=0.0, **NO_COLOUR
+    )
     checked = _assert_aligned(image, out_mask, where=_uniform_neighbourhood(out_mask), atol=1e-4)
     assert checked > 50
 
@@ -117,8 +126,16 @@ def test_strong_bilinear_aligned_away_from_boundaries(seed: int) -> None:
 def test_strong_cutout_hole_is_ignore() -> None:
     mask = _block_mask(2, ignore=False)
     for seed in range(5):
-        image, out_mask = strong_augment(_paint(mask), mask, (48, 64), _gen(seed), scale=(1.0, 1.0),
-                                         cutout_p=1.0, cutout_frac=(0.05, 0.2), **NO_COLOUR)
+        image, out_mask = strong_augment(
+            _paint(mask),
+            mask,
+            (48, 64),
+            _gen(seed),
+            scale=(1.0, 1.0),
+            cutout_p=1.0,
+            cutout_frac=(0.05, 0.2),
+            **NO_COLOUR,
+        )
         hole = _black(image)
         # Nothing else is ignore here, so the hole and the ignore pixels coincide exactly.
         assert torch.equal(hole, out_mask == IGNORE_INDEX)
@@ -128,9 +145,16 @@ def test_strong_cutout_hole_is_ignore() -> None:
 
 def test_strong_padding_is_ignore() -> None:
     mask = _block_mask(3, ignore=False)
-    image, out_mask = strong_augment(_paint(mask), mask, (48, 64), _gen(3), scale=(0.5, 0.5),
-                                     cutout_p=0.0, interpolation=InterpolationMode.NEAREST,
-                                     **NO_COLOUR)
+    image, out_mask = strong_augment(
+        _paint(mask),
+        mask,
+        (48, 64),
+        _gen(3),
+        scale=(0.5, 0.5),
+        cutout_p=0.0,
+        interpolation=InterpolationMode.NEAREST,
+        **NO_COLOUR,
+    )
     padded = out_mask == IGNORE_INDEX
     assert int(padded.sum()) == 48 * 64 - 24 * 32
     assert torch.equal(padded, _black(image))
@@ -138,14 +162,23 @@ def test_strong_padding_is_ignore() -> None:
 
 def test_strong_photometric_stays_in_range_and_leaves_mask() -> None:
     mask = _block_mask(4)
-    image, out_mask = strong_augment(_paint(mask), mask, (40, 48), _gen(4), color_jitter_p=1.0,
-                                     grayscale_p=1.0, blur_p=1.0, cutout_p=0.0, scale=(1.0, 1.0))
+    image, out_mask = strong_augment(
+        _paint(mask),
+        mask,
+        (40, 48),
+        _gen(4),
+        color_jitter_p=1.0,
+        grayscale_p=1.0,
+        blur_p=1.0,
+        cutout_p=0.0,
+        scale=(1.0, 1.0),
+    )
     assert image.min() >= 0 and image.max() <= 1
     assert torch.allclose(image[0], image[1]) and torch.allclose(image[1], image[2])  # grayscale
     assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist())
 
 
-# ---------------------------------------------------------------- determinism
+# -- determinism
 
 
 def test_same_seed_same_output() -> None:
@@ -162,7 +195,7 @@ def test_same_seed_same_output() -> None:
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
-# ---------------------------------------------------------------- batch mixing
+# -- batch mixing
 
 
 def _batch(seed: int = 0, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,8 +206,9 @@ def _batch(seed: int = 0, n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 def _partner(out_mask: torch.Tensor, masks: torch.Tensor, i: int) -> int:
     """The one other sample that every changed pixel of sample i was copied from."""
     changed = out_mask != masks[i]
-    candidates = [j for j in range(len(masks))
-                  if j != i and torch.equal(out_mask[changed], masks[j][changed])]
+    candidates = [
+        j for j in range(len(masks)) if j != i and torch.equal(out_mask[changed], masks[j][changed])
+    ]
     assert candidates, "changed pixels do not come from a single other sample"
     return candidates[0]
 

@@ -7,10 +7,10 @@ import json
 import os
 import re
 import shlex
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,8 +39,7 @@ def rayjob() -> dict:
     return yaml.safe_load(KUBERAY_YAML.read_text())
 
 
-# ---------------------------------------------------------------------------------------------
-# cluster/aws.yaml
+# -- cluster/aws.yaml
 
 
 def test_aws_yaml_matches_rays_own_schema(aws):
@@ -53,9 +52,20 @@ def test_aws_yaml_matches_rays_own_schema(aws):
 
 
 def test_aws_yaml_core_keys(aws):
-    for key in ("cluster_name", "max_workers", "docker", "provider", "auth",
-                "available_node_types", "head_node_type", "file_mounts", "setup_commands",
-                "head_start_ray_commands", "worker_start_ray_commands", "idle_timeout_minutes"):
+    for key in (
+        "cluster_name",
+        "max_workers",
+        "docker",
+        "provider",
+        "auth",
+        "available_node_types",
+        "head_node_type",
+        "file_mounts",
+        "setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+        "idle_timeout_minutes",
+    ):
         assert key in aws, key
     assert aws["provider"]["type"] == "aws"
     assert aws["provider"]["region"]
@@ -68,8 +78,11 @@ def test_aws_yaml_core_keys(aws):
 
 
 def _gpu_worker_types(aws) -> dict:
-    return {name: spec for name, spec in aws["available_node_types"].items()
-            if name != aws["head_node_type"] and spec["resources"].get("GPU", 0) >= 1}
+    return {
+        name: spec
+        for name, spec in aws["available_node_types"].items()
+        if name != aws["head_node_type"] and spec["resources"].get("GPU", 0) >= 1
+    }
 
 
 def test_aws_gpu_workers_autoscale(aws):
@@ -78,8 +91,11 @@ def test_aws_gpu_workers_autoscale(aws):
     for name, spec in gpu_types.items():
         assert spec.get("min_workers", 0) < spec["max_workers"], name
         assert spec["max_workers"] <= aws["max_workers"], name
-    spot = [n for n, s in gpu_types.items()
-            if s["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"]
+    spot = [
+        n
+        for n, s in gpu_types.items()
+        if s["node_config"].get("InstanceMarketOptions", {}).get("MarketType") == "spot"
+    ]
     on_demand = [n for n in gpu_types if n not in spot]
     assert spot and on_demand, "expected one spot and one on-demand GPU worker type"
 
@@ -99,9 +115,12 @@ def test_aws_setup_installs_this_package(aws):
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] in PACKAGE_NAMES
 
-    mounted = {remote: local for remote, local in aws["file_mounts"].items()
-               if (ROOT / os.path.expanduser(local) / "pyproject.toml").resolve()
-               == (ROOT / "pyproject.toml").resolve()}
+    mounted = {
+        remote: local
+        for remote, local in aws["file_mounts"].items()
+        if (ROOT / os.path.expanduser(local) / "pyproject.toml").resolve()
+        == (ROOT / "pyproject.toml").resolve()
+    }
     assert mounted, "file_mounts does not sync the project directory"
     installs = [cmd for cmd in aws["setup_commands"] if "pip install" in cmd]
     assert installs
@@ -137,8 +156,7 @@ def test_aws_token_auth_is_consistent(aws):
     assert token_path in remote_paths
 
 
-# ---------------------------------------------------------------------------------------------
-# cluster/kuberay.yaml
+# -- cluster/kuberay.yaml
 
 
 def _containers(pod_template: dict) -> list[dict]:
@@ -176,14 +194,17 @@ def test_kuberay_rayjob_required_fields(rayjob):
         assert 0 == group["minReplicas"] < group["maxReplicas"]
         assert group["minReplicas"] <= group.get("replicas", 0) <= group["maxReplicas"]
         assert "rayStartParams" in group
-        gpus = [c["resources"]["limits"].get("nvidia.com/gpu") for c in _containers(group["template"])]
+        gpus = [
+            c["resources"]["limits"].get("nvidia.com/gpu") for c in _containers(group["template"])
+        ]
         assert any(int(g or 0) >= 1 for g in gpus), group["groupName"]
 
 
 def test_kuberay_images_match_ray_version(rayjob):
     cluster = rayjob["spec"]["rayClusterSpec"]
     templates = [cluster["headGroupSpec"]["template"]] + [
-        g["template"] for g in cluster["workerGroupSpecs"]]
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
     for template in templates:
         for container in _containers(template):
             image = container["image"]
@@ -203,7 +224,8 @@ def test_kuberay_entrypoint_config_exists_or_is_cityscapes(rayjob):
 def _envs(rayjob) -> list[dict]:
     cluster = rayjob["spec"]["rayClusterSpec"]
     templates = [cluster["headGroupSpec"]["template"]] + [
-        g["template"] for g in cluster["workerGroupSpecs"]]
+        g["template"] for g in cluster["workerGroupSpecs"]
+    ]
     return [env for t in templates for c in _containers(t) for env in c.get("env", [])]
 
 
@@ -217,27 +239,30 @@ def test_kuberay_s3_settings_come_from_a_secret(rayjob):
             assert "secretKeyRef" in env["valueFrom"], env["name"]
 
 
-# ---------------------------------------------------------------------------------------------
-# both files
+# -- both files
 
 
 @pytest.mark.parametrize("path", [AWS_YAML, KUBERAY_YAML], ids=lambda p: p.name)
 def test_no_literal_aws_credentials(path):
     text = path.read_text()
     assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "AWS access key id in file"
-    assert not re.search(
-        r"(?im)aws_secret_access_key\s*[:=]\s*['\"]?(?!\s*$)[^\s'\"#]+", text), \
+    assert not re.search(r"(?im)aws_secret_access_key\s*[:=]\s*['\"]?(?!\s*$)[^\s'\"#]+", text), (
         "literal aws_secret_access_key value"
-    assert not re.search(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", text), \
+    )
+    assert not re.search(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", text), (
         "40-character secret-key-like string"
+    )
     for doc in [yaml.safe_load(text)]:
         _assert_no_literal_secret_env(doc)
 
 
 def _assert_no_literal_secret_env(node) -> None:
     if isinstance(node, dict):
-        if isinstance(node.get("name"), str) and "value" in node and re.search(
-                r"SECRET|ACCESS_KEY|SESSION_TOKEN|AUTH_TOKEN$|PASSWORD", node["name"]):
+        if (
+            isinstance(node.get("name"), str)
+            and "value" in node
+            and re.search(r"SECRET|ACCESS_KEY|SESSION_TOKEN|AUTH_TOKEN$|PASSWORD", node["name"])
+        ):
             raise AssertionError(f"literal value for {node['name']}")
         for value in node.values():
             _assert_no_literal_secret_env(value)

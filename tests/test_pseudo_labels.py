@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 
 from s4al_ray import IGNORE_INDEX
-from s4al_ray.pseudo_labels import (LEVELS, class_thresholds, compose_target,
-                                    confidence_histogram, confidence_levels, kept_fraction,
-                                    pseudo_targets)
+from s4al_ray.pseudo_labels import (
+    LEVELS,
+    class_thresholds,
+    compose_target,
+    confidence_histogram,
+    confidence_levels,
+    kept_fraction,
+    pseudo_targets,
+)
 
 
 def _hist(confidences_by_class: dict[int, list[float]], num_classes: int) -> np.ndarray:
@@ -16,8 +22,9 @@ def _hist(confidences_by_class: dict[int, list[float]], num_classes: int) -> np.
     for c, values in confidences_by_class.items():
         labels += [c] * len(values)
         confs += [round(v * 255) for v in values]
-    hist = confidence_histogram(np.array(labels, dtype=np.uint8), np.array(confs, dtype=np.uint8),
-                                num_classes)
+    hist = confidence_histogram(
+        np.array(labels, dtype=np.uint8), np.array(confs, dtype=np.uint8), num_classes
+    )
     return hist.reshape(num_classes, LEVELS)
 
 
@@ -27,8 +34,8 @@ def test_rare_class_keeps_pseudo_labels_a_global_threshold_drops():
     global_t = class_thresholds(hist, 0.7, class_aware=False, quantile=0.5)
     aware_t = class_thresholds(hist, 0.7, class_aware=True, quantile=0.5)
     assert global_t == [0.7, 0.7]
-    assert aware_t[0] == 0.7            # capped by the global threshold
-    assert aware_t[1] <= 0.6            # the rare class's own median confidence
+    assert aware_t[0] == 0.7  # capped by the global threshold
+    assert aware_t[1] <= 0.6  # the rare class's own median confidence
     label = np.array([[1, 1, 0]], dtype=np.uint8)
     conf = np.array([[round(0.62 * 255), round(0.65 * 255), round(0.95 * 255)]], dtype=np.uint8)
     assert (compose_target(label, conf, global_t, None, None) == [[255, 255, 0]]).all()
@@ -64,8 +71,13 @@ def test_printed_kept_share_is_the_share_trained_on(class_aware):
     whose training target is a pseudo-label, at every threshold, including the levels where a
     float rule and an integer rule disagree (0.7 -> level 178.5, rounded to 178)."""
     rng = np.random.default_rng(1)
-    images = [(rng.integers(0, 3, (20, 24)).astype(np.uint8),
-               rng.integers(150, 256, (20, 24)).astype(np.uint8)) for _ in range(6)]
+    images = [
+        (
+            rng.integers(0, 3, (20, 24)).astype(np.uint8),
+            rng.integers(150, 256, (20, 24)).astype(np.uint8),
+        )
+        for _ in range(6)
+    ]
     hist = sum(confidence_histogram(label, level, 3) for label, level in images).reshape(3, LEVELS)
     for threshold in (0.7, 0.72, 0.9):
         thresholds = class_thresholds(hist, threshold, class_aware, 0.5)
@@ -78,22 +90,30 @@ def test_online_targets_follow_the_same_rule():
     """The mean teacher's torch rule keeps exactly the pixels the offline rule keeps."""
     import torch
 
-    probs = torch.softmax(torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(0)) * 3,
-                          dim=1)
+    probs = torch.softmax(
+        torch.randn(2, 3, 6, 7, generator=torch.Generator().manual_seed(0)) * 3, dim=1
+    )
     known = torch.full((2, 6, 7), IGNORE_INDEX, dtype=torch.long)
     thresholds = [0.7, 0.55, 0.9]
     online = pseudo_targets(probs, thresholds, known)
     confidence, label = probs.max(1)
-    offline = [compose_target(label[i].numpy().astype(np.uint8),
-                              confidence_levels(confidence[i].numpy()), thresholds, None, None)
-               for i in range(2)]
+    offline = [
+        compose_target(
+            label[i].numpy().astype(np.uint8),
+            confidence_levels(confidence[i].numpy()),
+            thresholds,
+            None,
+            None,
+        )
+        for i in range(2)
+    ]
     assert online.numpy().tolist() == np.stack(offline).astype(np.int64).tolist()
 
 
 def test_mean_teacher_batch_keeps_known_pixels_and_ignores_unsure():
     import torch
 
-    from s4al_ray.student import mean_teacher_batch
+    from s4al_ray.mean_teacher import mean_teacher_batch
 
     class Fixed(torch.nn.Module):
         """A 'teacher' that is sure of class 1 on the left half and unsure on the right."""

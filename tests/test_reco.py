@@ -78,8 +78,15 @@ def test_matches_closed_form_for_constant_class_embeddings() -> None:
     v = F.normalize(torch.randn(2, 8, generator=_gen(3)), dim=1)
     emb = v[target].permute(0, 3, 1, 2).contiguous() * 5.0  # raw scale must not matter
     k, t = 64, 0.5
-    loss = reco_loss(emb, _probs_for(target, 2, 0.6), target, temperature=t, num_queries=16,
-                     num_negatives=k, generator=_gen())
+    loss = reco_loss(
+        emb,
+        _probs_for(target, 2, 0.6),
+        target,
+        temperature=t,
+        num_queries=16,
+        num_negatives=k,
+        generator=_gen(),
+    )
     cos = float(v[0] @ v[1])
     expected = -(1 / t) + math.log(math.exp(1 / t) + k * math.exp(cos / t))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
@@ -123,8 +130,15 @@ def test_gradient_only_through_hard_pixels() -> None:
     probs = torch.where(hard.unsqueeze(1), _probs_for(target, 3, 0.5), probs)
     emb = torch.randn(1, 8, 16, 16, requires_grad=True)
     # Enough queries to cover every hard pixel: 40-48 hard pixels per class.
-    loss = reco_loss(emb, probs, target, strong_threshold=0.97, num_queries=512, num_negatives=32,
-                     generator=_gen())
+    loss = reco_loss(
+        emb,
+        probs,
+        target,
+        strong_threshold=0.97,
+        num_queries=512,
+        num_negatives=32,
+        generator=_gen(),
+    )
     loss.backward()
     grad_norm = emb.grad.norm(dim=1)  # (1, 16, 16)
     assert torch.count_nonzero(grad_norm[~hard]) == 0

@@ -20,8 +20,9 @@ from s4al_ray.runtime import resources
 @pytest.fixture(scope="module")
 def smoke_run(ray_session, smoke_data_root, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("runs"))
-    cfg = load_config("configs/smoke.yaml", [f"storage={storage}", f"data.root={smoke_data_root}",
-                                             "name=loop"])
+    cfg = load_config(
+        "configs/smoke.yaml", [f"storage={storage}", f"data.root={smoke_data_root}", "name=loop"]
+    )
     lines: list[str] = []
     before = _tmp_checkpoints()
     records = Experiment(cfg, resources(), log=lines.append).run()
@@ -86,8 +87,15 @@ def test_rerun_skips_finished_rounds(smoke_run):
 
 
 def test_mean_teacher_baseline_runs_on_the_same_path(ray_session, smoke_data_root, tmp_path):
-    cfg = load_config("configs/smoke.yaml", [f"storage={tmp_path}", f"data.root={smoke_data_root}",
-                                             "name=mt", "train.method=mean_teacher"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            f"storage={tmp_path}",
+            f"data.root={smoke_data_root}",
+            "name=mt",
+            "train.method=mean_teacher",
+        ],
+    )
     records = Experiment(cfg, log=lambda line: None).run()
     assert [r["round"] for r in records] == [0, 1]
     metrics = json.load(open(os.path.join(tmp_path, "mt", "checkpoints", "round_001.json")))

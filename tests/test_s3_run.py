@@ -18,16 +18,29 @@ def _client(endpoint: str):
 def test_experiment_on_s3(ray_session, s3_server, s3_upload, smoke_data_root):
     data_uri = s3_upload(smoke_data_root, "s4al-data", "synthetic_smoke")
     _client(s3_server).create_bucket(Bucket="s4al-runs")
-    cfg = load_config("configs/smoke.yaml", [f"data.root={data_uri}", "storage=s3://s4al-runs/exp",
-                                             "name=s3run", "data.kind=folder"])
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [f"data.root={data_uri}", "storage=s3://s4al-runs/exp", "name=s3run", "data.kind=folder"],
+    )
     records = Experiment(cfg, log=lambda line: None).run()
     assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]
-    keys = {o["Key"] for o in _client(s3_server).list_objects_v2(
-        Bucket="s4al-runs", Prefix="exp/s3run/")["Contents"]}
-    for expected in ("exp/s3run/config.yaml", "exp/s3run/rounds.csv", "exp/s3run/pool/state.json",
-                     "exp/s3run/checkpoints/round_000.pt", "exp/s3run/rounds/round_001.json"):
+    keys = {
+        o["Key"]
+        for o in _client(s3_server).list_objects_v2(Bucket="s4al-runs", Prefix="exp/s3run/")[
+            "Contents"
+        ]
+    }
+    for expected in (
+        "exp/s3run/config.yaml",
+        "exp/s3run/rounds.csv",
+        "exp/s3run/pool/state.json",
+        "exp/s3run/checkpoints/round_000.pt",
+        "exp/s3run/rounds/round_001.json",
+    ):
         assert expected in keys
-    assert any(k.startswith("exp/s3run/teacher/round_000/") and k.endswith(".parquet") for k in keys)
+    assert any(
+        k.startswith("exp/s3run/teacher/round_000/") and k.endswith(".parquet") for k in keys
+    )
     assert any(k.startswith("exp/s3run/train/") for k in keys)
     state = PoolState.from_json(storage.read_text("s3://s4al-runs/exp/s3run/pool/state.json"))
     assert state.acquired_pixels == records[0]["pool/acquired_pixels"] > 0

@@ -30,36 +30,48 @@ SMOKE = os.path.join(REPO, "configs", "smoke.yaml")
 
 
 def write_sweep(path, storage: str, data_root: str, **fields) -> str:
-    spec = {"name": "tiny", "base": SMOKE, "storage": storage,
-            "overrides": {"data.root": data_root, "loop.rounds": 2},
-            "search_space": {"acquisition.round_budget": {"grid": [0.03, 0.05]}},
-            "metric": "auc", "max_concurrent_trials": 1, **fields}
+    spec = {
+        "name": "tiny",
+        "base": SMOKE,
+        "storage": storage,
+        "overrides": {"data.root": data_root, "loop.rounds": 2},
+        "search_space": {"acquisition.round_budget": {"grid": [0.03, 0.05]}},
+        "metric": "auc",
+        "max_concurrent_trials": 1,
+        **fields,
+    }
     path.write_text(yaml.safe_dump(spec))
     return str(path)
 
 
-# ---------------------------------------------------------------------------------------------
-# No Ray
+# -- No Ray
 
 
 def test_unknown_key_fails_before_anything_starts(tmp_path):
     storage = tmp_path / "sweeps"
-    path = write_sweep(tmp_path / "bad.yaml", str(storage), "unused",
-                       search_space={"train.lrr": {"grid": [0.1, 0.01]}})
+    path = write_sweep(
+        tmp_path / "bad.yaml",
+        str(storage),
+        "unused",
+        search_space={"train.lrr": {"grid": [0.1, 0.01]}},
+    )
     with pytest.raises(ConfigError, match=r"'train.lrr'.*did you mean 'train.lr'"):
         load_sweep(path)
     assert sweep_command(path, [], None) == 2
     assert not storage.exists()  # no Tune directory, no sweep directory
 
 
-@pytest.mark.parametrize("space, message", [
-    ({"train.lr": {"grd": [0.1]}}, "did you mean 'grid'"),
-    ({"train.epochs": {"uniform": [1, 3]}}, "use randint"),
-    ({"acquisition.round_budget": {"grid": [0.01, 0.9]}}, "exceeds acquisition.total_budget"),
-    ({"train": {"grid": [1]}}, "is a config section"),
-    ({"name": {"grid": ["a"]}}, "not searchable"),
-    ({"train.lr": 0.1}, "constants go under overrides"),
-])
+@pytest.mark.parametrize(
+    "space, message",
+    [
+        ({"train.lr": {"grd": [0.1]}}, "did you mean 'grid'"),
+        ({"train.epochs": {"uniform": [1, 3]}}, "use randint"),
+        ({"acquisition.round_budget": {"grid": [0.01, 0.9]}}, "exceeds acquisition.total_budget"),
+        ({"train": {"grid": [1]}}, "is a config section"),
+        ({"name": {"grid": ["a"]}}, "not searchable"),
+        ({"train.lr": 0.1}, "constants go under overrides"),
+    ],
+)
 def test_bad_search_spaces_name_the_problem(tmp_path, space, message):
     path = write_sweep(tmp_path / "bad.yaml", str(tmp_path), "unused", search_space=space)
     with pytest.raises(ConfigError, match=message):
@@ -67,11 +79,18 @@ def test_bad_search_spaces_name_the_problem(tmp_path, space, message):
 
 
 def test_spaces_and_concurrency_needs(tmp_path):
-    path = write_sweep(tmp_path / "s.yaml", str(tmp_path), "unused", num_samples=3,
-                       search_space={"acquisition": {"function": {"grid": ["entropy", "random"]}},
-                                     "train.reco_weight": {"choice": [0.0, 0.1]},
-                                     "acquisition.region_size": {"randint": [8, 24]},
-                                     "train.cpus_per_worker": {"grid": [1, 2]}})
+    path = write_sweep(
+        tmp_path / "s.yaml",
+        str(tmp_path),
+        "unused",
+        num_samples=3,
+        search_space={
+            "acquisition": {"function": {"grid": ["entropy", "random"]}},
+            "train.reco_weight": {"choice": [0.0, 0.1]},
+            "acquisition.region_size": {"randint": [8, 24]},
+            "train.cpus_per_worker": {"grid": [1, 2]},
+        },
+    )
     sweep = load_sweep(path, ["overrides.train.epochs=1"])
     assert sweep.num_trials == 2 * 2 * 3
     assert sweep.need_cpus == 2  # the largest trainer in the space
@@ -106,8 +125,7 @@ def test_trials_fall_back_to_memory_without_the_custom_resource(monkeypatch):
     assert "--resources" in lines[0]
 
 
-# ---------------------------------------------------------------------------------------------
-# Real sweeps
+# -- Real sweeps
 
 
 def _tune_status(sweep_dir: str) -> dict[str, str]:
@@ -150,8 +168,11 @@ def _wait(condition, timeout_s: float, proc=None, log_path: str = "") -> None:
 
 
 def _mtimes(folder: str) -> dict[str, float]:
-    return {p: os.path.getmtime(p) for p in glob.glob(os.path.join(folder, "**", "*"),
-                                                      recursive=True) if os.path.isfile(p)}
+    return {
+        p: os.path.getmtime(p)
+        for p in glob.glob(os.path.join(folder, "**", "*"), recursive=True)
+        if os.path.isfile(p)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -164,45 +185,63 @@ def resumed_sweep(ray_session, smoke_data_root, tmp_path_factory):
     log_path = str(tmp / "driver.log")
     address = ray_session.get_runtime_context().gcs_address
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "run.py", "sweep", "--config", path,
-                                 "--address", address], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [sys.executable, "run.py", "sweep", "--config", path, "--address", address],
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     try:
+
         def first_done_second_started() -> bool:
             status = _tune_status(sweep_dir)
             dirs = _tune_trial_dirs(sweep_dir)
-            return (len(dirs) == 2 and bool(status) and status[min(status)] == "TERMINATED"
-                    and len(_result_lines(dirs[1])) >= 1)
+            return (
+                len(dirs) == 2
+                and bool(status)
+                and status[min(status)] == "TERMINATED"
+                and len(_result_lines(dirs[1])) >= 1
+            )
 
         _wait(first_done_second_started, 480, proc, log_path)
     finally:
         proc.kill()  # this driver only; the cluster cleans up its trials
         proc.wait()
-    first, second = (os.path.join(sweep_dir, "trials", f"tiny-{os.path.basename(d)[:11]}")
-                     for d in _tune_trial_dirs(sweep_dir))
+    first, second = (
+        os.path.join(sweep_dir, "trials", f"tiny-{os.path.basename(d)[:11]}")
+        for d in _tune_trial_dirs(sweep_dir)
+    )
     before = {"first": _mtimes(first), "second": _mtimes(os.path.join(second, "rounds"))}
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer):  # SweepProgress prints
         outcome = run_sweep(load_sweep(path))
-    return {"outcome": outcome, "dir": sweep_dir, "first": first, "second": second,
-            "before": before, "output": buffer.getvalue(), "driver_log": open(log_path).read()}
+    return {
+        "outcome": outcome,
+        "dir": sweep_dir,
+        "first": first,
+        "second": second,
+        "before": before,
+        "output": buffer.getvalue(),
+        "driver_log": open(log_path).read(),
+    }
 
 
 def test_resume_does_not_rerun_the_finished_trial(resumed_sweep):
     r = resumed_sweep
-    first_id = os.path.basename(r["first"])[len("tiny-"):]
-    second_id = os.path.basename(r["second"])[len("tiny-"):]
+    first_id = os.path.basename(r["first"])[len("tiny-") :]
+    second_id = os.path.basename(r["second"])[len("tiny-") :]
     assert f"{first_id} (round_budget=0.03) started" in r["driver_log"]
     assert f"{first_id} (round_budget=0.03) started" not in r["output"], r["output"]
-    assert f"{first_id} round" not in r["output"]            # never restarted
-    assert f"{second_id} round 0" not in r["output"]         # round 0 not reported again
+    assert f"{first_id} round" not in r["output"]  # never restarted
+    assert f"{second_id} round 0" not in r["output"]  # round 0 not reported again
     assert f"{second_id} round 1/1" in r["output"]
-    assert _mtimes(r["first"]) == r["before"]["first"]       # nothing of it rewritten
+    assert _mtimes(r["first"]) == r["before"]["first"]  # nothing of it rewritten
     after = _mtimes(os.path.join(r["second"], "rounds"))
     round0 = os.path.join(r["second"], "rounds", "round_000.json")
-    assert after[round0] == r["before"]["second"][round0]    # the second resumed at round 1
+    assert after[round0] == r["before"]["second"][round0]  # the second resumed at round 1
     assert sorted(os.listdir(os.path.dirname(r["first"]))) == sorted(
-        [os.path.basename(r["first"]), os.path.basename(r["second"])])
+        [os.path.basename(r["first"]), os.path.basename(r["second"])]
+    )
     assert set(_tune_status(r["dir"]).values()) == {"TERMINATED"}
 
 
@@ -212,8 +251,9 @@ def test_one_result_per_round_per_trial(resumed_sweep):
     for trial_dir in dirs:
         assert [line["round"] for line in _result_lines(trial_dir)] == [0, 1]
         line = _result_lines(trial_dir)[-1]
-        assert {"val/miou", "pool/labeled_frac", "target", "time/train_s",
-                "val/iou/sky"} <= set(line)
+        assert {"val/miou", "pool/labeled_frac", "target", "time/train_s", "val/iou/sky"} <= set(
+            line
+        )
     for result in resumed_sweep["outcome"].results:
         assert list(result.metrics_dataframe["round"]) == [0, 1]
 
@@ -240,9 +280,9 @@ def _read_events(path: str) -> list:
         data = handle.read()
     events, pos = [], 0
     while pos + 12 <= len(data):
-        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        (length,) = struct.unpack("<Q", data[pos : pos + 8])
         event = event_pb2.Event()
-        event.ParseFromString(data[pos + 12:pos + 12 + length])
+        event.ParseFromString(data[pos + 12 : pos + 12 + length])
         events.append(event)
         pos += 12 + length + 4
     return events
@@ -261,9 +301,17 @@ def test_tensorboard_events_per_trial(resumed_sweep):
 def test_asha_stops_a_trial_and_releases_its_resources(ray_session, smoke_data_root, tmp_path):
     """The second trial labels 50% at round 0, over the 30% budget: target 0, below the first
     trial's, so ASHA stops it at its first rung."""
-    path = write_sweep(tmp_path / "asha.yaml", str(tmp_path), smoke_data_root, name="asha",
-                       metric="miou_at_budget", budget=0.3, scheduler="asha", grace_period=1,
-                       search_space={"data.initial_labeled_frac": {"grid": [0.25, 0.5]}})
+    path = write_sweep(
+        tmp_path / "asha.yaml",
+        str(tmp_path),
+        smoke_data_root,
+        name="asha",
+        metric="miou_at_budget",
+        budget=0.3,
+        scheduler="asha",
+        grace_period=1,
+        search_space={"data.initial_labeled_frac": {"grid": [0.25, 0.5]}},
+    )
     with contextlib.redirect_stdout(io.StringIO()) as output:
         outcome = run_sweep(load_sweep(path))
     statuses = [row.status for row in sorted(outcome.rows, key=lambda r: r.trial_id)]
@@ -273,7 +321,8 @@ def test_asha_stops_a_trial_and_releases_its_resources(ray_session, smoke_data_r
     def released() -> bool:
         total, free = ray_session.cluster_resources(), ray_session.available_resources()
         groups = ray_session.util.placement_group_table().values()
-        return (all(free.get(k, 0) == total[k] for k in ("CPU", "s4al_trial"))
-                and all(g["state"] == "REMOVED" for g in groups))
+        return all(free.get(k, 0) == total[k] for k in ("CPU", "s4al_trial")) and all(
+            g["state"] == "REMOVED" for g in groups
+        )
 
     _wait(released, 60)

@@ -48,7 +48,15 @@ def scenes() -> list[tuple[np.ndarray, np.ndarray]]:
 
 def test_classes() -> None:
     assert SYNTHETIC_CLASSES == (
-        "road", "sidewalk", "building", "sky", "vegetation", "car", "pedestrian", "pole", "sign"
+        "road",
+        "sidewalk",
+        "building",
+        "sky",
+        "vegetation",
+        "car",
+        "pedestrian",
+        "pole",
+        "sign",
     )
 
 

@@ -6,31 +6,46 @@ import os
 import signal
 import threading
 import time
-
 from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import pids_matching
 
 from s4al_ray import storage
 from s4al_ray.config import load_config
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
 from s4al_ray.teacher import TeacherJob, TeacherPredictor, run_teacher
-from conftest import pids_matching
 
 
 @pytest.fixture(scope="module")
 def teacher_setup(ray_session, smoke_data_root):
     cfg = load_config("configs/smoke.yaml", [f"data.root={smoke_data_root}"])
     data = load_dataset(cfg.data, cfg.seed, log=lambda line: None)
-    rows = [{**row, "acquired": [0] if i % 3 == 0 else []}
-            for i, row in enumerate(data.rows("train")[:12])]
-    job = TeacherJob(round=0, seed=0, model=cfg.model, num_classes=data.num_classes,
-                     checkpoint_uri="", checkpoint_stamp="", region_size=24, score="entropy",
-                     class_weights=None, scales=[1.0], flip=False, use_gpu=False,
-                     cpus_per_worker=1, reuse_workers=True, num_workers=2, batch_size=4)
+    rows = [
+        {**row, "acquired": [0] if i % 3 == 0 else []}
+        for i, row in enumerate(data.rows("train")[:12])
+    ]
+    job = TeacherJob(
+        round=0,
+        seed=0,
+        model=cfg.model,
+        num_classes=data.num_classes,
+        checkpoint_uri="",
+        checkpoint_stamp="",
+        region_size=24,
+        score="entropy",
+        class_weights=None,
+        scales=[1.0],
+        flip=False,
+        use_gpu=False,
+        cpus_per_worker=1,
+        reuse_workers=True,
+        num_workers=2,
+        batch_size=4,
+    )
     return cfg, data, rows, job
 
 
@@ -47,8 +62,12 @@ def _outputs(uri: str) -> dict[str, tuple]:
 
 
 def _pass(rows, job: TeacherJob, checkpoint: str, out: str, reuse_workers: bool) -> dict:
-    job = replace(job, checkpoint_uri=checkpoint, checkpoint_stamp=storage.stamp(checkpoint),
-                  reuse_workers=reuse_workers)
+    job = replace(
+        job,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        reuse_workers=reuse_workers,
+    )
     run_teacher(job, rows, out)
     return _outputs(out)
 
@@ -67,8 +86,9 @@ def test_rewritten_checkpoint_is_not_served_from_a_cached_model(teacher_setup, t
     rerun round) must be reloaded, never answered by the previous weights."""
     cfg, data, rows, teacher_cfg = teacher_setup
     path = str(tmp_path / "round_001.pt")
-    first = _pass(rows, teacher_cfg, _save_model(cfg, data.num_classes, 1, path),
-                  str(tmp_path / "a"), True)
+    first = _pass(
+        rows, teacher_cfg, _save_model(cfg, data.num_classes, 1, path), str(tmp_path / "a"), True
+    )
     _save_model(cfg, data.num_classes, 2, path)
     os.utime(path, ns=(1, 1))  # a different stamp even if the rewrite landed in the same tick
     second = _pass(rows, teacher_cfg, path, str(tmp_path / "b"), True)

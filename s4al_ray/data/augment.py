@@ -24,7 +24,8 @@ from s4al_ray import IGNORE_INDEX
 Pair = tuple[Tensor, Tensor]
 
 
-# ---------------------------------------------------------------- random draws from a generator
+# -- random draws from a generator
+
 
 def _rand(generator: torch.Generator, *shape: int) -> Tensor:
     """Uniform [0, 1) floats on the CPU (cheap parameter draws; the generator's device if CUDA)."""
@@ -45,7 +46,8 @@ def _randint(generator: torch.Generator, high: int) -> int:
     return min(int(float(_rand(generator, 1)) * (high + 1)), high)
 
 
-# ---------------------------------------------------------------- paired geometric ops
+# -- paired geometric ops
+
 
 def _wrap(image: Tensor, mask: Tensor) -> Pair:
     if image.dim() != 3 or mask.dim() != 2 or image.shape[-2:] != mask.shape:
@@ -86,7 +88,10 @@ def _crop_to(
 
 
 def _rescale(
-    image: Tensor, mask: Tensor, scale: tuple[float, float], generator: torch.Generator,
+    image: Tensor,
+    mask: Tensor,
+    scale: tuple[float, float],
+    generator: torch.Generator,
     interpolation: InterpolationMode,
 ) -> Pair:
     factor = _uniform(generator, *scale)
@@ -95,7 +100,8 @@ def _rescale(
     return image, TF.resize(mask, size)  # masks always resize with nearest neighbour
 
 
-# ---------------------------------------------------------------- photometric ops (image only)
+# -- photometric ops (image only)
+
 
 def _color_jitter(image: Tensor, strength: float, generator: torch.Generator) -> Tensor:
     """Brightness/contrast/saturation in [1-s/2, 1+s/2] and hue in ±s/4, in a random order."""
@@ -135,7 +141,8 @@ def _cutout(
     return image, mask
 
 
-# ---------------------------------------------------------------- per-sample pipelines
+# -- per-sample pipelines
+
 
 def weak_augment(
     image: Tensor, mask: Tensor, crop_size: tuple[int, int], generator: torch.Generator
@@ -187,7 +194,8 @@ def strong_augment(
     return _unwrap(image, mask)
 
 
-# ---------------------------------------------------------------- batch mixing
+# -- batch mixing
+
 
 def _partners(batch: int, generator: torch.Generator) -> Tensor:
     """A random derangement: one cycle through a random order, so no sample is its own source."""
@@ -198,10 +206,16 @@ def _partners(batch: int, generator: torch.Generator) -> Tensor:
 
 
 def _check_batch(images: Tensor, masks: Tensor) -> None:
-    if images.dim() != 4 or masks.dim() != 3 or images.shape[-2:] != masks.shape[-2:] or \
-            images.shape[0] != masks.shape[0]:
-        raise ValueError(f"expected images (B,3,H,W) and masks (B,H,W), got "
-                         f"{tuple(images.shape)}, {tuple(masks.shape)}")
+    if (
+        images.dim() != 4
+        or masks.dim() != 3
+        or images.shape[-2:] != masks.shape[-2:]
+        or images.shape[0] != masks.shape[0]
+    ):
+        raise ValueError(
+            f"expected images (B,3,H,W) and masks (B,H,W), got "
+            f"{tuple(images.shape)}, {tuple(masks.shape)}"
+        )
 
 
 def _paste(images: Tensor, masks: Tensor, source: Tensor, region: Tensor) -> Pair:
@@ -251,9 +265,7 @@ def cutmix(
     return _paste(images, masks, source, region.to(masks.device))
 
 
-def classmix(
-    images: Tensor, masks: Tensor, generator: torch.Generator, p: float = 0.5
-) -> Pair:
+def classmix(images: Tensor, masks: Tensor, generator: torch.Generator, p: float = 0.5) -> Pair:
     """With probability p per sample, paste the pixels of half (rounded up) of the classes of
     another sample's mask. Ignore is not a class and is never pasted."""
     _check_batch(images, masks)

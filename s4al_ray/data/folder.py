@@ -33,8 +33,10 @@ def read_classes(root: str) -> tuple[list[str], int, list[list[int]] | None]:
     absent or unusable (a palette is cosmetic: it never fails a dataset)."""
     uri = storage.join(root, "classes.yaml")
     if not storage.exists(uri):
-        raise DatasetError(f"{uri} is missing: a folder dataset needs a classes.yaml with "
-                           "'classes: [name, ...]' (optional 'colors', 'ignore_index')")
+        raise DatasetError(
+            f"{uri} is missing: a folder dataset needs a classes.yaml with "
+            "'classes: [name, ...]' (optional 'colors', 'ignore_index')"
+        )
     data = yaml.safe_load(storage.read_text(uri)) or {}
     classes = data.get("classes")
     if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
@@ -60,8 +62,9 @@ def _read_split(root: str, name: str) -> list[str] | None:
     return [line.strip() for line in storage.read_text(uri).splitlines() if line.strip()]
 
 
-def _make_splits(root: str, ids: list[str], seed: int, val_frac: float = 0.2
-                 ) -> dict[str, list[str]]:
+def _make_splits(
+    root: str, ids: list[str], seed: int, val_frac: float = 0.2
+) -> dict[str, list[str]]:
     order = np.random.default_rng(seed).permutation(len(ids))
     num_val = max(1, int(round(len(ids) * val_frac)))
     val = sorted(ids[i] for i in order[:num_val])
@@ -74,15 +77,20 @@ def _make_splits(root: str, ids: list[str], seed: int, val_frac: float = 0.2
 def load_folder_dataset(root: str, seed: int = 0) -> DatasetInfo:
     root = storage.absolute(root)
     classes, ignore, colors = read_classes(root)
-    images = {_stem(u): u for u in storage.list_files(storage.join(root, "images"))
-              if u.lower().endswith(IMAGE_SUFFIXES)}
+    images = {
+        _stem(u): u
+        for u in storage.list_files(storage.join(root, "images"))
+        if u.lower().endswith(IMAGE_SUFFIXES)
+    }
     masks = {_stem(u): u for u in storage.list_files(storage.join(root, "masks"), ".png")}
     if not images:
         raise DatasetError(f"no images (*.png, *.jpg) under {storage.join(root, 'images')}")
     missing = sorted(set(images) - set(masks))
     if missing:
-        raise DatasetError(f"{len(missing)} images have no mask under "
-                           f"{storage.join(root, 'masks')}: {', '.join(missing[:5])}")
+        raise DatasetError(
+            f"{len(missing)} images have no mask under "
+            f"{storage.join(root, 'masks')}: {', '.join(missing[:5])}"
+        )
     ids = sorted(images)
     splits = {name: _read_split(root, name) for name in ("train", "val", "test")}
     if splits["train"] is None:
@@ -93,7 +101,14 @@ def load_folder_dataset(root: str, seed: int = 0) -> DatasetInfo:
             if sample_id not in images:
                 raise DatasetError(f"splits/{split}.txt lists {sample_id!r}, which has no image")
             height, width = image_size(images[sample_id])
-            rows.append({"sample_id": sample_id, "image_uri": images[sample_id],
-                         "mask_uri": masks[sample_id], "split": split,
-                         "height": height, "width": width})
+            rows.append(
+                {
+                    "sample_id": sample_id,
+                    "image_uri": images[sample_id],
+                    "mask_uri": masks[sample_id],
+                    "split": split,
+                    "height": height,
+                    "width": width,
+                }
+            )
     return DatasetInfo(make_manifest(rows), classes, ignore, colors=colors)

@@ -44,7 +44,8 @@ def encode_png(array: np.ndarray) -> bytes:
     """Lossless PNG of a (H, W) uint8 map: label maps compress far better than raw bytes."""
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(array, dtype=np.uint8), mode="L").save(
-        buffer, format="PNG", compress_level=1)
+        buffer, format="PNG", compress_level=1
+    )
     return buffer.getvalue()
 
 

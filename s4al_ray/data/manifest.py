@@ -11,14 +11,16 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-SCHEMA = pa.schema([
-    ("sample_id", pa.string()),
-    ("image_uri", pa.string()),
-    ("mask_uri", pa.string()),
-    ("split", pa.string()),
-    ("height", pa.int32()),
-    ("width", pa.int32()),
-])
+SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("image_uri", pa.string()),
+        ("mask_uri", pa.string()),
+        ("split", pa.string()),
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+    ]
+)
 
 
 @dataclass

@@ -52,8 +52,7 @@ PROGRESS_EVERY_S = 5.0
 Log = Callable[[str], None]
 
 
-# ---------------------------------------------------------------------------------------------
-# The cache
+# -- The cache
 
 
 @dataclass
@@ -70,9 +69,13 @@ class CacheSpec:
 
     def params(self) -> dict:
         lut = self.label_map if self.label_map is not None else np.arange(256, dtype=np.uint8)
-        return {"format": CACHE_FORMAT, "kind": self.kind, "source": self.source,
-                "size": list(self.size) if self.size else None,
-                "label_map_sha1": hashlib.sha1(lut.tobytes()).hexdigest()}
+        return {
+            "format": CACHE_FORMAT,
+            "kind": self.kind,
+            "source": self.source,
+            "size": list(self.size) if self.size else None,
+            "label_map_sha1": hashlib.sha1(lut.tobytes()).hexdigest(),
+        }
 
     def path(self, cache_dir: str) -> str:
         size = f"{self.size[0]}x{self.size[1]}" if self.size else "native"
@@ -103,7 +106,8 @@ def _check_params(out: str, spec: CacheSpec) -> dict | None:
         if found is not None and found.get("params") != want:
             raise DatasetError(
                 f"{out} holds a cache prepared with other settings ({found.get('params')} != "
-                f"{want}); delete it or choose another data.cache_dir")
+                f"{want}); delete it or choose another data.cache_dir"
+            )
         if found is not None and name == MARKER:
             return found
     return None
@@ -115,12 +119,15 @@ def _resolve(out: str, uri: str) -> str:
 
 def _load_cache(out: str, marker: dict, spec: CacheSpec) -> DatasetInfo:
     table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, "manifest.parquet"))))
-    rows = [{**r, "image_uri": _resolve(out, r["image_uri"]),
-             "mask_uri": _resolve(out, r["mask_uri"])} for r in table.to_pylist()]
+    rows = [
+        {**r, "image_uri": _resolve(out, r["image_uri"]), "mask_uri": _resolve(out, r["mask_uri"])}
+        for r in table.to_pylist()
+    ]
     # A marker written before it recorded colours has none: the spec's palette, if any.
     colors = marker.get("colors", spec.colors)
-    return DatasetInfo(make_manifest(rows), list(marker["classes"]), int(marker["ignore_index"]),
-                       colors=colors)
+    return DatasetInfo(
+        make_manifest(rows), list(marker["classes"]), int(marker["ignore_index"]), colors=colors
+    )
 
 
 def _existing(out: str) -> set[str]:
@@ -141,8 +148,10 @@ def _resized_image(uri: str, size: tuple[int, int], mask_shape: tuple[int, ...])
     data = storage.read_bytes(uri)
     image = decode_image(data)
     if image.shape[:2] != mask_shape:
-        raise _SampleError(f"{uri}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
-                           f"{mask_shape[0]}x{mask_shape[1]} (HxW)")
+        raise _SampleError(
+            f"{uri}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
+            f"{mask_shape[0]}x{mask_shape[1]} (HxW)"
+        )
     if image.shape[:2] == size and data[:8] == b"\x89PNG\r\n\x1a\n":
         return data  # already the right size and lossless: copy, do not re-encode
     resized = Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR)
@@ -164,23 +173,30 @@ def _prepare_sample(row: dict, spec: CacheSpec, out: str, existing: set[str]) ->
         if spec.size:
             image = _resized_image(row["image_uri"], spec.size, raw.shape)
         elif raw.shape != (row["height"], row["width"]):
-            raise _SampleError(f"{row['mask_uri']}: mask is {raw.shape[0]}x{raw.shape[1]} but "
-                               f"image {row['image_uri']} is {row['height']}x{row['width']} (HxW)")
+            raise _SampleError(
+                f"{row['mask_uri']}: mask is {raw.shape[0]}x{raw.shape[1]} but "
+                f"image {row['image_uri']} is {row['height']}x{row['width']} (HxW)"
+            )
     except _SampleError as err:
         return _Done(error=str(err))
     except Exception as err:  # noqa: BLE001 - any unreadable file becomes a named error
         return _Done(error=f"{row['image_uri']} / {row['mask_uri']}: cannot read ({err})")
     counts = np.bincount(raw.ravel(), minlength=256)
-    unknown = {int(v): int(counts[v]) for v in np.flatnonzero(counts)
-               if spec.label_map is not None and int(v) not in spec.known_values}
+    unknown = {
+        int(v): int(counts[v])
+        for v in np.flatnonzero(counts)
+        if spec.label_map is not None and int(v) not in spec.known_values
+    }
     mask = spec.label_map[raw] if spec.label_map is not None else raw
     if spec.size:
         storage.write_bytes(storage.join(out, image_name), image)
         mask = np.asarray(Image.fromarray(mask).resize((spec.size[1], spec.size[0]), Image.NEAREST))
     storage.write_bytes(storage.join(out, mask_name), encode_png(mask))
     if unknown:  # kept beside the cache so a resumed build still reports it
-        storage.write_text(storage.join(out, "notes", f"{sid}.json"),
-                           json.dumps({"mask_uri": row["mask_uri"], "values": unknown}))
+        storage.write_text(
+            storage.join(out, "notes", f"{sid}.json"),
+            json.dumps({"mask_uri": row["mask_uri"], "values": unknown}),
+        )
     return _Done(entry)
 
 
@@ -201,9 +217,11 @@ class _Progress:
             made = self.done - self.skipped
             rate = made / max(now - self.start, 1e-9)
             eta = (self.total - self.done) / rate if rate > 0 else 0.0
-            self.log(f"[prepare] {self.what}: {self.done}/{self.total} samples "
-                     f"({100 * self.done / self.total:.0f}%, {self.skipped} already done), "
-                     f"{rate:.1f}/s, ~{eta:.0f}s left")
+            self.log(
+                f"[prepare] {self.what}: {self.done}/{self.total} samples "
+                f"({100 * self.done / self.total:.0f}%, {self.skipped} already done), "
+                f"{rate:.1f}/s, ~{eta:.0f}s left"
+            )
 
 
 def _ranges(values: list[int]) -> str:
@@ -228,9 +246,11 @@ def _unknown_warnings(out: str, spec: CacheSpec) -> list[str]:
             pixels[int(value)] = pixels.get(int(value), 0) + count
     if not pixels:
         return []
-    return [f"{spec.value_name}s {_ranges(sorted(pixels))} are not in the {spec.kind} label table "
-            f"and were set to ignore: {sum(pixels.values())} px in {len(files)} masks, "
-            f"e.g. {files[0]}"]
+    return [
+        f"{spec.value_name}s {_ranges(sorted(pixels))} are not in the {spec.kind} label table "
+        f"and were set to ignore: {sum(pixels.values())} px in {len(files)} masks, "
+        f"e.g. {files[0]}"
+    ]
 
 
 def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict]) -> dict:
@@ -248,15 +268,19 @@ def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict
     buffer = io.BytesIO()
     pq.write_table(make_manifest(rows), buffer)
     storage.write_bytes(storage.join(out, "manifest.parquet"), buffer.getvalue())
-    marker = {"params": spec.params(), "classes": raw.classes, "colors": palette,
-              "ignore_index": raw.ignore_index, "samples": len(rows),
-              "warnings": _unknown_warnings(out, spec)}
+    marker = {
+        "params": spec.params(),
+        "classes": raw.classes,
+        "colors": palette,
+        "ignore_index": raw.ignore_index,
+        "samples": len(rows),
+        "warnings": _unknown_warnings(out, spec),
+    }
     storage.write_text(storage.join(out, MARKER), json.dumps(marker, indent=1))  # last
     return marker
 
 
-def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = print
-                ) -> DatasetInfo:
+def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = print) -> DatasetInfo:
     """Write (or finish writing) the cache of ``raw`` and return the dataset it holds."""
     out = spec.path(cache_dir)
     if _check_params(out, spec) is None:
@@ -272,8 +296,10 @@ def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = pr
     errors = [r.error for r in results if r.error]
     if errors:
         more = f"\n  ... and {len(errors) - 20} more" if len(errors) > 20 else ""
-        raise DatasetError(f"{len(errors)} samples could not be prepared (fix them and rerun; "
-                           "finished samples are kept):\n  " + "\n  ".join(errors[:20]) + more)
+        raise DatasetError(
+            f"{len(errors)} samples could not be prepared (fix them and rerun; "
+            "finished samples are kept):\n  " + "\n  ".join(errors[:20]) + more
+        )
     marker = _write_metadata(out, spec, raw, [r.row for r in results])
     for warning in marker["warnings"]:
         log(f"[prepare] warning: {warning}")
@@ -283,8 +309,9 @@ def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = pr
     return _load_cache(out, marker, spec)
 
 
-def load_prepared(spec: CacheSpec, cache_dir: str, scan: Callable[[], DatasetInfo],
-                  log: Log = print) -> DatasetInfo:
+def load_prepared(
+    spec: CacheSpec, cache_dir: str, scan: Callable[[], DatasetInfo], log: Log = print
+) -> DatasetInfo:
     """The prepared dataset: from a complete cache, else scanned from the source and built."""
     out = spec.path(cache_dir)
     marker = _check_params(out, spec)

@@ -23,8 +23,9 @@ def cache_spec(data: DataConfig) -> CacheSpec | None:
         return camvid_spec(data)
     size = spec_size(data.resize_height, data.resize_width)
     if data.kind == "folder" and size:
-        return CacheSpec(kind="folder", source=storage.absolute(data.root), size=size,
-                         label_map=None)
+        return CacheSpec(
+            kind="folder", source=storage.absolute(data.root), size=size, label_map=None
+        )
     return None
 
 
@@ -33,8 +34,14 @@ def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInf
         from s4al_ray.data.synthetic import generate_synthetic_dataset
 
         syn = data.synthetic
-        generate_synthetic_dataset(data.root, num_train=syn.num_train, num_val=syn.num_val,
-                                   height=syn.height, width=syn.width, seed=syn.seed)
+        generate_synthetic_dataset(
+            data.root,
+            num_train=syn.num_train,
+            num_val=syn.num_val,
+            height=syn.height,
+            width=syn.width,
+            seed=syn.seed,
+        )
         return load_folder_dataset(data.root, seed)
     if data.kind == "cityscapes":
         from s4al_ray.data.cityscapes import load_cityscapes
@@ -47,8 +54,9 @@ def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInf
     if data.kind == "folder":
         spec = cache_spec(data)
         if spec is not None:  # resized copy in the cache
-            return load_prepared(spec, data.cache_dir, lambda: load_folder_dataset(data.root, seed),
-                                 log)
+            return load_prepared(
+                spec, data.cache_dir, lambda: load_folder_dataset(data.root, seed), log
+            )
         return load_folder_dataset(data.root, seed)
     raise DatasetError(f"data.kind: unknown dataset kind {data.kind!r}")
 

@@ -36,8 +36,9 @@ def list_tree(uri: str, suffix: str) -> list[str]:
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
-    found = sorted(i.path for i in infos
-                   if i.type == pafs.FileType.File and i.path.endswith(suffix))
+    found = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix)
+    )
     return [storage.S3_PREFIX + p if storage.is_s3(uri) else p for p in found]
 
 
@@ -80,14 +81,20 @@ def pair_files(images: dict[str, str], masks: dict[str, str], where: str) -> lis
     return sorted(images)
 
 
-def raw_dataset(rows: list[dict], classes: list[str], label_map: np.ndarray | None,
-                colors: Sequence[Sequence[int]] | None = None) -> DatasetInfo:
+def raw_dataset(
+    rows: list[dict],
+    classes: list[str],
+    label_map: np.ndarray | None,
+    colors: Sequence[Sequence[int]] | None = None,
+) -> DatasetInfo:
     """A DatasetInfo of files as found (``rows`` without sizes; sizes read from headers)."""
     seen: dict[str, str] = {}
     for r in rows:
         if r["sample_id"] in seen:
-            raise DatasetError(f"{r['image_uri']} and {seen[r['sample_id']]} have the same "
-                               f"sample id {r['sample_id']!r}; ids must be unique across splits")
+            raise DatasetError(
+                f"{r['image_uri']} and {seen[r['sample_id']]} have the same "
+                f"sample id {r['sample_id']!r}; ids must be unique across splits"
+            )
         seen[r["sample_id"]] = r["image_uri"]
     with ThreadPoolExecutor(max_workers=io_workers()) as pool:
         sizes = list(pool.map(lambda r: _size_or_error(r["image_uri"]), rows))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.parquet as pq
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.augment import strong_augment, weak_augment
@@ -54,13 +54,16 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images - IMAGENET_MEAN.to(images.device)) / IMAGENET_STD.to(images.device)
 
 
-def read_pseudo_labels(uri: str, sample_ids: set[str] | None = None) -> dict[str, tuple[bytes, bytes]]:
+def read_pseudo_labels(
+    uri: str, sample_ids: set[str] | None = None
+) -> dict[str, tuple[bytes, bytes]]:
     """``sample_id -> (label PNG, confidence PNG)`` from a teacher round's parquet directory."""
     fs, path = storage.filesystem(uri)
     table = pq.read_table(path, filesystem=fs, columns=["sample_id", "label_png", "conf_png"])
     out = {}
-    for sid, label, conf in zip(*(table.column(c).to_pylist()
-                                  for c in ("sample_id", "label_png", "conf_png"))):
+    for sid, label, conf in zip(
+        *(table.column(c).to_pylist() for c in ("sample_id", "label_png", "conf_png"))
+    ):
         if sample_ids is None or sid in sample_ids:
             out[sid] = (label, conf)
     return out
@@ -69,8 +72,9 @@ def read_pseudo_labels(uri: str, sample_ids: set[str] | None = None) -> dict[str
 class LabeledImages(Dataset):
     """Fully labeled images with their ground truth, weakly augmented."""
 
-    def __init__(self, items: list[dict], crop: tuple[int, int], seed: int,
-                 cache: DecodeCache | None = None) -> None:
+    def __init__(
+        self, items: list[dict], crop: tuple[int, int], seed: int, cache: DecodeCache | None = None
+    ) -> None:
         self.items, self.crop = items, crop
         self.cache = cache or DecodeCache()
         self.generator = torch.Generator().manual_seed(seed)
@@ -81,7 +85,9 @@ class LabeledImages(Dataset):
     def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         item = self.items[index]
         image = image_tensor(self.cache.get(item["image_uri"], load_image))
-        mask = torch.from_numpy(self.cache.get(item["mask_uri"], load_mask).astype(np.int64))  # copies
+        mask = torch.from_numpy(
+            self.cache.get(item["mask_uri"], load_mask).astype(np.int64)
+        )  # copies
         return image, mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,10 +98,19 @@ class LabeledImages(Dataset):
 class PoolImages(Dataset):
     """Pool images with pseudo-label + acquired ground truth targets, strongly augmented."""
 
-    def __init__(self, items: list[dict], pseudo: dict[str, tuple[bytes, bytes]],
-                 thresholds: list[float], acquired: dict[str, list[int]], region_size: int,
-                 crop: tuple[int, int], seed: int, strong: bool = True,
-                 cache: DecodeCache | None = None, pseudo_labels: bool = True) -> None:
+    def __init__(
+        self,
+        items: list[dict],
+        pseudo: dict[str, tuple[bytes, bytes]],
+        thresholds: list[float],
+        acquired: dict[str, list[int]],
+        region_size: int,
+        crop: tuple[int, int],
+        seed: int,
+        strong: bool = True,
+        cache: DecodeCache | None = None,
+        pseudo_labels: bool = True,
+    ) -> None:
         missing = [i["sample_id"] for i in items if i["sample_id"] not in pseudo]
         if missing:
             raise ValueError(f"no pseudo-labels for {len(missing)} pool images, e.g. {missing[:3]}")
@@ -144,6 +159,45 @@ def repeat_factors(class_pixels: dict[str, np.ndarray], threshold: float) -> dic
     ids = sorted(class_pixels)
     present = np.stack([np.asarray(class_pixels[i]) > 0 for i in ids])
     share = present.mean(0)
-    factor = np.where(share > 0, np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12))), 1.0)
+    factor = np.where(
+        share > 0, np.maximum(1.0, np.sqrt(threshold / np.maximum(share, 1e-12))), 1.0
+    )
     weights = np.where(present, factor[None, :], 1.0).max(1)
     return {i: float(w) for i, w in zip(ids, weights)}
+
+
+def _reseed_worker(worker_id: int) -> None:
+    """DataLoader worker processes get a copy of the dataset; give each its own stream."""
+    info = torch.utils.data.get_worker_info()
+    info.dataset.generator.manual_seed(info.seed % 2**63)
+
+
+def epoch_batches(
+    dataset,
+    batch_size: int,
+    steps: int,
+    seed: int,
+    workers: int,
+    weights: list[float] | None = None,
+    pin_memory: bool = False,
+):
+    """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced)."""
+    dataset.generator.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    count = batch_size * steps
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
+    else:
+        sampler = RandomSampler(dataset, replacement=True, num_samples=count, generator=generator)
+    return iter(
+        DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=sampler,
+            num_workers=workers,
+            drop_last=True,
+            worker_init_fn=_reseed_worker if workers else None,
+            pin_memory=pin_memory,
+            generator=torch.Generator().manual_seed(seed + 2),
+        )
+    )

@@ -68,7 +68,11 @@ def _query_positions(counts: Tensor, num_queries: int, generator: torch.Generato
 
 
 def _negative_classes(
-    proto_n: Tensor, active: Tensor, present: Tensor, temperature: float, n: int,
+    proto_n: Tensor,
+    active: Tensor,
+    present: Tensor,
+    temperature: float,
+    n: int,
     generator: torch.Generator | None,
 ) -> Tensor:
     """(A, n) class ids of negatives: k != c drawn with p ∝ softmax(cos(proto_c, proto_k) / T)."""
@@ -138,13 +142,27 @@ def reco_loss(
         )
     # Autocast off: prototype sums run over up to ~1e5 pixels, beyond what fp16 matmuls hold.
     with torch.autocast(device_type=embedding.device.type, enabled=False):
-        return _reco(embedding, probs, target, strong_threshold, temperature, num_queries,
-                     num_negatives, generator)
+        return _reco(
+            embedding,
+            probs,
+            target,
+            strong_threshold,
+            temperature,
+            num_queries,
+            num_negatives,
+            generator,
+        )
 
 
 def _reco(
-    embedding: Tensor, probs: Tensor, target: Tensor, strong_threshold: float,
-    temperature: float, num_queries: int, num_negatives: int, generator: torch.Generator | None,
+    embedding: Tensor,
+    probs: Tensor,
+    target: Tensor,
+    strong_threshold: float,
+    temperature: float,
+    num_queries: int,
+    num_negatives: int,
+    generator: torch.Generator | None,
 ) -> Tensor:
     zero = embedding.sum() * 0.0
     num_classes, hw = probs.shape[1], target.shape[-2] * target.shape[-1]

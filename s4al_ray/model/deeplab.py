@@ -56,7 +56,7 @@ def _set_conv(conv: nn.Conv2d, stride: int, dilation: int) -> None:
         conv.padding = (pad, pad)
 
 
-# --------------------------------------------------------------------------- backbones
+# -- backbones
 
 
 class MobileNetV2Backbone(nn.Module):
@@ -119,7 +119,10 @@ class ResNetBackbone(nn.Module):
             net = factory(weights=None, replace_stride_with_dilation=dilate)
         self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = (
-            net.layer1, net.layer2, net.layer3, net.layer4
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
         )
         if name == "resnet18":
             self._dilate_basic_blocks(dilate)
@@ -154,7 +157,7 @@ def _build_backbone(name: str, output_stride: int) -> MobileNetV2Backbone | ResN
     return ResNetBackbone(name, output_stride)
 
 
-# --------------------------------------------------------------------------- heads
+# -- heads
 
 
 class ASPP(nn.Module):
@@ -180,7 +183,9 @@ class ASPP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         outs = [branch(x) for branch in self.branches]
-        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        pooled = F.interpolate(
+            self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False
+        )
         return self.project(torch.cat(outs + [pooled], dim=1))
 
 
@@ -268,19 +273,31 @@ def build_model(
 
     ``head_channels`` sets the ASPP and decoder width (256 in the paper); narrower heads make the
     CPU default fast without changing the architecture."""
-    model = DeepLabV3Plus(num_classes, backbone, output_stride, embed_dim,
-                          aspp_channels=head_channels, decoder_channels=head_channels)
+    model = DeepLabV3Plus(
+        num_classes,
+        backbone,
+        output_stride,
+        embed_dim,
+        aspp_channels=head_channels,
+        decoder_channels=head_channels,
+    )
     load_pretrained(model, pretrained)
     return model
 
 
-def model_from_config(model: ModelConfig, num_classes: int,
-                      pretrained: str | None = None) -> DeepLabV3Plus:
+def model_from_config(
+    model: ModelConfig, num_classes: int, pretrained: str | None = None
+) -> DeepLabV3Plus:
     """Build from the ``model`` section of a config. ``pretrained`` overrides the configured
     weights (e.g. "none" before loading a checkpoint)."""
-    return build_model(num_classes, model.backbone, model.output_stride, model.embed_dim,
-                       pretrained=model.pretrained if pretrained is None else pretrained,
-                       head_channels=model.head_channels)
+    return build_model(
+        num_classes,
+        model.backbone,
+        model.output_stride,
+        model.embed_dim,
+        pretrained=model.pretrained if pretrained is None else pretrained,
+        head_channels=model.head_channels,
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -42,7 +42,7 @@ def load_pretrained(model: torch.nn.Module, pretrained: str) -> None:
     load_checkpoint(model, pretrained)
 
 
-# --------------------------------------------------------------------------- ImageNet
+# -- ImageNet
 
 
 def imagenet_cache_path(weights: WeightsEnum) -> str:
@@ -79,7 +79,7 @@ def load_imagenet_backbone(model: torch.nn.Module) -> None:
     model.backbone.load_state_dict({k: state[k] for k in wanted}, strict=True)
 
 
-# --------------------------------------------------------------------------- checkpoints
+# -- checkpoints
 
 
 def _read_checkpoint(uri: str) -> object:
@@ -99,7 +99,7 @@ def _model_state(obj: object, uri: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
         raise ValueError(f"{uri}: not a state_dict nor a checkpoint with a 'model' state_dict")
     # Checkpoints saved from a DistributedDataParallel wrapper carry a "module." prefix.
-    return {k[len(_DDP_PREFIX):] if k.startswith(_DDP_PREFIX) else k: v for k, v in obj.items()}
+    return {k[len(_DDP_PREFIX) :] if k.startswith(_DDP_PREFIX) else k: v for k, v in obj.items()}
 
 
 def load_checkpoint(model: torch.nn.Module, uri: str) -> None:

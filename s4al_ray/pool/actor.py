@@ -28,8 +28,10 @@ def load_state(layout: RunLayout, warn=print) -> PoolState | None:
     except (ValueError, KeyError, TypeError) as err:
         if "incompatible" in str(err) or not storage.exists(previous):
             raise
-        warn(f"WARNING: {uri} is unreadable ({str(err)[:80]}); using the previous version "
-             f"{previous}: the last commit is redone")
+        warn(
+            f"WARNING: {uri} is unreadable ({str(err)[:80]}); using the previous version "
+            f"{previous}: the last commit is redone"
+        )
         return PoolState.from_json(storage.read_text(previous))
 
 
@@ -53,8 +55,9 @@ class PoolStateHolder:
     def snapshot(self) -> str:
         return self.state.to_json()
 
-    def commit(self, round_index: int, selection: Selection,
-               class_pixels: list[int] | None = None) -> dict:
+    def commit(
+        self, round_index: int, selection: Selection, class_pixels: list[int] | None = None
+    ) -> dict:
         """Commit a round. The simulated oracle counts the revealed classes from the dataset's
         masks; a manual import passes the counts of the annotators' masks."""
         previous = self.state.entry(round_index)
@@ -71,11 +74,14 @@ class PoolStateHolder:
 PoolActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolStateHolder)
 
 
-def get_pool_actor(experiment: str, layout: RunLayout, initial: PoolState,
-                   mask_uris: dict[str, str]):
+def get_pool_actor(
+    experiment: str, layout: RunLayout, initial: PoolState, mask_uris: dict[str, str]
+):
     """The experiment's pool actor, created if needed (a rerun driver reattaches to it)."""
     return PoolActor.options(
-        name=f"pool-{experiment}", namespace=NAMESPACE, get_if_exists=True,
+        name=f"pool-{experiment}",
+        namespace=NAMESPACE,
+        get_if_exists=True,
     ).remote(layout, initial.to_json(), mask_uris)
 
 

@@ -46,22 +46,42 @@ def _outlined(image: np.ndarray, boxes: list[list[int]]) -> bytes:
     return buffer.getvalue()
 
 
-def write_query_package(layout: RunLayout, round_index: int, selection: Selection,
-                        state: PoolState, items: dict[str, dict], classes: list[str]) -> str:
+def write_query_package(
+    layout: RunLayout,
+    round_index: int,
+    selection: Selection,
+    state: PoolState,
+    items: dict[str, dict],
+    classes: list[str],
+) -> str:
     """Write the package for ``selection``; returns its URI."""
     package = layout.queries(round_index)
     images = []
     for sample_id, regions in sorted(selection.items()):
         grid = state.grid(sample_id)
         boxes = [list(grid.bounds(r)) for r in regions]
-        images.append({"sample_id": sample_id, "image_uri": items[sample_id]["image_uri"],
-                       "height": grid.height, "width": grid.width,
-                       "regions": [{"index": int(r), "box_y0_y1_x0_x1": b}
-                                   for r, b in zip(regions, boxes)]})
-        storage.write_bytes(storage.join(package, "images", f"{sample_id}.png"),
-                            _outlined(load_image(items[sample_id]["image_uri"]), boxes))
-    query = {"round": round_index, "region_size": state.region_size, "classes": classes,
-             "ignore_index": IGNORE_INDEX, "images": images}
+        images.append(
+            {
+                "sample_id": sample_id,
+                "image_uri": items[sample_id]["image_uri"],
+                "height": grid.height,
+                "width": grid.width,
+                "regions": [
+                    {"index": int(r), "box_y0_y1_x0_x1": b} for r, b in zip(regions, boxes)
+                ],
+            }
+        )
+        storage.write_bytes(
+            storage.join(package, "images", f"{sample_id}.png"),
+            _outlined(load_image(items[sample_id]["image_uri"]), boxes),
+        )
+    query = {
+        "round": round_index,
+        "region_size": state.region_size,
+        "classes": classes,
+        "ignore_index": IGNORE_INDEX,
+        "images": images,
+    }
     storage.write_text(storage.join(package, "README.txt"), _instructions(classes))
     storage.write_text(storage.join(package, "query.json"), json.dumps(query, indent=1))
     return package
@@ -69,18 +89,20 @@ def write_query_package(layout: RunLayout, round_index: int, selection: Selectio
 
 def _instructions(classes: list[str]) -> str:
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(classes))
-    return ("For every image listed in query.json, return a single-channel PNG mask with the same\n"
-            "name and size as the image (images/<sample_id>.png shows the requested regions\n"
-            "outlined in yellow). Label every pixel inside the requested boxes with a class id;\n"
-            f"pixels outside them are not read. Class ids:\n{names}\n"
-            "Then: python run.py annotate --import <folder with the masks> (same config), and\n"
-            "python run.py (same config) to continue the experiment.\n")
+    return (
+        "For every image listed in query.json, return a single-channel PNG mask with the same\n"
+        "name and size as the image (images/<sample_id>.png shows the requested regions\n"
+        "outlined in yellow). Label every pixel inside the requested boxes with a class id;\n"
+        f"pixels outside them are not read. Class ids:\n{names}\n"
+        "Then: python run.py annotate --import <folder with the masks> (same config), and\n"
+        "python run.py (same config) to continue the experiment.\n"
+    )
 
 
 def pending_round(layout: RunLayout, state: PoolState) -> int | None:
     """The round whose query package has not been committed yet, if any."""
     names = (uri.rstrip("/").rsplit("/", 1)[-1] for uri in _dirs(layout.queries_dir))
-    rounds = sorted(int(n[len("round_"):]) for n in names if n.startswith("round_"))
+    rounds = sorted(int(n[len("round_") :]) for n in names if n.startswith("round_"))
     waiting = [r for r in rounds if r not in state.committed_rounds]
     return waiting[0] if waiting else None
 
@@ -95,8 +117,9 @@ def _dirs(uri: str) -> list[str]:
     return [i.path for i in infos if i.type == pafs.FileType.Directory]
 
 
-def read_answers(layout: RunLayout, round_index: int, folder: str,
-                 num_classes: int) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
+def read_answers(
+    layout: RunLayout, round_index: int, folder: str, num_classes: int
+) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
     """Check the returned masks against the query; returns (selection, class pixels, masks).
 
     Raises AnnotationError listing every problem (missing files, wrong sizes, unlabeled or
@@ -120,8 +143,10 @@ def read_answers(layout: RunLayout, round_index: int, folder: str,
             problems.append(f"{path}: not a readable single-channel PNG ({err})")
             continue
         if mask.shape != (image["height"], image["width"]):
-            problems.append(f"{path}: size {mask.shape[1]}x{mask.shape[0]}, expected "
-                            f"{image['width']}x{image['height']}")
+            problems.append(
+                f"{path}: size {mask.shape[1]}x{mask.shape[0]}, expected "
+                f"{image['width']}x{image['height']}"
+            )
             continue
         for region in image["regions"]:
             y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
@@ -129,8 +154,10 @@ def read_answers(layout: RunLayout, round_index: int, folder: str,
             bad = sorted({int(v) for v in np.unique(values) if v >= num_classes})
             if bad:
                 what = "unlabeled (255)" if bad == [IGNORE_INDEX] else f"invalid values {bad}"
-                problems.append(f"{path}: region {region['index']} (box y {y0}-{y1}, x {x0}-{x1})"
-                                f" has {what}; classes are 0..{num_classes - 1}")
+                problems.append(
+                    f"{path}: region {region['index']} (box y {y0}-{y1}, x {x0}-{x1})"
+                    f" has {what}; classes are 0..{num_classes - 1}"
+                )
             counts += class_histogram(values, num_classes)
         selection[sample_id] = [r["index"] for r in image["regions"]]
         masks[sample_id] = mask
@@ -139,14 +166,18 @@ def read_answers(layout: RunLayout, round_index: int, folder: str,
     return selection, counts.tolist(), masks
 
 
-def store_labels(layout: RunLayout, state: PoolState, masks: dict[str, np.ndarray],
-                 selection: Selection) -> None:
+def store_labels(
+    layout: RunLayout, state: PoolState, masks: dict[str, np.ndarray], selection: Selection
+) -> None:
     """Merge the newly labeled regions into each image's oracle label file."""
     for sample_id, regions in selection.items():
         uri = layout.oracle_label(sample_id)
         height, width = state.sizes[sample_id]
-        merged = (load_mask(uri).copy() if storage.exists(uri)
-                  else np.full((height, width), IGNORE_INDEX, dtype=np.uint8))
+        merged = (
+            load_mask(uri).copy()
+            if storage.exists(uri)
+            else np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
+        )
         region_mask = state.grid(sample_id).mask(regions)
         merged[region_mask] = masks[sample_id][region_mask]
         storage.write_bytes(uri, encode_png(merged))

@@ -125,22 +125,29 @@ class PoolState:
             pixels += int(grid.areas[regions].sum()) if regions else 0
         return pixels
 
-    def commit(self, round_index: int, selection: Selection,
-               class_pixels: list[int] | None = None) -> dict:
+    def commit(
+        self, round_index: int, selection: Selection, class_pixels: list[int] | None = None
+    ) -> dict:
         """Acquire ``selection`` as round ``round_index``; idempotent for an identical repeat."""
         digest = selection_digest(selection)
         previous = self.entry(round_index)
         if previous is not None:
             if previous["digest"] != digest:
                 raise ValueError(
-                    f"round {round_index} was already committed with a different selection")
+                    f"round {round_index} was already committed with a different selection"
+                )
             return previous
         pixels = self.validate_selection(selection)
         clean = {k: sorted(int(r) for r in v) for k, v in sorted(selection.items()) if v}
-        entry = {"round": int(round_index), "selection": clean,
-                 "regions": int(sum(map(len, clean.values()))), "images": len(clean),
-                 "pixels": pixels, "class_pixels": list(class_pixels or [0] * self.num_classes),
-                 "digest": digest}
+        entry = {
+            "round": int(round_index),
+            "selection": clean,
+            "regions": int(sum(map(len, clean.values()))),
+            "images": len(clean),
+            "pixels": pixels,
+            "class_pixels": list(class_pixels or [0] * self.num_classes),
+            "digest": digest,
+        }
         self.ledger.append(entry)
         return entry
 
@@ -162,5 +169,6 @@ class PoolState:
         if version != STATE_VERSION:
             raise ValueError(
                 f"pool state version {version} is not {STATE_VERSION}: this run directory was "
-                "written by an incompatible s4al-ray; use a new experiment name")
+                "written by an incompatible s4al-ray; use a new experiment name"
+            )
         return cls(**data)

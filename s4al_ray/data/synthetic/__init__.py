@@ -45,9 +45,7 @@ MARKER_FILE = ".synthetic.json"
 PARTIAL_FILE = ".synthetic.partial"
 
 
-# ----------------------------------------------------------------------------------------------
-# Writing the dataset
-# ----------------------------------------------------------------------------------------------
+# -- Writing the dataset
 
 
 def sample_id(index: int) -> str:

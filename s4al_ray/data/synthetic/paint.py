@@ -104,9 +104,7 @@ def pick(rng: np.random.Generator, options: list[Callable[[], Color]]) -> Color:
     return options[int(rng.integers(len(options)))]()
 
 
-# ----------------------------------------------------------------------------------------------
-# Photometric finish
-# ----------------------------------------------------------------------------------------------
+# -- Photometric finish
 
 
 def _blur(img: np.ndarray) -> np.ndarray:

@@ -8,15 +8,30 @@ from typing import Callable
 
 import numpy as np
 
-from s4al_ray.data.synthetic.classes import (BUILDING, CAR, PEDESTRIAN, POLE, ROAD, SIDEWALK,
-                                             SIGN, SKY, VEGETATION)
-from s4al_ray.data.synthetic.paint import (Canvas, Color, Tex, grey, jitter, photometric, pick,
-                                           rgb, smooth_noise)
+from s4al_ray.data.synthetic.classes import (
+    BUILDING,
+    CAR,
+    PEDESTRIAN,
+    POLE,
+    ROAD,
+    SIDEWALK,
+    SIGN,
+    SKY,
+    VEGETATION,
+)
+from s4al_ray.data.synthetic.paint import (
+    Canvas,
+    Color,
+    Tex,
+    grey,
+    jitter,
+    photometric,
+    pick,
+    rgb,
+    smooth_noise,
+)
 
-
-# ----------------------------------------------------------------------------------------------
-# Scene geometry: a one-point-perspective street
-# ----------------------------------------------------------------------------------------------
+# -- Scene geometry: a one-point-perspective street
 
 
 class _Street:
@@ -43,14 +58,14 @@ class _Street:
 
     def between(self, c: Canvas, left_bottom: float, right_bottom: float) -> np.ndarray:
         below = c.yy >= self.horizon
-        return below & (c.xx >= self.edge_x(left_bottom, c.yy)) & (
-            c.xx < self.edge_x(right_bottom, c.yy)
+        return (
+            below
+            & (c.xx >= self.edge_x(left_bottom, c.yy))
+            & (c.xx < self.edge_x(right_bottom, c.yy))
         )
 
 
-# ----------------------------------------------------------------------------------------------
-# Background layers
-# ----------------------------------------------------------------------------------------------
+# -- Background layers
 
 
 def _draw_sky(rng: np.random.Generator, c: Canvas) -> None:
@@ -174,9 +189,7 @@ def _draw_road(rng: np.random.Generator, c: Canvas, st: _Street) -> None:
             c.paint(region & (np.abs(c.xx - st.edge_x(inner, c.yy)) < half), paint, ROAD)
 
 
-# ----------------------------------------------------------------------------------------------
-# Objects, drawn far-to-near so nearer ones occlude farther ones
-# ----------------------------------------------------------------------------------------------
+# -- Objects, drawn far-to-near so nearer ones occlude farther ones
 
 
 def _tree(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: float) -> None:
@@ -186,12 +199,19 @@ def _tree(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: f
     crown_y = base_y - trunk_h - 0.6 * r
     # Trunks count as vegetation (as in Cityscapes), brown-grey like poles and buildings.
     trunk = jitter(rng, rgb(95, 75, 55), 20)
-    c.paint(c.rect(x - trunk_w / 2, base_y - trunk_h - r * 0.5, x + trunk_w / 2, base_y), trunk,
-            VEGETATION)
+    c.paint(
+        c.rect(x - trunk_w / 2, base_y - trunk_h - r * 0.5, x + trunk_w / 2, base_y),
+        trunk,
+        VEGETATION,
+    )
     crown = np.zeros((c.h, c.w), bool)
     for _ in range(int(rng.integers(2, 5))):
-        crown |= c.ellipse(x + rng.uniform(-0.6, 0.6) * r, crown_y + rng.uniform(-0.5, 0.4) * r,
-                           r * rng.uniform(0.6, 1.0), r * rng.uniform(0.5, 0.9))
+        crown |= c.ellipse(
+            x + rng.uniform(-0.6, 0.6) * r,
+            crown_y + rng.uniform(-0.5, 0.4) * r,
+            r * rng.uniform(0.6, 1.0),
+            r * rng.uniform(0.5, 0.9),
+        )
     leaf = pick(
         rng,
         [
@@ -226,11 +246,20 @@ def _car(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: f
     tex = Tex(body, fine=4, coarse=6, cells=6)
     c.paint(c.rect(cx - w / 2, base_y - 0.62 * h, cx + w / 2, base_y - 0.12 * h), tex, CAR)
     cabin_in = w * rng.uniform(0.1, 0.2)
-    c.paint(c.rect(cx - w / 2 + cabin_in, base_y - h, cx + w / 2 - cabin_in, base_y - 0.6 * h),
-            tex, CAR)
+    c.paint(
+        c.rect(cx - w / 2 + cabin_in, base_y - h, cx + w / 2 - cabin_in, base_y - 0.6 * h), tex, CAR
+    )
     glass = grey(rng, 25, 80, tint=12)
-    c.paint(c.rect(cx - w / 2 + cabin_in + 0.05 * w, base_y - 0.93 * h,
-                   cx + w / 2 - cabin_in - 0.05 * w, base_y - 0.64 * h), glass, CAR)
+    c.paint(
+        c.rect(
+            cx - w / 2 + cabin_in + 0.05 * w,
+            base_y - 0.93 * h,
+            cx + w / 2 - cabin_in - 0.05 * w,
+            base_y - 0.64 * h,
+        ),
+        glass,
+        CAR,
+    )
     wheel = grey(rng, 10, 35)
     for wx in (cx - 0.32 * w, cx + 0.32 * w):
         c.paint(c.ellipse(wx, base_y - 0.12 * h, 0.11 * w, 0.12 * h), wheel, CAR)
@@ -239,8 +268,9 @@ def _car(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: f
         c.paint(c.rect(lx, base_y - 0.5 * h, lx + 0.07 * w, base_y - 0.4 * h), light, CAR)
 
 
-def _pedestrian(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: float
-                ) -> None:
+def _pedestrian(
+    rng: np.random.Generator, c: Canvas, cx: float, base_y: float, scale: float
+) -> None:
     h = c.h * rng.uniform(0.36, 0.5) * scale + 4
     shirt = pick(rng, [lambda: grey(rng, 20, 220), lambda: jitter(rng, rgb(128, 128, 128), 110)])
     trousers = pick(rng, [lambda: grey(rng, 20, 90), lambda: jitter(rng, rgb(50, 60, 110), 30)])
@@ -248,8 +278,9 @@ def _pedestrian(rng: np.random.Generator, c: Canvas, cx: float, base_y: float, s
     c.paint(c.ellipse(cx, base_y - 0.27 * h, rx * 0.8, 0.27 * h), trousers, PEDESTRIAN)
     c.paint(c.ellipse(cx, base_y - 0.6 * h, rx, 0.22 * h), shirt, PEDESTRIAN)
     skin = jitter(rng, rgb(190, 150, 120), 40)
-    c.paint(c.ellipse(cx, base_y - 0.88 * h, max(0.8, 0.07 * h), max(0.8, 0.08 * h)), skin,
-            PEDESTRIAN)
+    c.paint(
+        c.ellipse(cx, base_y - 0.88 * h, max(0.8, 0.07 * h), max(0.8, 0.08 * h)), skin, PEDESTRIAN
+    )
 
 
 def _sign_color(rng: np.random.Generator) -> tuple[Color, Color]:
@@ -277,8 +308,9 @@ def _sign(rng: np.random.Generator, c: Canvas, cx: float, cy: float, size: float
     c.paint(inner, face, SIGN)
 
 
-def _pole(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: float,
-          toward_road: float) -> None:
+def _pole(
+    rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: float, toward_road: float
+) -> None:
     # 1-3 px at the default 160 px width (thin and easy to miss), scaled for larger images so
     # the class frequency does not depend on the resolution.
     width = float(min(1.0 + np.floor(scale * 2.2 + rng.uniform(0, 0.9)), 3.0))
@@ -297,8 +329,7 @@ def _pole(rng: np.random.Generator, c: Canvas, x: float, base_y: float, scale: f
         c.paint(c.rect(lo, top, hi + width, top + max(1.0, width - 1)), color, POLE)
 
 
-def _side_point(rng: np.random.Generator, st: _Street, y: float, left: bool, outer: bool
-                ) -> float:
+def _side_point(rng: np.random.Generator, st: _Street, y: float, left: bool, outer: bool) -> float:
     """x of a random point on the left/right sidewalk (outer half or curb half) at row y."""
     road = st.edge_x(st.road_l if left else st.road_r, y)
     walk = st.edge_x(st.walk_l if left else st.walk_r, y)
@@ -306,8 +337,9 @@ def _side_point(rng: np.random.Generator, st: _Street, y: float, left: bool, out
     return float(road + (walk - road) * f)
 
 
-def _plan_objects(rng: np.random.Generator, c: Canvas, st: _Street
-                  ) -> list[tuple[float, Callable[[], None]]]:
+def _plan_objects(
+    rng: np.random.Generator, c: Canvas, st: _Street
+) -> list[tuple[float, Callable[[], None]]]:
     """(base row, draw call) for every object; the caller draws them sorted by base row."""
     span = c.h - st.horizon
     plan: list[tuple[float, Callable[[], None]]] = []
@@ -322,8 +354,10 @@ def _plan_objects(rng: np.random.Generator, c: Canvas, st: _Street
     for _ in range(int(rng.choice(5, p=[0.05, 0.3, 0.3, 0.2, 0.15]))):
         y = row(0.15, 0.9)
         d = float(st.depth(y))
-        x = float(st.edge_x(st.road_l, y) + (st.edge_x(st.road_r, y) - st.edge_x(st.road_l, y))
-                  * rng.uniform(0.15, 0.85))
+        x = float(
+            st.edge_x(st.road_l, y)
+            + (st.edge_x(st.road_r, y) - st.edge_x(st.road_l, y)) * rng.uniform(0.15, 0.85)
+        )
         plan.append((y, lambda x=x, y=y, d=d: _car(rng, c, x, y, d)))
     for _ in range(int(rng.choice(5, p=[0.2, 0.3, 0.25, 0.15, 0.1]))):
         y, left = row(0.15, 0.95), bool(rng.random() < 0.5)
@@ -337,13 +371,15 @@ def _plan_objects(rng: np.random.Generator, c: Canvas, st: _Street
     if rng.random() < 0.25:  # a sign fixed to a facade: signs are not always on poles
         y = st.horizon - c.h * rng.uniform(0.0, 0.08)
         x = c.w * (rng.uniform(0.03, 0.25) if rng.random() < 0.5 else rng.uniform(0.75, 0.97))
-        plan.append((st.horizon,
-                     lambda x=x, y=y: _sign(rng, c, x, y, c.w * rng.uniform(0.03, 0.05))))
+        plan.append(
+            (st.horizon, lambda x=x, y=y: _sign(rng, c, x, y, c.w * rng.uniform(0.03, 0.05)))
+        )
     return plan
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def render_scene(
+    rng: np.random.Generator, height: int, width: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Draw one street scene: (image HxWx3 uint8, mask HxW uint8 of class ids)."""
     c = Canvas(rng, height, width)
     st = _Street(rng, height, width)

@@ -1,0 +1,54 @@
+"""The run directory: one layout, refused in another format, untouched by a failed preflight."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from s4al_ray.config import ConfigError, load_config
+from s4al_ray.experiment import Experiment
+from s4al_ray.layout import RUN_FORMAT, RunLayout
+
+
+def _cfg(storage: str, data_root: str, *extra: str):
+    return load_config(
+        "configs/smoke.yaml",
+        [f"storage={storage}", "data.kind=folder", f"data.root={data_root}", "name=layout", *extra],
+    )
+
+
+def test_paths_are_under_the_run_dir():
+    layout = RunLayout("s3://bucket/runs/exp")
+    assert layout.checkpoint(3) == "s3://bucket/runs/exp/checkpoints/round_003.pt"
+    assert layout.teacher(0) == "s3://bucket/runs/exp/teacher/round_000"
+    assert layout.teacher_summary(0) == "s3://bucket/runs/exp/teacher/round_000.json"
+    assert layout.oracle_label("a b") == "s3://bucket/runs/exp/oracle/labels/a b.png"
+    assert RunLayout.of("runs", "x").run_dir == os.path.abspath(os.path.join("runs", "x"))
+
+
+def test_failed_preflight_writes_nothing_and_the_fixed_rerun_starts(tmp_path, smoke_data_root):
+    """A region larger than the images fails after the dataset is read; the corrected rerun
+    must not be refused as "a different config"."""
+    run_dir = tmp_path / "layout"
+    with pytest.raises(ConfigError, match="acquisition.region_size"):
+        Experiment(
+            _cfg(str(tmp_path), smoke_data_root, "acquisition.region_size=70"),
+            log=lambda line: None,
+        ).preflight()
+    assert not run_dir.exists() or not any(run_dir.rglob("*"))
+    experiment = Experiment(_cfg(str(tmp_path), smoke_data_root), log=lambda line: None)
+    experiment.preflight()
+    layout = experiment.layout
+    assert json.loads(open(layout.marker).read()) == {"format": RUN_FORMAT}
+    assert os.path.exists(layout.config)
+
+
+def test_run_of_another_format_is_refused_by_name(tmp_path, smoke_data_root):
+    layout = RunLayout(str(tmp_path / "layout"))
+    os.makedirs(layout.run_dir)
+    with open(layout.marker, "w") as handle:
+        json.dump({"format": RUN_FORMAT - 1}, handle)
+    with pytest.raises(ConfigError, match=r"incompatible s4al-ray .*use another name="):
+        Experiment(_cfg(str(tmp_path), smoke_data_root), log=lambda line: None).preflight()
