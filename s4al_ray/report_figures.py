@@ -85,7 +85,7 @@ def class_colors(data) -> list[tuple[int, int, int]]:
     return _fallback_palette(len(data.classes))
 
 
-def colorcolor_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
+def color_lut(colors: list[tuple[int, int, int]]) -> np.ndarray:
     """256 x 3 lookup: class id -> colour; ignore and unknown ids -> IGNORE_COLOR."""
     lut = np.tile(np.asarray(IGNORE_COLOR, np.uint8), (256, 1))
     lut[: len(colors)] = np.asarray(colors, np.uint8)

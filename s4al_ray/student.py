@@ -252,7 +252,7 @@ def make_optimizer(model: torch.nn.Module, train: TrainConfig) -> torch.optim.SG
     """SGD (Nesterov when there is momentum) over the model's parameter groups (heads at
     ``head_lr_mult``)."""
     return torch.optim.SGD(
-        model.parameter_groups(),
+        model.parameter_groups(train.head_lr_mult),
         lr=train.lr,
         momentum=train.momentum,
         weight_decay=train.weight_decay,

@@ -42,6 +42,7 @@ from s4al_ray.sweep_report import (
 )
 from s4al_ray.sweep_space import Spec, Sweep, load_sweep, plain_value
 from s4al_ray.sweep_trial import TrialPlan, run_trial
+from s4al_ray.yamlfile import load_yaml
 
 # The sweep's API, with what callers (the CLI, tests) import from here though it lives in
 # sweep_space (Spec, Sweep, load_sweep), and the Tune hooks of sweep_callbacks: a sweep
@@ -144,7 +145,7 @@ def _check_sweep_dir(sweep: Sweep) -> None:
     uri = storage.join(sweep.uri, SWEEP_FILE)
     now = _saved_spec(sweep)
     if storage.exists(uri):
-        saved = yaml.safe_load(storage.read_text(uri)) or {}
+        saved = load_yaml(storage.read_text(uri), uri) or {}
         flat_saved, flat_now = flatten(saved), flatten(now)
         changed = changed_keys(flat_saved, flat_now, _resumable)
         if changed:

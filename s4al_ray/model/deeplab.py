@@ -252,12 +252,13 @@ class DeepLabV3Plus(nn.Module):
             out["embedding"] = self.representation(fused)  # normalised by the loss, not here
         return out
 
-    def parameter_groups(self) -> list[dict]:
-        """Backbone at the base lr, the freshly initialised heads at 10x (S4AL+ code)."""
+    def parameter_groups(self, head_lr_mult: float = 10.0) -> list[dict]:
+        """Backbone at the base lr, the freshly initialised heads at ``head_lr_mult`` times it
+        (10 in the S4AL+ code; ``train.head_lr_mult``)."""
         head_params = [p for m in self.head_modules() for p in m.parameters()]
         return [
             {"params": list(self.backbone.parameters()), "lr_mult": 1.0, "name": "backbone"},
-            {"params": head_params, "lr_mult": 10.0, "name": "head"},
+            {"params": head_params, "lr_mult": head_lr_mult, "name": "head"},
         ]
 
 
