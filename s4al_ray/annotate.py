@@ -6,10 +6,11 @@ import sys
 
 import ray
 
-from s4al_ray.config import ExperimentConfig
+from s4al_ray.config import ConfigError, ExperimentConfig
 from s4al_ray.experiment import Experiment
 from s4al_ray.pool.actor import pool_snapshot
 from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
+from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import connect
 
 
@@ -21,6 +22,11 @@ def import_annotations(
     experiment = Experiment(cfg, log=log)
     experiment.preflight()
     experiment.resources = connect(cfg, address)
+    with hold_run_lock(experiment.layout, cfg.name):  # never beside a running driver
+        return _commit_answers(experiment, folder, log)
+
+
+def _commit_answers(experiment: Experiment, folder: str, log) -> dict:
     experiment.prepare()
     state = pool_snapshot(experiment.pool)
     round_index = pending_round(experiment.layout, state)
@@ -43,9 +49,12 @@ def annotate_command(cfg: ExperimentConfig, folder: str | None, address: str | N
     if not folder:
         print("error: annotate needs --import <folder of PNG masks>", file=sys.stderr)
         return 2
+    from s4al_ray.data.folder import DatasetError
+    from s4al_ray.storage import StorageError
+
     try:
         import_annotations(cfg, folder, address)
-    except AnnotationError as err:
+    except (AnnotationError, ConfigError, DatasetError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

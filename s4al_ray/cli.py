@@ -21,7 +21,8 @@ COMMANDS = {
     "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
     "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)",
 }
-REPO_CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+# configs/ of the checkout, linked as s4al_ray/configs; a wheel installs a copy there.
+BUNDLED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 EXAMPLES = (
     "examples:\n"
     "  python run.py                                  # default experiment, local Ray\n"
@@ -33,24 +34,16 @@ EXAMPLES = (
 )
 
 
-def bundled_configs() -> str:
-    """The configs shipped with the package (``configs/`` of the checkout, or the copy a wheel
-    installs as ``s4al_ray/configs``)."""
-    if os.path.isdir(REPO_CONFIGS):
-        return REPO_CONFIGS
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-
-
 def resolve_config(path: str | None) -> str | None:
     """``--config``: a file as given; else a bundled config of that name (``smoke``,
     ``configs/smoke.yaml`` from any directory); no ``--config``: the bundled default."""
     if path is None:
-        default = os.path.join(bundled_configs(), "default.yaml")
+        default = os.path.join(BUNDLED_CONFIGS, "default.yaml")
         return default if os.path.exists(default) else None
     if path.startswith("s3://") or os.path.exists(path):
         return path
     name = os.path.basename(path)
-    bundled = os.path.join(bundled_configs(), name if name.endswith(".yaml") else f"{name}.yaml")
+    bundled = os.path.join(BUNDLED_CONFIGS, name if name.endswith(".yaml") else f"{name}.yaml")
     return bundled if os.path.isfile(bundled) else path
 
 

@@ -49,6 +49,7 @@ from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
+from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student import StudentResult, fit_student
@@ -359,6 +360,11 @@ class Experiment:
     def run(self) -> list[dict]:
         if self.resources is None:
             self.resources = cluster_resources()
+        self.preflight()  # before the lock: a failed check leaves the run directory untouched
+        with hold_run_lock(self.layout, self.cfg.name):
+            return self._run_rounds()
+
+    def _run_rounds(self) -> list[dict]:
         self.prepare()
         for r in range(self.cfg.loop.rounds):
             done = self._load_record(r)

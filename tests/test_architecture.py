@@ -49,7 +49,13 @@ LAYERS = [
         "s4al_ray.mean_teacher",
     ),
     # the stages and what sizes them
-    ("s4al_ray.student", "s4al_ray.teacher", "s4al_ray.runtime", "s4al_ray.visual_report"),
+    (
+        "s4al_ray.student",
+        "s4al_ray.teacher",
+        "s4al_ray.runtime",
+        "s4al_ray.run_lock",
+        "s4al_ray.visual_report",
+    ),
     ("s4al_ray.jobs",),
     ("s4al_ray.experiment",),
     (

@@ -273,11 +273,13 @@ def test_folder_with_split_files(tmp_path):
     assert len(info.rows("train")) == 4
 
 
-def test_folder_without_split_files_saves_the_seeded_split(tmp_path):
+def test_folder_without_split_files_gets_one_split_for_every_seed(tmp_path):
+    """No split files: a fixed split made in memory (nothing written into the dataset), the
+    same for every experiment seed, so runs over seeds are scored on one val set."""
     root = str(tmp_path / "f")
     make_folder(root, count=10)
     first = load_dataset(_data_cfg("data.kind=folder", f"data.root={root}"), seed=3)
-    assert os.path.exists(f"{root}/splits/train.txt") and os.path.exists(f"{root}/splits/val.txt")
+    assert not os.path.exists(f"{root}/splits")
     later = load_dataset(_data_cfg("data.kind=folder", f"data.root={root}"), seed=99)
     assert later.rows("val") == first.rows("val") and len(first.rows("val")) == 2
 

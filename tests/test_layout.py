@@ -52,3 +52,31 @@ def test_run_of_another_format_is_refused_by_name(tmp_path, smoke_data_root):
         json.dump({"format": RUN_FORMAT - 1}, handle)
     with pytest.raises(ConfigError, match=r"incompatible s4al-ray .*use another name="):
         Experiment(_cfg(str(tmp_path), smoke_data_root), log=lambda line: None).preflight()
+
+
+def test_a_second_driver_on_the_same_experiment_is_refused(tmp_path):
+    from s4al_ray.run_lock import hold_run_lock
+
+    layout = RunLayout(str(tmp_path / "exp"))
+    with hold_run_lock(layout, "exp"):
+        with pytest.raises(
+            ConfigError,
+            match=r"another driver is running experiment 'exp' "
+            r"\(pid \d+ on .*\); wait for it to finish, or .*name=",
+        ):
+            with hold_run_lock(layout, "exp"):
+                pass
+    with hold_run_lock(layout, "exp"):  # released with its holder: the resume takes it
+        pass
+
+
+def test_a_second_driver_on_an_s3_experiment_is_refused(ray_session):
+    from s4al_ray.run_lock import hold_run_lock
+
+    layout = RunLayout("s3://bucket/runs/exp")
+    with hold_run_lock(layout, "s3-exp"):
+        with pytest.raises(ConfigError, match="another driver is running experiment 's3-exp'"):
+            with hold_run_lock(layout, "s3-exp"):
+                pass
+    with hold_run_lock(layout, "s3-exp"):
+        pass

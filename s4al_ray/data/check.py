@@ -6,12 +6,14 @@ either crashes the loss or is silently learned as something it is not. Each prob
 with the file to fix. Cost: one read of each image (size from its header; PNGs are checked to
 their last chunk with ``verify``, which needs no decoding; other formats are decoded) and one
 decode of each mask, which also gives the class pixel histogram. Samples are checked in threads,
-which overlap the reads (S3 especially) with Pillow's C code.
+which overlap the reads (S3 especially) with Pillow's C code; one sample's reading is
+:mod:`s4al_ray.data.check_files`. Besides errors, warnings list files that are read otherwise
+than stored (EXIF orientation applied, transparency dropped) and JPEG masks. A prepared copy's
+problems name its source file, the one to fix.
 """
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from collections import defaultdict
@@ -20,16 +22,12 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from PIL import Image
 
 from s4al_ray import storage
-from s4al_ray.data.folder import DatasetError
-from s4al_ray.data.io import decode_mask
+from s4al_ray.data.check_files import MAX_NAMED, check_sample, note_warnings, shown_name
+from s4al_ray.data.io import DatasetError
 from s4al_ray.data.manifest import DatasetInfo
 
-# Per kind of problem, how many files are named before the rest are only counted: a wholly
-# wrong dataset should give a readable report, not 3,000 lines.
-MAX_NAMED = 20
 # Error kinds in the order they are reported (the most basic first).
 ERROR_KINDS = (
     "manifest",
@@ -104,89 +102,6 @@ class CheckReport:
             f"{100 * self.ignored_pixels / max(total, 1):.1f}% of all pixels"
         )
         return lines
-
-
-@dataclass
-class _SampleResult:
-    problems: list[tuple[str, str]] = field(default_factory=list)  # (kind, message naming a file)
-    counts: np.ndarray | None = None  # bincount of mask values (after label_map), 256 bins
-
-
-def _check_image(uri: str) -> tuple[tuple[int, int] | None, tuple[str, str] | None]:
-    """((height, width), None) or (None, problem)."""
-    try:
-        data = storage.read_bytes(uri)
-    except FileNotFoundError:
-        return None, ("missing image", f"{uri}: image file is missing")
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            size = (img.height, img.width)
-            # PNG verify walks every chunk and its CRC without decoding: catches truncation
-            # cheaply. For JPEG and others verify checks little, so decode them instead.
-            if img.format == "PNG":
-                img.verify()
-            else:
-                img.load()
-    except Exception as err:  # noqa: BLE001 - Pillow raises many types for a bad file
-        return None, ("unreadable image", f"{uri}: unreadable or truncated image ({err})")
-    return size, None
-
-
-def _check_mask(row: dict, image_size: tuple[int, int] | None, info: DatasetInfo) -> _SampleResult:
-    uri = row["mask_uri"]
-    try:
-        mask = decode_mask(storage.read_bytes(uri))
-    except FileNotFoundError:
-        return _SampleResult(
-            [("missing mask", f"{uri}: mask is missing (image {row['image_uri']})")]
-        )
-    except Exception as err:  # noqa: BLE001
-        return _SampleResult([("unreadable mask", f"{uri}: unreadable or truncated mask ({err})")])
-    if info.label_map is not None:
-        mask = info.label_map[mask]
-    result = _SampleResult(counts=np.bincount(mask.ravel(), minlength=256))
-    if image_size is not None and mask.shape != image_size:
-        result.problems.append(
-            (
-                "size mismatch",
-                f"{uri}: mask is {_hw(mask.shape)} but image "
-                f"{row['image_uri']} is {_hw(image_size)}",
-            )
-        )
-    bad = [
-        v for v in np.flatnonzero(result.counts) if v >= info.num_classes and v != info.ignore_index
-    ]
-    if bad:
-        pixels = int(result.counts[bad].sum())
-        result.problems.append(
-            (
-                "label values",
-                f"{uri}: values {', '.join(map(str, bad))} ({pixels} px) are not class "
-                f"ids 0-{info.num_classes - 1} nor ignore {info.ignore_index}",
-            )
-        )
-    return result
-
-
-def _hw(shape: tuple[int, ...]) -> str:
-    return f"{shape[0]}x{shape[1]} (HxW)"
-
-
-def _check_sample(row: dict, info: DatasetInfo) -> _SampleResult:
-    size, problem = _check_image(row["image_uri"])
-    result = _check_mask(row, size, info)
-    if problem:
-        result.problems.insert(0, problem)
-    declared = (row["height"], row["width"])
-    if size is not None and size != declared:
-        # The pool's region grids and the crops are sized from the manifest, not the file.
-        result.problems.append(
-            (
-                "manifest",
-                f"{row['image_uri']}: image is {_hw(size)} but the manifest says {_hw(declared)}",
-            )
-        )
-    return result
 
 
 def _parent(uri: str) -> str:
@@ -315,7 +230,7 @@ def check_dataset(info: DatasetInfo, workers: int | None = None) -> CheckReport:
     problems += count_problems
     workers = workers or min(8, (os.cpu_count() or 1) + 2)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda r: _check_sample(r, info), rows))
+        results = list(pool.map(lambda r: check_sample(r, info), rows))
     totals = {s: np.zeros(256, dtype=np.int64) for s in report.split_counts}
     all_ignore = []
     for row, result in zip(rows, results):
@@ -323,14 +238,15 @@ def check_dataset(info: DatasetInfo, workers: int | None = None) -> CheckReport:
         if result.counts is not None:
             totals[row["split"]] += result.counts
             if result.counts[info.ignore_index] == result.counts.sum():
-                all_ignore.append(row["mask_uri"])
+                all_ignore.append(shown_name(info, row["mask_uri"]))
     k = info.num_classes
     report.split_histograms = {s: t[:k].copy() for s, t in totals.items()}
     overall = sum(totals.values(), np.zeros(256, dtype=np.int64))
     report.histogram = overall[:k].copy()
     report.ignored_pixels = int(overall[info.ignore_index])
     report.errors = _grouped(problems)
-    report.warnings = count_warnings + _class_warnings(report, all_ignore)
+    report.warnings = count_warnings + note_warnings(results)
+    report.warnings += _class_warnings(report, all_ignore)
     report.seconds = time.perf_counter() - t0
     return report
 

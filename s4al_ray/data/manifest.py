@@ -36,6 +36,9 @@ class DatasetInfo:
     label_map: np.ndarray | None = None
     # One RGB colour per class, the dataset's own palette for figures; None = it has none.
     colors: list[tuple[int, int, int]] | None = None
+    # Prepared copy -> the source file it was made from (s4al_ray/data/prepare.py), so the
+    # dataset check names the file to fix, not the copy; None = the files are the sources.
+    sources: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         # Palettes arrive as lists from YAML, JSON and module constants: one form for readers.
@@ -48,6 +51,10 @@ class DatasetInfo:
 
     def rows(self, split: str) -> list[dict]:
         return [r for r in self.manifest.to_pylist() if r["split"] == split]
+
+    def source_of(self, uri: str) -> str:
+        """The file to fix for ``uri``: its source when ``uri`` is a prepared copy."""
+        return (self.sources or {}).get(uri, uri)
 
 
 def make_manifest(rows: list[dict]) -> pa.Table:

@@ -15,12 +15,20 @@ to a run points at the mapped copies. Nothing downstream changes and nothing can
   original images, so nothing large is copied.
 
 The cache lives in ``<cache_dir>/<kind>_<H>x<W | native>-<hash of the source root>``, local or
-s3://. It is resumable: each file is written atomically, a rerun skips samples whose outputs
-exist, and ``prepared.json``, written last, marks a complete cache. From then on loading reads
-only the saved ``manifest.parquet`` (no listing, no header reads). The marker records the source,
-the size and a digest of the label table; a cache built differently is refused, never mixed. It
-also holds the classes and their colours, so a loaded cache needs nothing from the source.
-Finding the source's files is :mod:`s4al_ray.data.scan`.
+s3://; the source is only read. Each file is written atomically and ``prepared.json``, written
+last, marks a complete cache. The marker records the source, the size and a digest of the label
+table; a cache built differently is refused, never mixed. It also holds the classes and their
+colours.
+
+The cache is keyed by its sources. ``sources.json`` records, per sample, the source files and
+their stamps (size and mtime_ns), and a digest of the listings of every source folder (plus the
+root and ``splits/``: ``classes.yaml`` and the split files count too). A load lists those folders
+(one listing each, no header reads) and uses the cache only when nothing changed; otherwise the
+source is scanned again and only the samples whose files changed (or are new) are prepared
+again, so fixing one source file and rerunning fixes the cache. An interrupted build resumes the
+same way (the record is saved every few seconds). When the source is gone altogether, a
+complete cache is used as it is. Errors, and the dataset check (``DatasetInfo.sources``), name
+the source file, not the prepared copy. Finding the source's files is :mod:`s4al_ray.data.scan`.
 """
 
 from __future__ import annotations
@@ -37,17 +45,17 @@ from typing import Callable
 import numpy as np
 import pyarrow.parquet as pq
 import yaml
-from PIL import Image
 
 from s4al_ray import storage
-from s4al_ray.data.folder import DatasetError
-from s4al_ray.data.io import decode_image, decode_mask, encode_png
+from s4al_ray.data.io import ORIENTATION_NAMES, DatasetError
 from s4al_ray.data.manifest import DatasetInfo, make_manifest
-from s4al_ray.data.scan import io_workers
+from s4al_ray.data.prepare_sample import Done, delete, existing_outputs, prepare_sample
+from s4al_ray.data.scan import io_workers, parent, snapshot, snapshot_stamp
 
 CACHE_FORMAT = 1
 MARKER = "prepared.json"
 PARTIAL = "partial.json"
+SOURCES = "sources.json"
 PROGRESS_EVERY_S = 5.0
 Log = Callable[[str], None]
 
@@ -87,13 +95,6 @@ def spec_size(height: int, width: int) -> tuple[int, int] | None:
     return (height, width) if height and width else None
 
 
-@dataclass
-class _Done:
-    row: dict | None = None  # manifest row (URIs inside the cache relative to it)
-    error: str | None = None
-    skipped: bool = False
-
-
 def _read_json(uri: str) -> dict | None:
     return json.loads(storage.read_text(uri)) if storage.exists(uri) else None
 
@@ -117,87 +118,37 @@ def _resolve(out: str, uri: str) -> str:
     return uri if storage.is_s3(uri) or os.path.isabs(uri) else storage.join(out, uri)
 
 
-def _load_cache(out: str, marker: dict, spec: CacheSpec) -> DatasetInfo:
+def _load_cache(out: str, marker: dict, spec: CacheSpec, record: dict) -> DatasetInfo:
     table = pq.read_table(io.BytesIO(storage.read_bytes(storage.join(out, "manifest.parquet"))))
     rows = [
         {**r, "image_uri": _resolve(out, r["image_uri"]), "mask_uri": _resolve(out, r["mask_uri"])}
         for r in table.to_pylist()
     ]
+    sources = {}  # prepared copy -> its source, for messages that name the file to fix
+    for r in rows:
+        entry = record.get("samples", {}).get(r["sample_id"])
+        for column, key in (("image_uri", "image"), ("mask_uri", "mask")):
+            if entry and r[column] != entry[key]:
+                sources[r[column]] = entry[key]
     # A marker written before it recorded colours has none: the spec's palette, if any.
     colors = marker.get("colors", spec.colors)
     return DatasetInfo(
-        make_manifest(rows), list(marker["classes"]), int(marker["ignore_index"]), colors=colors
+        make_manifest(rows),
+        list(marker["classes"]),
+        int(marker["ignore_index"]),
+        colors=colors,
+        sources=sources or None,
     )
 
 
-def _existing(out: str) -> set[str]:
-    """Names already written (``images/x.png``, ``masks/x.png``): one listing, not a stat each."""
-    names = set()
-    for sub in ("images", "masks"):
-        uris = storage.list_files(storage.join(out, sub))
-        names |= {f"{sub}/{u.rsplit('/', 1)[-1]}" for u in uris}
-    return names
+def _source_dirs(spec: CacheSpec, rows: list[dict]) -> list[str]:
+    """The folders whose listings key the cache: every source file's, the root, splits/."""
+    folders = {parent(r[c]) for r in rows for c in ("image_uri", "mask_uri")}
+    return sorted(folders | {spec.source, storage.join(spec.source, "splits")})
 
 
-class _SampleError(Exception):
-    """A sample that cannot be prepared; the message names its files."""
-
-
-def _resized_image(uri: str, size: tuple[int, int], mask_shape: tuple[int, ...]) -> bytes:
-    """PNG bytes of the image at ``size``."""
-    data = storage.read_bytes(uri)
-    image = decode_image(data)
-    if image.shape[:2] != mask_shape:
-        raise _SampleError(
-            f"{uri}: image is {image.shape[0]}x{image.shape[1]} but its mask is "
-            f"{mask_shape[0]}x{mask_shape[1]} (HxW)"
-        )
-    if image.shape[:2] == size and data[:8] == b"\x89PNG\r\n\x1a\n":
-        return data  # already the right size and lossless: copy, do not re-encode
-    resized = Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR)
-    buffer = io.BytesIO()
-    resized.save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def _prepare_sample(row: dict, spec: CacheSpec, out: str, existing: set[str]) -> _Done:
-    sid = row["sample_id"]
-    image_name, mask_name = f"images/{sid}.png", f"masks/{sid}.png"
-    height, width = spec.size or (row["height"], row["width"])
-    image_rel = image_name if spec.size else row["image_uri"]
-    entry = {**row, "image_uri": image_rel, "mask_uri": mask_name, "height": height, "width": width}
-    if mask_name in existing and (not spec.size or image_name in existing):
-        return _Done(entry, skipped=True)
-    try:
-        raw = decode_mask(storage.read_bytes(row["mask_uri"]))
-        if spec.size:
-            image = _resized_image(row["image_uri"], spec.size, raw.shape)
-        elif raw.shape != (row["height"], row["width"]):
-            raise _SampleError(
-                f"{row['mask_uri']}: mask is {raw.shape[0]}x{raw.shape[1]} but "
-                f"image {row['image_uri']} is {row['height']}x{row['width']} (HxW)"
-            )
-    except _SampleError as err:
-        return _Done(error=str(err))
-    except Exception as err:  # noqa: BLE001 - any unreadable file becomes a named error
-        return _Done(error=f"{row['image_uri']} / {row['mask_uri']}: cannot read ({err})")
-    counts = np.bincount(raw.ravel(), minlength=256)
-    unknown = {
-        int(v): int(counts[v])
-        for v in np.flatnonzero(counts)
-        if spec.label_map is not None and int(v) not in spec.known_values
-    }
-    mask = spec.label_map[raw] if spec.label_map is not None else raw
-    if spec.size:
-        storage.write_bytes(storage.join(out, image_name), image)
-        mask = np.asarray(Image.fromarray(mask).resize((spec.size[1], spec.size[0]), Image.NEAREST))
-    storage.write_bytes(storage.join(out, mask_name), encode_png(mask))
-    if unknown:  # kept beside the cache so a resumed build still reports it
-        storage.write_text(
-            storage.join(out, "notes", f"{sid}.json"),
-            json.dumps({"mask_uri": row["mask_uri"], "values": unknown}),
-        )
-    return _Done(entry)
+def _digest(snap: dict) -> str:
+    return hashlib.sha1(json.dumps(snap, sort_keys=True).encode()).hexdigest()
 
 
 class _Progress:
@@ -208,7 +159,8 @@ class _Progress:
         self.start = self.last = time.perf_counter()
         self.done = self.skipped = 0
 
-    def step(self, result: _Done) -> None:
+    def step(self, result: Done) -> bool:
+        """Count ``result``; True when a line was logged (every few seconds, and at the end)."""
         self.done += 1
         self.skipped += result.skipped
         now = time.perf_counter()
@@ -222,6 +174,8 @@ class _Progress:
                 f"({100 * self.done / self.total:.0f}%, {self.skipped} already done), "
                 f"{rate:.1f}/s, ~{eta:.0f}s left"
             )
+            return True
+        return False
 
 
 def _ranges(values: list[int]) -> str:
@@ -235,22 +189,39 @@ def _ranges(values: list[int]) -> str:
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def _unknown_warnings(out: str, spec: CacheSpec) -> list[str]:
-    """Raw values outside the label table (set to ignore), from the per-sample notes."""
+def _note_warnings(out: str, spec: CacheSpec, sids: set[str]) -> list[str]:
+    """From the per-sample notes: raw values outside the label table (set to ignore), and
+    source images turned upright by their EXIF orientation."""
     pixels: dict[int, int] = {}
-    files = []
+    files, turned = [], []
     for uri in storage.list_files(storage.join(out, "notes"), ".json"):
+        if uri.rsplit("/", 1)[-1][: -len(".json")] not in sids:
+            continue  # a sample no longer in the source
         note = json.loads(storage.read_text(uri))
+        if "turn" in note:
+            turned.append(
+                f"{note['image_uri']} ({note['turn']}: {ORIENTATION_NAMES[note['turn']]})"
+            )
+        if "values" not in note:
+            continue
         files.append(note["mask_uri"])
         for value, count in note["values"].items():
             pixels[int(value)] = pixels.get(int(value), 0) + count
-    if not pixels:
-        return []
-    return [
-        f"{spec.value_name}s {_ranges(sorted(pixels))} are not in the {spec.kind} label table "
-        f"and were set to ignore: {sum(pixels.values())} px in {len(files)} masks, "
-        f"e.g. {files[0]}"
-    ]
+    warnings = []
+    if pixels:
+        warnings.append(
+            f"{spec.value_name}s {_ranges(sorted(pixels))} are not in the {spec.kind} label "
+            f"table and were set to ignore: {sum(pixels.values())} px in {len(files)} masks, "
+            f"e.g. {files[0]}"
+        )
+    if turned:
+        more = f" ... and {len(turned) - 20} more" if len(turned) > 20 else ""
+        warnings.append(
+            f"{len(turned)} source image(s) have an EXIF orientation other than 1 and were "
+            "prepared rotated, as viewers show them (check that their masks were drawn that "
+            f"way): {', '.join(turned[:20])}{more}"
+        )
+    return warnings
 
 
 def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict]) -> dict:
@@ -274,24 +245,58 @@ def _write_metadata(out: str, spec: CacheSpec, raw: DatasetInfo, rows: list[dict
         "colors": palette,
         "ignore_index": raw.ignore_index,
         "samples": len(rows),
-        "warnings": _unknown_warnings(out, spec),
+        "warnings": _note_warnings(out, spec, {r["sample_id"] for r in rows}),
     }
     storage.write_text(storage.join(out, MARKER), json.dumps(marker, indent=1))  # last
     return marker
 
 
-def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = print) -> DatasetInfo:
-    """Write (or finish writing) the cache of ``raw`` and return the dataset it holds."""
+def _stale(out: str, existing: set[str], sids: set[str]) -> None:
+    """Delete the outputs of samples that are no longer in the source."""
+    for name in existing:
+        if name.split("/", 1)[1][: -len(".png")] not in sids:
+            delete(storage.join(out, name))
+
+
+def build_cache(
+    raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = print, scan_key: str = ""
+) -> DatasetInfo:
+    """Write (or bring up to date) the cache of ``raw`` and return the dataset it holds; samples
+    whose outputs were made from their files as they are now are kept."""
     out = spec.path(cache_dir)
-    if _check_params(out, spec) is None:
-        storage.write_text(storage.join(out, PARTIAL), json.dumps({"params": spec.params()}))
-    existing = _existing(out)
+    _check_params(out, spec)  # refuses a cache built otherwise
+    storage.write_text(storage.join(out, PARTIAL), json.dumps({"params": spec.params()}))
+    delete(storage.join(out, MARKER))  # incomplete until this build is done
     rows = raw.manifest.to_pylist()
+    dirs = _source_dirs(spec, rows)
+    snap = snapshot(dirs)
+    stamps = {
+        r["sample_id"]: [snapshot_stamp(snap, r["image_uri"]), snapshot_stamp(snap, r["mask_uri"])]
+        for r in rows
+    }
+    previous = (_read_json(storage.join(out, SOURCES)) or {}).get("samples", {})
+    current = {sid for sid, stamp in stamps.items() if previous.get(sid, {}).get("stamps") == stamp}
+    existing = existing_outputs(out)
+    _stale(out, existing, set(stamps))
+    notes = {u.rsplit("/", 1)[-1][:-5] for u in storage.list_files(storage.join(out, "notes"))}
+    record: dict = {"samples": {}}
     progress = _Progress(log, f"{spec.kind} -> {out}", len(rows))
     with ThreadPoolExecutor(max_workers=io_workers()) as pool:
         results = []
-        for result in pool.map(lambda r: _prepare_sample(r, spec, out, existing), rows):
-            progress.step(result)
+        work = pool.map(
+            lambda r: prepare_sample(r, spec, out, existing, r["sample_id"] in current, notes),
+            rows,
+        )
+        for row, result in zip(rows, work):
+            if result.row is not None:
+                sid = row["sample_id"]
+                record["samples"][sid] = {
+                    "image": row["image_uri"],
+                    "mask": row["mask_uri"],
+                    "stamps": stamps[sid],
+                }
+            if progress.step(result):  # every few seconds: an interrupted build resumes
+                storage.write_text(storage.join(out, SOURCES), json.dumps(record))
             results.append(result)
     errors = [r.error for r in results if r.error]
     if errors:
@@ -300,24 +305,41 @@ def build_cache(raw: DatasetInfo, spec: CacheSpec, cache_dir: str, log: Log = pr
             f"{len(errors)} samples could not be prepared (fix them and rerun; "
             "finished samples are kept):\n  " + "\n  ".join(errors[:20]) + more
         )
+    record.update(key=scan_key, dirs=dirs, digest=_digest(snap))
+    storage.write_text(storage.join(out, SOURCES), json.dumps(record))
     marker = _write_metadata(out, spec, raw, [r.row for r in results])
     for warning in marker["warnings"]:
         log(f"[prepare] warning: {warning}")
-    if storage.exists(storage.join(out, PARTIAL)):  # the marker now says it all
-        partial_fs, partial_path = storage.filesystem(storage.join(out, PARTIAL))
-        partial_fs.delete_file(partial_path)
-    return _load_cache(out, marker, spec)
+    delete(storage.join(out, PARTIAL))  # the marker now says it all
+    return _load_cache(out, marker, spec, record)
 
 
 def load_prepared(
-    spec: CacheSpec, cache_dir: str, scan: Callable[[], DatasetInfo], log: Log = print
+    spec: CacheSpec,
+    cache_dir: str,
+    scan: Callable[[], DatasetInfo],
+    log: Log = print,
+    scan_key: str = "",
 ) -> DatasetInfo:
-    """The prepared dataset: from a complete cache, else scanned from the source and built."""
+    """The prepared dataset: from the cache when its sources are unchanged, else scanned from
+    the source and brought up to date. ``scan_key``: anything else the scan depends on (the seed
+    of a folder dataset's made-up split), kept with the cache."""
     out = spec.path(cache_dir)
     marker = _check_params(out, spec)
     if marker is not None:
-        return _load_cache(out, marker, spec)
-    return build_cache(scan(), spec, cache_dir, log)
+        record = _read_json(storage.join(out, SOURCES)) or {}
+        if not storage.is_dir(spec.source):
+            log(f"[prepare] {spec.source} not found: using the prepared copy {out} as it is")
+            return _load_cache(out, marker, spec, record)
+        if "digest" not in record:
+            log(f"[prepare] {out} records no source stamps (an older cache): updating it")
+        elif record.get("key", "") != scan_key or record["digest"] != _digest(
+            snapshot(record["dirs"])
+        ):
+            log(f"[prepare] the source changed since {out} was prepared: updating it")
+        else:
+            return _load_cache(out, marker, spec, record)
+    return build_cache(scan(), spec, cache_dir, log, scan_key)
 
 
 def cache_warnings(spec: CacheSpec, cache_dir: str) -> list[str]:

@@ -6,7 +6,8 @@ from typing import Callable
 
 from s4al_ray import storage
 from s4al_ray.config import DataConfig
-from s4al_ray.data.folder import DatasetError, load_folder_dataset
+from s4al_ray.data.folder import SPLIT_SEED, DatasetError, load_folder_dataset, split_key
+from s4al_ray.data.io import storage_problem
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.prepare import CacheSpec, load_prepared, spec_size
 
@@ -55,14 +56,27 @@ def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInf
         spec = cache_spec(data)
         if spec is not None:  # resized copy in the cache
             return load_prepared(
-                spec, data.cache_dir, lambda: load_folder_dataset(data.root, seed), log
+                spec,
+                data.cache_dir,
+                lambda: load_folder_dataset(data.root, SPLIT_SEED),
+                log,
+                scan_key=split_key(data.root, SPLIT_SEED),
             )
-        return load_folder_dataset(data.root, seed)
+        return load_folder_dataset(data.root, SPLIT_SEED)
     raise DatasetError(f"data.kind: unknown dataset kind {data.kind!r}")
 
 
 def load_dataset(data: DataConfig, seed: int, log: Callable[[str], None] = print) -> DatasetInfo:
-    info = _load(data, seed, log)
+    """The dataset ``data`` describes. Every problem, storage that cannot be reached included,
+    is a :class:`DatasetError` naming the file or URI and the fix."""
+    try:
+        info = _load(data, seed, log)
+    except OSError as err:  # storage: an endpoint down, a bucket missing, access denied
+        on_cache = storage.is_s3(data.cache_dir) and not storage.is_s3(data.root)
+        where, what = (
+            (data.cache_dir, "the prepared cache") if on_cache else (data.root, "the dataset")
+        )
+        raise storage_problem(where, err, what) from None
     # Every stage reads mask_uri values as class ids; a label table must have been applied
     # when the cache was written (s4al_ray/data/prepare.py), never left for them to apply.
     if info.label_map is not None:

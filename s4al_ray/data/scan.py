@@ -7,14 +7,12 @@ they are, label table attached; :mod:`s4al_ray.data.prepare` turns it into the p
 
 from __future__ import annotations
 
-import io
 import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
 import pyarrow.fs as pafs
-from PIL import Image
 
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.folder import DatasetError
@@ -43,22 +41,16 @@ def list_tree(uri: str, suffix: str) -> list[str]:
 
 
 def header_size(uri: str, head_bytes: int = 1 << 16) -> tuple[int, int]:
-    """(height, width) from the first bytes of the file: one small read, even on S3."""
-    fs, path = storage.filesystem(uri)
-    with fs.open_input_file(path) as handle:
-        head = handle.read(head_bytes)
-    try:
-        with Image.open(io.BytesIO(head)) as img:
-            return img.height, img.width
-    except (OSError, SyntaxError):  # a header past the first bytes (big EXIF): read it all
-        return image_size(uri)
+    """(height, width) as decoded, from the first bytes of the file: one small read, even on S3
+    (:func:`s4al_ray.data.io.image_size`; a DatasetError naming the file if unreadable)."""
+    return image_size(uri, head_bytes)
 
 
 def _size_or_error(uri: str) -> tuple[int, int] | str:
     try:
         return header_size(uri)
-    except Exception as err:  # noqa: BLE001 - Pillow raises many types for a bad header
-        return f"{uri} ({err})"
+    except DatasetError as err:  # names the file
+        return str(err)
 
 
 def io_workers() -> int:
@@ -100,6 +92,37 @@ def raw_dataset(
         sizes = list(pool.map(lambda r: _size_or_error(r["image_uri"]), rows))
     errors = [s for s in sizes if isinstance(s, str)]
     if errors:
-        raise DatasetError(f"{len(errors)} images are unreadable: " + "; ".join(errors[:10]))
+        raise DatasetError(
+            f"{len(errors)} images are unreadable (fix or remove them):\n  "
+            + "\n  ".join(errors[:10])
+        )
     full = [{**r, "height": h, "width": w} for r, (h, w) in zip(rows, sizes)]
     return DatasetInfo(make_manifest(full), list(classes), IGNORE_INDEX, label_map, colors)
+
+
+# -- Source stamps: what a prepared cache was made from (s4al_ray/data/prepare.py)
+
+
+def parent(uri: str) -> str:
+    return uri.rstrip("/").rsplit("/", 1)[0]
+
+
+def _dir_stamps(folder: str) -> dict[str, str]:
+    """``{file name: "size@mtime_ns"}`` of the files directly in ``folder``: one listing (the
+    same numbers as :func:`s4al_ray.storage.stamp`, without a request per file)."""
+    fs, path = storage.filesystem(folder)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return {}
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return {i.base_name: f"{i.size}@{i.mtime_ns}" for i in infos if i.type == pafs.FileType.File}
+
+
+def snapshot(folders: Sequence[str]) -> dict[str, dict[str, str]]:
+    """The stamps of every file in ``folders`` (not recursive), folder by folder."""
+    with ThreadPoolExecutor(max_workers=io_workers()) as pool:
+        return dict(zip(folders, pool.map(_dir_stamps, folders)))
+
+
+def snapshot_stamp(snap: dict[str, dict[str, str]], uri: str) -> str | None:
+    """``uri``'s stamp in ``snap``; None when it was not there."""
+    return snap.get(parent(uri), {}).get(uri.rstrip("/").rsplit("/", 1)[-1])
