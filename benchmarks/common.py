@@ -202,8 +202,7 @@ def background_load(count: int):
             proc.wait()
 
 
-# ---------------------------------------------------------------------------------------------
-# The project's own objects, built the way the round loop builds them
+# -- The project's own objects, built the way the round loop builds them
 
 
 @contextlib.contextmanager

@@ -32,8 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-# ---------------------------------------------------------------------------------------------
-# Memory of a process tree
+# -- Memory of a process tree
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -125,7 +124,9 @@ def run_default(overrides: list[str]) -> dict:
     match = re.search(r"Maximum resident set size \(kbytes\): (\d+)", output)
     if match:
         out["time_v_max_single_rss_mb"] = int(match.group(1)) / 1024
-    rounds_csv = os.path.join(storage, "default", "rounds.csv")
+    from s4al_ray.layout import RunLayout
+
+    rounds_csv = RunLayout.of(storage, "default").rounds_csv  # the default config's name
     if os.path.exists(rounds_csv):
         with open(rounds_csv) as handle:
             out["rounds"] = [
@@ -152,8 +153,7 @@ def run_default(overrides: list[str]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# Stages
+# -- Stages
 
 
 def _noop_loop(config: dict) -> None:

@@ -35,14 +35,17 @@ EXAMPLES = (
 
 
 def resolve_config(path: str | None) -> str | None:
-    """``--config``: a file as given; else a bundled config of that name (``smoke``,
-    ``configs/smoke.yaml`` from any directory); no ``--config``: the bundled default."""
+    """``--config``: a file as given; a bare name of a bundled config (``smoke``,
+    ``smoke.yaml``, ``configs/smoke.yaml``) from any directory; no ``--config``: the bundled
+    default. Any other path is used as given, so a mistyped path is reported, never swapped."""
     if path is None:
         default = os.path.join(BUNDLED_CONFIGS, "default.yaml")
         return default if os.path.exists(default) else None
     if path.startswith("s3://") or os.path.exists(path):
         return path
-    name = os.path.basename(path)
+    folder, name = os.path.split(os.path.normpath(path))
+    if folder not in ("", "configs"):
+        return path
     bundled = os.path.join(BUNDLED_CONFIGS, name if name.endswith(".yaml") else f"{name}.yaml")
     return bundled if os.path.isfile(bundled) else path
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import re
 import types
 import typing
 from typing import Any, Callable
-
-import yaml
 
 from s4al_ray.config_schema import (
     AcquisitionConfig,
@@ -31,7 +30,7 @@ from s4al_ray.config_schema import (
     TrainConfig,
     setting,
 )
-from s4al_ray.yamlfile import YamlError, load_yaml
+from s4al_ray.yamlfile import YamlError, dump_yaml, load_yaml
 
 __all__ = [
     "ConfigError",
@@ -76,6 +75,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: unsupported annotation {tp}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value} is not a finite number")
     if isinstance(value, bool) != (tp is bool) or not isinstance(value, tp):
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
     return value
@@ -129,7 +130,9 @@ def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     node = tree
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # missing, or a section left empty in the file (``train:``)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise ConfigError(f"override {dotted}: '{part}' is not a section")
         node = child
@@ -198,6 +201,8 @@ def read_yaml(path: str) -> dict:
         raise ConfigError(f"config file {path} not found") from err
     except OSError as err:
         raise ConfigError(f"config file {path} cannot be read: {err}") from err
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not a UTF-8 text (YAML) file") from None
     try:
         data = load_yaml(text, path)
     except YamlError as err:
@@ -208,9 +213,11 @@ def read_yaml(path: str) -> dict:
 
 
 def _origin(message: str, path: str | None, override_keys: list[str]) -> str:
-    """Where a failing key came from: the command line when an override set it (or a section
-    above it), else the config file."""
-    named = [k for k in override_keys if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)]
+    """Where a failing key came from: the command line when an override set a key the message
+    is about (hints such as "did you mean ..." or the list of valid keys do not count), else
+    the config file."""
+    subject = re.split(r"; (?:did you mean|valid keys)", message, maxsplit=1)[0]
+    named = [k for k in override_keys if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", subject)]
     if named:
         return " (command line: " + ", ".join(named) + ")"
     return f" (in {path})" if path else ""
@@ -243,7 +250,8 @@ def to_dict(cfg: Any) -> dict:
 
 
 def to_yaml(cfg: ExperimentConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML that :func:`load_config` reads back to the same values."""
+    return dump_yaml(to_dict(cfg))
 
 
 def _check_resize(data: DataConfig, region_size: int) -> None:
@@ -307,7 +315,8 @@ def validate(cfg: ExperimentConfig) -> None:
         if acq.region_size > min(syn.height, syn.width):
             raise ConfigError(
                 f"acquisition.region_size ({acq.region_size}) is larger than the image "
-                f"({syn.height}x{syn.width}); choose a region of at most "
+                f"(data.synthetic.height x data.synthetic.width = {syn.height}x{syn.width}); "
+                "choose a region of at most "
                 f"{min(syn.height, syn.width)} px"
             )
     if any(s <= 0 or s > 4 for s in cfg.teacher.scales) or not cfg.teacher.scales:

@@ -30,6 +30,10 @@ def _rows(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
         if meta.get("hi") is not None:
             limits.append(f"<= {meta['hi']}")
         doc = meta.get("doc", "")
+        if f"{prefix}{f.name}" == "acquisition.function":  # the registry is the list of choices
+            from s4al_ray.scores import SCORES
+
+            limits.append("one of " + ", ".join(SCORES))
         if limits:
             doc = f"{doc} [{'; '.join(limits)}]" if doc else f"[{'; '.join(limits)}]"
         type_name = getattr(tp, "__name__", None) or str(tp).replace("typing.", "")

@@ -173,8 +173,7 @@ class TeacherConfig:
 class AcquisitionConfig:
     function: str = setting(
         "entropy",
-        doc="region score: a key of the registry in scores.py "
-        "(entropy, class_weighted_entropy, margin, random)",
+        doc="region score: a key of the score registry (s4al_ray/scores.py)",
     )
     region_size: int = setting(20, lo=1, doc="side of a square region in pixels")
     mode: str = setting(

@@ -31,13 +31,13 @@ from s4al_ray.config import (
     to_yaml,
 )
 from s4al_ray.data.check import require_clean
-from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.evaluate import iou_per_class, mean_iou, pixel_accuracy
 from s4al_ray.jobs import (
     TeacherSummary,
     acquisition_budget,
+    initial_pool_state,
     student_job,
     summarize_teacher,
     teacher_job,
@@ -46,7 +46,6 @@ from s4al_ray.jobs import (
 from s4al_ray.layout import RUN_FORMAT, RunLayout
 from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
 from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
-from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
 from s4al_ray.run_lock import hold_run_lock
@@ -102,7 +101,10 @@ class Experiment:
         marker = self.layout.marker
         if not storage.exists(marker):
             return
-        fmt = json.loads(storage.read_text(marker)).get("format")
+        try:
+            fmt = json.loads(storage.read_text(marker)).get("format")
+        except (ValueError, AttributeError):
+            fmt = "unreadable"
         if fmt != RUN_FORMAT:
             raise ConfigError(
                 f"{self.run_dir} was written by an incompatible s4al-ray "
@@ -117,29 +119,6 @@ class Experiment:
                 f"{self.run_dir} holds a run with a different config ({detail}). Resume it "
                 "with the same settings, or start a new experiment with name=<new name>"
             )
-
-    def _initial_state(self) -> PoolState:
-        train = self.data.rows("train")
-        rng = np.random.default_rng(self.cfg.seed)
-        count = int(round(self.cfg.data.initial_labeled_frac * len(train)))
-        # At least one labeled image; all of them only when asked (the fully supervised reference).
-        count = (
-            max(count, 1)
-            if self.cfg.data.initial_labeled_frac >= 1.0
-            else min(max(count, 1), len(train) - 1)
-        )
-        labeled = sorted(train[i]["sample_id"] for i in rng.permutation(len(train))[:count])
-        by_id = {r["sample_id"]: r for r in train}
-        counts = sum(
-            class_histogram(load_mask(by_id[s]["mask_uri"]), self.data.num_classes) for s in labeled
-        )
-        return PoolState(
-            region_size=self.cfg.acquisition.region_size,
-            num_classes=self.data.num_classes,
-            sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
-            labeled=labeled,
-            initial_class_pixels=np.asarray(counts).tolist(),
-        )
 
     def preflight(self, record: bool = True) -> None:
         """Everything that can fail on bad input, before any Ray work: storage reachable and
@@ -167,7 +146,9 @@ class Experiment:
         self.preflight()
         check_fits(self.cfg, self.resources)
         masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
-        self.pool = get_pool_actor(self.cfg.name, self.layout, self._initial_state(), masks)
+        self.pool = get_pool_actor(
+            self.cfg.name, self.layout, initial_pool_state(self.cfg, self.data), masks
+        )
         state = pool_snapshot(self.pool)
         if self._teacher_tasks() and self.cfg.loop.rounds > 1:
             warm_task_workers(teacher_actors(self.cfg, self.resources))
@@ -331,6 +312,13 @@ class Experiment:
         self.log(f"[round {r}] {eta_line(records, self.cfg.loop.rounds, elapsed)}")
 
     # -- the loop
+    def _ended_early(self, record: dict) -> bool:
+        """A round recorded as the last one (no teacher pass, nothing acquired) that is no
+        longer last: ``loop.rounds`` was raised on resume. Its student is reused."""
+        r = int(record["round"])
+        last = r == self.cfg.loop.rounds - 1
+        return not last and "teacher/kept_frac" not in record and record["pool/labeled_frac"] < 1
+
     def _load_record(self, r: int) -> dict | None:
         """A finished round's record; a damaged one means the round is redone (idempotently)."""
         uri = self.layout.record(r)
@@ -368,6 +356,12 @@ class Experiment:
         self.prepare()
         for r in range(self.cfg.loop.rounds):
             done = self._load_record(r)
+            if done is not None and self._ended_early(done):
+                self.log(
+                    f"[round {r}] was the last round of the earlier run; loop.rounds is now "
+                    f"{self.cfg.loop.rounds}, so it runs its teacher and acquisition"
+                )
+                done = None
             if done is not None:
                 self.records.append(done)
                 self.log(f"[round {r}] already done (record found), skipped")

@@ -11,12 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+import numpy as np
+
 from s4al_ray import storage
 from s4al_ray.acquisition import inverse_frequency_weights
 from s4al_ray.config import ExperimentConfig
+from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.training import repeat_factors
 from s4al_ray.layout import RunLayout
+from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import class_thresholds, kept_fraction
 from s4al_ray.scores import get_score
@@ -189,4 +193,29 @@ def acquisition_budget(cfg: ExperimentConfig, state: PoolState) -> int:
     acq = cfg.acquisition
     return max(
         min(int(acq.round_budget * total), int(acq.total_budget * total) - state.labeled_pixels), 0
+    )
+
+
+def initial_pool_state(cfg: ExperimentConfig, data: DatasetInfo) -> PoolState:
+    """Round 0's pool: ``data.initial_labeled_frac`` of the train images fully labeled, drawn
+    with the experiment seed, and their class pixels counted from the ground truth."""
+    train = data.rows("train")
+    rng = np.random.default_rng(cfg.seed)
+    count = int(round(cfg.data.initial_labeled_frac * len(train)))
+    # At least one labeled image; all of them only when asked (the fully supervised reference).
+    if cfg.data.initial_labeled_frac >= 1.0:
+        count = max(count, 1)
+    else:
+        count = min(max(count, 1), len(train) - 1)
+    labeled = sorted(train[i]["sample_id"] for i in rng.permutation(len(train))[:count])
+    by_id = {r["sample_id"]: r for r in train}
+    counts = sum(
+        class_histogram(load_mask(by_id[s]["mask_uri"]), data.num_classes) for s in labeled
+    )
+    return PoolState(
+        region_size=cfg.acquisition.region_size,
+        num_classes=data.num_classes,
+        sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
+        labeled=labeled,
+        initial_class_pixels=np.asarray(counts).tolist(),
     )

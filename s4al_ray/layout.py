@@ -15,6 +15,7 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from s4al_ray import storage
@@ -105,6 +106,12 @@ class RunLayout:
     def examples_figure(r: int) -> str:
         """The file name (inside ``report_dir``) of round ``r``'s examples grid."""
         return f"examples_{_round(r)}.png"
+
+    @staticmethod
+    def examples_round(file_name: str) -> int | None:
+        """The round of an examples-grid file name, None for any other file."""
+        match = re.fullmatch(r"examples_round_(\d+)\.png", file_name)
+        return int(match.group(1)) if match else None
 
     # -- scratch space (benchmarks)
     def scratch(self, *parts: str) -> str:

@@ -68,7 +68,14 @@ def connect(
         "configure_logging": True,
     }
     if target:
-        context = ray.init(address=target, **kwargs)
+        try:
+            context = ray.init(address=target, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as err:
+            raise ConfigError(
+                f"cannot join the Ray cluster at {target!r} ({str(err).strip()[:200]}); start "
+                "it (ray start --head), or drop --address / RAY_ADDRESS / ray.address to run "
+                "on a new local Ray"
+            ) from None
     else:
         # Ray starts workers at nice 15, so on a shared machine they starve behind every ordinary
         # process (the driver included). RAY_worker_niceness in the environment wins.
@@ -159,7 +166,9 @@ def planned_resources(cfg: ExperimentConfig, address: str | None = None) -> Clus
     import torch
 
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return ClusterResources(cpus=cfg.ray.num_cpus or os.cpu_count() or 1, gpus=gpus)
+    # The CPUs this process may use (affinity, as a container limits it), as Ray would count.
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return ClusterResources(cpus=cfg.ray.num_cpus or usable or 1, gpus=gpus)
 
 
 def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:

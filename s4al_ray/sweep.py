@@ -21,7 +21,6 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-import yaml
 from ray import tune
 
 from s4al_ray import storage
@@ -42,7 +41,7 @@ from s4al_ray.sweep_report import (
 )
 from s4al_ray.sweep_space import Spec, Sweep, load_sweep, plain_value
 from s4al_ray.sweep_trial import TrialPlan, run_trial
-from s4al_ray.yamlfile import load_yaml
+from s4al_ray.yamlfile import YamlError, dump_yaml, load_yaml
 
 # The sweep's API, with what callers (the CLI, tests) import from here though it lives in
 # sweep_space (Spec, Sweep, load_sweep), and the Tune hooks of sweep_callbacks: a sweep
@@ -145,7 +144,12 @@ def _check_sweep_dir(sweep: Sweep) -> None:
     uri = storage.join(sweep.uri, SWEEP_FILE)
     now = _saved_spec(sweep)
     if storage.exists(uri):
-        saved = load_yaml(storage.read_text(uri), uri) or {}
+        try:
+            saved = load_yaml(storage.read_text(uri), uri) or {}
+        except YamlError as err:
+            raise ConfigError(
+                f"{err}; this sweep directory is damaged: use another name="
+            ) from None
         flat_saved, flat_now = flatten(saved), flatten(now)
         changed = changed_keys(flat_saved, flat_now, _resumable)
         if changed:
@@ -157,7 +161,7 @@ def _check_sweep_dir(sweep: Sweep) -> None:
                 "the same file to resume, or choose another name="
             )
         return
-    storage.write_text(uri, yaml.safe_dump(now, sort_keys=False))
+    storage.write_text(uri, dump_yaml(now))
 
 
 def _build_tuner(sweep: Sweep, trainable: Any, concurrency: int, log: Callable[[str], None]):

@@ -110,12 +110,11 @@ def build_html(
     if figures:
         parts += ["<h2>Curves</h2>", *figures]
     examples = sorted(
-        (n for n in present if n.startswith("examples_round_") and n.endswith(".png")), reverse=True
+        ((r, n) for n in present if (r := RunLayout.examples_round(n)) is not None), reverse=True
     )
     if examples:
         parts.append("<h2>Example pool images</h2>")
-        for file_name in examples:
-            r = int(file_name[len("examples_round_") : -len(".png")])
+        for r, file_name in examples:
             parts.append(
                 _figure_html(
                     file_name,

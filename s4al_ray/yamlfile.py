@@ -43,16 +43,24 @@ for first in "-+0123456789.":
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
+    # Only the mapping's own keys: a key that overrides one merged in with ``<<: *anchor`` is
+    # the point of the merge, not a duplicate.
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
         line = key_node.start_mark.line + 1
-        if key in seen:
+        try:
+            first = seen.get(key)
+        except TypeError:  # an unhashable key: construct_mapping reports it
+            continue
+        if first is not None:
             raise YamlError(
-                f"line {line}: duplicate key '{key}' (first at line {seen[key]}); keep one of them"
+                f"line {line}: duplicate key '{key}' (first at line {first}); keep one of them"
             )
         seen[key] = line
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 
@@ -68,3 +76,22 @@ def load_yaml(text: str, where: str = "") -> Any:
         raise YamlError(f"{prefix}{err}") from None
     except yaml.YAMLError as err:
         raise YamlError(f"{prefix}not valid YAML: {err}") from None
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+# Strings that this loader would read as floats (``"1e3"``) must be written quoted.
+_Dumper.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()
+}
+for first in "-+0123456789.":
+    _Dumper.yaml_implicit_resolvers.setdefault(first, []).insert(
+        0, ("tag:yaml.org,2002:float", _FLOAT)
+    )
+
+
+def dump_yaml(data: Any) -> str:
+    """YAML that :func:`load_yaml` reads back to the same values (keys in their order)."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False)

@@ -100,3 +100,20 @@ def test_mean_teacher_baseline_runs_on_the_same_path(ray_session, smoke_data_roo
     assert [r["round"] for r in records] == [0, 1]
     metrics = json.load(open(os.path.join(tmp_path, "mt", "checkpoints", "round_001.json")))
     assert metrics["train/loss_unsup"] >= 0.0  # round 1 trained on teacher-labeled pool batches
+
+
+def test_more_rounds_on_resume_reopen_the_last_one(smoke_run):
+    """The earlier last round ran no teacher and acquired nothing: with loop.rounds raised it
+    runs them (reusing its student), so the new round trains on more labels."""
+    from dataclasses import replace
+
+    cfg, run_dir, records, _, _ = smoke_run
+    lines: list[str] = []
+    more = replace(cfg, loop=replace(cfg.loop, rounds=3))
+    again = Experiment(more, resources(), log=lines.append).run()
+    assert [r["round"] for r in again] == [0, 1, 2]
+    assert any("round 1] was the last round of the earlier run" in line for line in lines)
+    assert any("round 1] train   reusing the finished student" in line for line in lines)
+    assert again[1]["val/miou"] == records[1]["val/miou"]
+    assert again[1]["pool/acquired_pixels"] > 0
+    assert again[2]["pool/labeled_pixels"] > again[1]["pool/labeled_pixels"]

@@ -36,6 +36,7 @@ import yaml
 from PIL import Image
 
 from s4al_ray import IGNORE_INDEX
+from s4al_ray.data.io import DatasetError
 from s4al_ray.data.synthetic.classes import SYNTHETIC_CLASSES, SYNTHETIC_COLORS
 from s4al_ray.data.synthetic.scene import render_scene
 
@@ -111,7 +112,7 @@ def _check_existing(root: str, params: dict[str, Any]) -> bool:
             found = json.load(f)
         if found == params:
             return True
-        raise ValueError(
+        raise DatasetError(
             f"{root} already holds a synthetic dataset generated with different parameters "
             f"({found} != {params}); delete that directory or choose another data.root."
         )
@@ -120,7 +121,7 @@ def _check_existing(root: str, params: dict[str, Any]) -> bool:
     if os.path.exists(os.path.join(root, "classes.yaml")) and not os.path.exists(
         os.path.join(root, PARTIAL_FILE)
     ):
-        raise ValueError(
+        raise DatasetError(
             f"{root} holds a dataset that was not generated here (classes.yaml but no "
             f"{MARKER_FILE}); delete that directory or choose another data.root."
         )
