@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Callable
 
 if TYPE_CHECKING:
+    from s4al_ray.acquisition import Candidates
     from s4al_ray.jobs import TeacherSummary
     from s4al_ray.pool.state import PoolState
     from s4al_ray.student import StudentJob
@@ -285,7 +286,7 @@ class TeacherCall:
     job: TeacherJob
     rows: list[dict]
     output_uri: str
-    scores: dict  # sample_id -> region scores (what acquisition selects from)
+    candidates: Candidates  # the blocks' acquisition candidates (what selection ranks)
     summary: TeacherSummary
 
 
@@ -302,7 +303,9 @@ def teacher_call(exp, round_index: int, state: PoolState, checkpoint: str) -> Te
     )
     rows = teacher_rows(exp.data, state)
     result = exp.teach(round_index, state, checkpoint)
-    return TeacherCall(job, rows, exp.layout.teacher(round_index), result.scores, result.summary)
+    return TeacherCall(
+        job, rows, exp.layout.teacher(round_index), result.candidates, result.summary
+    )
 
 
 def round1_setup(exp, checkpoint: str | None = None) -> dict:
@@ -316,7 +319,7 @@ def round1_setup(exp, checkpoint: str | None = None) -> dict:
     checkpoint = checkpoint or save_untrained_checkpoint(exp, 0)
     state0 = current_state(exp, 0)
     teacher = teacher_call(exp, 0, state0, checkpoint)
-    exp.acquire(0, state0, teacher.scores)
+    exp.acquire(0, state0, teacher.candidates)
     job = student_job(exp.cfg, exp.data, current_state(exp, 1), exp.layout, 1, teacher.summary)
     return {"job": job, "teacher": teacher, "checkpoint": checkpoint}
 
@@ -335,6 +338,7 @@ def plain_epoch(job: StudentJob, model_out: list | None = None) -> dict:
 
     import torch
 
+    from s4al_ray.data.train_inputs import read_train_inputs
     from s4al_ray.evaluate import evaluate_items
     from s4al_ray.mean_teacher import make_ema_teacher
     from s4al_ray.student import (
@@ -362,7 +366,7 @@ def plain_epoch(job: StudentJob, model_out: list | None = None) -> dict:
     ema = make_ema_teacher(model, train, sets.pool is not None)
     losses, _ = train_epoch(model, optimizer, job, epoch, streams, device, ema)
     t2 = time.perf_counter()
-    evaluate_items(model, job.val_items, job.num_classes, device)
+    evaluate_items(model, read_train_inputs(job.inputs_uri, "val"), job.num_classes, device)
     t3 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="s4al-bench-ckpt-") as directory:
         torch.save(

@@ -271,9 +271,12 @@ def main(argv=None) -> int:
         )
     )
     t0 = time.perf_counter()
+    from s4al_ray.data.train_inputs import read_train_inputs
     from s4al_ray.data.training import read_pseudo_labels
 
-    read_pseudo_labels(job.pseudo_uri, {i["sample_id"] for i in job.pool_items})
+    read_pseudo_labels(
+        job.pseudo_uri, {i["sample_id"] for i in read_train_inputs(job.inputs_uri, "pool")}
+    )
     print(f"\nread_pseudo_labels (whole round's parquet): {time.perf_counter() - t0:.3f}s")
     train = job.train
     step_images = train.labeled_batch + train.pseudo_batch

@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     per_step = train.labeled_batch + train.pseudo_batch
     print(
         f"round-1 batches: {train.labeled_batch} labeled + {train.pseudo_batch} pseudo-labeled "
-        f"images per worker per step, crop {job.crop}, {len(job.labeled_items)} labeled / "
-        f"{len(job.pool_items)} pool images; {steps} steps, {repeat} repeat(s)"
+        f"images per worker per step, crop {job.crop}, {job.num_labeled} labeled / "
+        f"{job.num_pool} pool images; {steps} steps, {repeat} repeat(s)"
     )
     counter = iter(range(10**6))
 

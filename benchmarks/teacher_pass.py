@@ -1,8 +1,9 @@
 """Teacher pass: Ray Data ``run_teacher`` against a plain PyTorch loop doing the same work.
 
-Both sides read the pool images, predict them with ``TeacherPredictor`` (the Ray side in an actor
-pool, the plain side in this process), encode the label/confidence PNGs, region scores and
-histograms, and write the same pseudo-label parquet. Images/s include reading and writing, and
+Both sides run the teacher's three stages (``teacher_stages.py``: read + decode, the model,
+post-process: label/confidence PNGs, region scores, histograms, acquisition candidates) and write
+the same pseudo-label parquet: the Ray side as the streaming pipeline, the plain side in turn in
+this process. Images/s include reading and writing, and
 each pass pays its own model load (as every round does). Also: 1 actor x 2 CPUs against 2 actors x
 1 CPU, and the model's raw forward throughput on random tensors (the ceiling).
 
@@ -26,26 +27,27 @@ from dataclasses import replace
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def plain_teacher(rows: list[dict], job, output_uri: str) -> None:
     """The same work as ``run_teacher`` without Ray: one process, ``job.cpus_per_worker``
-    threads, batches of ``job.batch_size``."""
+    threads, batches of ``job.batch_size``, the same three stages in turn."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from s4al_ray import storage
-    from s4al_ray.teacher import TeacherPredictor, size_groups
+    from s4al_ray.teacher import size_groups
+    from s4al_ray.teacher_stages import TeacherModel, predict_rows
 
     storage.delete_dir(output_uri)
     fs, path = storage.filesystem(output_uri)
-    predictor = TeacherPredictor(job)  # model build + checkpoint load, as each actor does
+    model = TeacherModel(job)  # model build + checkpoint load, as each actor does
     batch_size = job.batch_size
     for index, subset in enumerate(size_groups(rows)):
         tables = []
         for start in range(0, len(subset), batch_size):
-            chunk = subset[start : start + batch_size]
-            tables.append(predictor({key: [r[key] for r in chunk] for key in chunk[0]}))
+            tables.append(predict_rows(model, subset[start : start + batch_size], job))
         fs.create_dir(f"{path}/size_{index:02d}", recursive=True)
         pq.write_table(
             pa.concat_tables(tables), f"{path}/size_{index:02d}/part-00000.parquet", filesystem=fs
@@ -53,38 +55,39 @@ def plain_teacher(rows: list[dict], job, output_uri: str) -> None:
 
 
 def breakdown(rows: list[dict], job) -> dict:
-    """Seconds per image of each part of a teacher batch, in this process (threads as the job)."""
+    """Seconds per image of each stage of a teacher batch, in this process (threads as the job)."""
     import io
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import torch
 
-    from s4al_ray.data.io import load_image
-    from s4al_ray.data.training import image_tensor
-    from s4al_ray.teacher import OUTPUT_SCHEMA, TeacherPredictor, predict_probs
+    from s4al_ray.teacher_stages import TeacherModel, decode_images, summarize_batch
 
     t0 = time.perf_counter()
-    predictor = TeacherPredictor(job)
+    model = TeacherModel(job)
     init_s = time.perf_counter() - t0
     batch_size = job.batch_size
-    parts = {"read+decode": 0.0, "forward": 0.0, "emit (PNGs, scores, hist)": 0.0}
+    parts = {
+        "read+decode": 0.0,
+        "model (forward, score)": 0.0,
+        "post-process (PNGs, region scores, hist, candidates)": 0.0,
+    }
     tables = []
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
+        batch = {k: np.asarray([r[k] for r in chunk]) for k in chunk[0] if k != "acquired"}
+        batch["acquired"] = np.empty(len(chunk), dtype=object)
+        batch["acquired"][:] = [list(r["acquired"]) for r in chunk]
         t0 = time.perf_counter()
-        images = torch.stack([image_tensor(load_image(r["image_uri"])) for r in chunk])
+        decoded = decode_images(batch)
         t1 = time.perf_counter()
-        probs = predict_probs(predictor.model, images, job.scales, job.flip)
+        predicted = model(decoded)
         t2 = time.perf_counter()
-        out = {name: [] for name in OUTPUT_SCHEMA.names}
-        for row, p in zip(chunk, probs):
-            predictor.emit(row, p, out)
-        tables.append(pa.table(out, schema=OUTPUT_SCHEMA))
+        tables.append(summarize_batch(predicted, job))
         t3 = time.perf_counter()
         parts["read+decode"] += t1 - t0
-        parts["forward"] += t2 - t1
-        parts["emit (PNGs, scores, hist)"] += t3 - t2
+        parts["model (forward, score)"] += t2 - t1
+        parts["post-process (PNGs, region scores, hist, candidates)"] += t3 - t2
     t0 = time.perf_counter()
     pq.write_table(pa.concat_tables(tables), io.BytesIO())
     parts["parquet write"] = time.perf_counter() - t0
@@ -136,7 +139,8 @@ def main(argv=None) -> int:
     common.header("Teacher pass: Ray Data vs plain PyTorch", args.quick)
     import torch
 
-    from s4al_ray.teacher import TeacherPredictor, run_teacher
+    from s4al_ray.teacher import run_teacher
+    from s4al_ray.teacher_stages import TeacherModel
 
     cfg = common.bench_config(args.overrides, name="bench-teacher")
     res, init_s = common.connect(cfg)
@@ -202,7 +206,7 @@ def main(argv=None) -> int:
     same = compare_outputs(out("ray_n"), out("plain_n"))
 
     # The ceiling: the model alone on random tensors, same process, same batch.
-    model = TeacherPredictor(one).model
+    model = TeacherModel(one).model
     shape = (rows[0]["height"], rows[0]["width"])
     batches = 2 if args.quick else 6
     ceiling = common.Samples("forward")

@@ -7,6 +7,9 @@ ranking sees every region at once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 
 from s4al_ray.regions import RegionGrid
@@ -31,16 +34,55 @@ def inverse_frequency_weights(class_pixels: list[int] | np.ndarray) -> np.ndarra
     return weights / weights.mean()
 
 
-def _candidates(
+@dataclass(frozen=True)
+class Candidates:
+    """Regions that may be acquired, one entry per region: what a teacher block hands the
+    driver, and what the driver ranks."""
+
+    sample_id: np.ndarray  # str
+    region: np.ndarray  # int
+    score: np.ndarray  # float32
+    area: np.ndarray  # int64, the region's true pixel count
+
+    @staticmethod
+    def empty() -> "Candidates":
+        return Candidates(
+            np.empty(0, dtype=object),
+            np.empty(0, np.int64),
+            np.empty(0, np.float32),
+            np.empty(0, np.int64),
+        )
+
+    def __len__(self) -> int:
+        return int(self.region.size)
+
+    def take(self, index: np.ndarray) -> "Candidates":
+        return Candidates(
+            self.sample_id[index], self.region[index], self.score[index], self.area[index]
+        )
+
+    @staticmethod
+    def concat(parts: Sequence["Candidates"]) -> "Candidates":
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            return Candidates.empty()
+        return Candidates(
+            *(
+                np.concatenate([getattr(p, f) for p in parts])
+                for f in ("sample_id", "region", "score", "area")
+            )
+        )
+
+
+def _allowed_regions(
     scores: dict[str, np.ndarray],
     acquired: dict[str, list[int]],
     grids: dict[str, RegionGrid],
     exclude_border: bool,
-):
-    """Flat arrays (score, image index, region, area) of every region that may be acquired."""
-    ids = sorted(scores)
+) -> Candidates:
+    """Every region of these images that may still be acquired."""
     parts = []
-    for i, sample_id in enumerate(ids):
+    for sample_id in sorted(scores):
         grid = grids[sample_id]
         allowed = np.ones(grid.num_regions, dtype=bool)
         allowed[list(acquired.get(sample_id, []))] = False
@@ -48,12 +90,93 @@ def _candidates(
             allowed[grid.border_regions()] = False
         regions = np.flatnonzero(allowed)
         parts.append(
-            (scores[sample_id][regions], np.full(regions.size, i), regions, grid.areas[regions])
+            Candidates(
+                np.full(regions.size, sample_id, dtype=object),
+                regions,
+                np.asarray(scores[sample_id], np.float32)[regions],
+                grid.areas[regions].astype(np.int64),
+            )
         )
-    if not parts:
-        return ids, np.empty(0), np.empty(0, int), np.empty(0, int), np.empty(0, int)
-    score, image, region, area = (np.concatenate(x) for x in zip(*parts))
-    return ids, score, image, region, area
+    return Candidates.concat(parts)
+
+
+def _ranked(c: Candidates, mode: str, top_k: int) -> np.ndarray:
+    """Indices of ``c`` in selection order: descending score, ties by sample id, then region
+    (deterministic); ``topk`` keeps only each image's ``top_k`` best."""
+    order = np.lexsort((c.region, c.sample_id.astype(str), -c.score))
+    if mode == "topk":
+        ids = c.sample_id[order].astype(str)
+        # rank of each entry within its image, in selection order
+        first = {}
+        rank = np.empty(order.size, dtype=np.int64)
+        for pos, sid in enumerate(ids):
+            rank[pos] = first.get(sid, 0)
+            first[sid] = rank[pos] + 1
+        order = order[rank < top_k]
+    elif mode != "budget":
+        raise ValueError(f"unknown acquisition mode {mode!r}; budget or topk")
+    return order
+
+
+def _could_be_chosen(area: np.ndarray, budget: int) -> np.ndarray:
+    """Which regions, taken in this (selection) order, the greedy fill of ``budget`` could still
+    choose whatever other blocks hold: a superset of what it chooses, usually a short prefix.
+
+    Once a prefix of the regions is at least the budget by itself, a later region can only be
+    chosen if a region of that prefix was skipped as too big for what was left, so it must be
+    strictly smaller than the prefix's largest region; the argument repeats with the smaller
+    regions after it (a handful of levels: full regions, then the cut edge regions)."""
+    keep = np.zeros(area.size, dtype=bool)
+    limit, start = np.inf, 0
+    index = np.arange(area.size)
+    while True:
+        pos = np.flatnonzero((area < limit) & (area <= budget) & (index >= start))
+        if pos.size == 0:
+            return keep
+        filled = np.searchsorted(np.cumsum(area[pos]), budget)  # first prefix reaching it
+        if filled >= pos.size:
+            keep[pos] = True
+            return keep
+        level = pos[: filled + 1]
+        keep[level] = True
+        limit, start = area[level].max(), level[-1] + 1
+
+
+def block_candidates(
+    scores: dict[str, np.ndarray],
+    grids: dict[str, RegionGrid],
+    acquired: dict[str, list[int]],
+    *,
+    mode: str = "budget",
+    budget_pixels: int = 0,
+    top_k: int = 4,
+    exclude_border: bool = False,
+) -> Candidates:
+    """The regions of this block of images that the round's selection could take: every one the
+    global ranking picks is among them, so merging all blocks' candidates (``select``) gives
+    exactly the selection of the whole pool at once while the driver holds only candidates."""
+    c = _allowed_regions(scores, acquired, grids, exclude_border)
+    order = _ranked(c, mode, top_k)
+    return c.take(order[_could_be_chosen(c.area[order], int(budget_pixels))])
+
+
+def select(
+    candidates: Candidates, *, mode: str = "budget", budget_pixels: int = 0, top_k: int = 4
+) -> dict[str, list[int]]:
+    """The greedy fill: take regions in selection order while they fit the pixel budget (a
+    region too big for what is left is skipped, smaller ones may still fit)."""
+    order = _ranked(candidates, mode, top_k)
+    chosen: dict[str, list[int]] = {}
+    left = int(budget_pixels)
+    for idx in order:
+        if candidates.area[idx] <= left:
+            chosen.setdefault(str(candidates.sample_id[idx]), []).append(
+                int(candidates.region[idx])
+            )
+            left -= int(candidates.area[idx])
+        if left <= 0:
+            break
+    return {k: sorted(v) for k, v in chosen.items()}
 
 
 def select_regions(
@@ -66,30 +189,11 @@ def select_regions(
     top_k: int = 4,
     exclude_border: bool = False,
 ) -> dict[str, list[int]]:
-    """Pick regions to label.
+    """Pick regions to label from the whole pool's scores at once.
 
-    ``budget``: global ranking across the pool; take regions in descending score while they fit
-    the pixel budget (a region too big for what is left is skipped, smaller ones may still fit).
-    ``topk``: the reference code's k best regions of every image (still capped by the budget).
-    Ties are broken by sample id and region index, so selection is deterministic.
-    """
-    ids, score, image, region, area = _candidates(scores, acquired, grids, exclude_border)
-    order = np.lexsort((region, image, -score))
-    if mode == "topk":
-        rank_in_image = np.zeros(order.size, dtype=np.int64)
-        seen: dict[int, int] = {}
-        for pos, idx in enumerate(order):
-            rank_in_image[pos] = seen.get(image[idx], 0)
-            seen[image[idx]] = rank_in_image[pos] + 1
-        order = order[rank_in_image < top_k]
-    elif mode != "budget":
-        raise ValueError(f"unknown acquisition mode {mode!r}; budget or topk")
-    chosen: dict[str, list[int]] = {}
-    left = int(budget_pixels)
-    for idx in order:
-        if area[idx] <= left:
-            chosen.setdefault(ids[image[idx]], []).append(int(region[idx]))
-            left -= int(area[idx])
-        if left <= 0:
-            break
-    return {k: sorted(v) for k, v in chosen.items()}
+    ``budget``: global ranking across the pool under a pixel budget. ``topk``: the reference
+    code's k best regions of every image (still capped by the budget). Ties are broken by sample
+    id and region index, so selection is deterministic. The round loop gets the same result
+    from per-block candidates (``block_candidates`` in each teacher task, then ``select``)."""
+    c = _allowed_regions(scores, acquired, grids, exclude_border)
+    return select(c, mode=mode, budget_pixels=budget_pixels, top_k=top_k)

@@ -158,7 +158,16 @@ class TeacherConfig:
     flip: bool = setting(False, doc="average with the horizontally flipped prediction")
     batch_size: int = setting(16, lo=1, doc="images per inference batch")
     num_actors: int = setting(
-        0, lo=0, doc="parallel inference workers (tasks or actors); 0 = one per free CPU (or GPU)"
+        0,
+        lo=0,
+        doc="parallel inference workers (tasks or actors); 0 = one per free CPU (or GPU). On an "
+        "autoscaling cluster: the most GPU actors the cluster can grow to",
+    )
+    min_actors: int = setting(
+        0,
+        lo=0,
+        doc="GPU actor pool: its smallest size (the pool grows to num_actors while nodes are "
+        "added); 0 = a fixed pool of num_actors",
     )
     cpus_per_actor: int = setting(1, lo=1, doc="CPUs per teacher worker (torch threads)")
     reuse_workers: bool = setting(

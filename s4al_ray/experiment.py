@@ -1,8 +1,9 @@
 """The round loop (driver): train the student, run the teacher, acquire regions, record.
 
 One round passes its values explicitly (``run_round``): the pool state is fetched once, the
-student's checkpoint goes to the teacher, the teacher's scores to acquisition, and the teacher's
-summary (thresholds, pool weights) is saved beside its pass for the next round's student.
+student's checkpoint goes to the teacher, the teacher blocks' acquisition candidates to the
+selection, and the teacher's summary (thresholds, pool weights) is saved beside its pass for the
+next round's student.
 
 Every stage is resumable: a round with a record is never redone; training resumes from its last
 epoch checkpoint; a finished teacher pass is reused, one cut short redone; a commit repeated with
@@ -20,7 +21,7 @@ import numpy as np
 import ray
 
 from s4al_ray import storage
-from s4al_ray.acquisition import select_regions
+from s4al_ray.acquisition import Candidates, select
 from s4al_ray.config import (
     ConfigError,
     ExperimentConfig,
@@ -72,7 +73,7 @@ RESUMABLE_KEYS = (
 
 @dataclass(frozen=True)
 class TeacherResult:
-    scores: dict[str, np.ndarray]  # sample_id -> region scores
+    candidates: Candidates  # the regions this round's selection may take (merged blocks)
     summary: TeacherSummary
 
 
@@ -195,7 +196,7 @@ class Experiment:
         if summary is not None:
             self.log(f"[round {r}] teacher reusing the finished pass {output_uri}")
             return TeacherResult(
-                read_teacher_output(output_uri, self.data.num_classes).scores, summary
+                read_teacher_output(output_uri, self.data.num_classes).candidates, summary
             )
         num_workers = teacher_actors(self.cfg, self.resources)
         self.log(
@@ -212,21 +213,17 @@ class Experiment:
             f"[round {r}] teacher done in {seconds:.1f}s ({summary.images_per_s:.1f} "
             f"img/s), {100 * summary.kept_frac:.1f}% of pool pixels kept as pseudo-labels"
         )
-        return TeacherResult(output.scores, summary)
+        return TeacherResult(output.candidates, summary)
 
-    def acquire(self, r: int, state: PoolState, scores: dict[str, np.ndarray]) -> dict:
-        """Select round ``r``'s regions and commit them; returns the ledger entry. A manual
-        oracle writes the query package and stops the run instead."""
+    def acquire(self, r: int, state: PoolState, candidates: Candidates) -> dict:
+        """Select round ``r``'s regions from the teacher blocks' candidates and commit them;
+        returns the ledger entry. A manual oracle writes the query package and stops instead."""
         acq = self.cfg.acquisition
-        grids = {s: state.grid(s) for s in scores}
-        selection = select_regions(
-            scores,
-            grids,
-            state.acquired,
+        selection = select(
+            candidates,
             mode=acq.mode,
             budget_pixels=acquisition_budget(self.cfg, state),
             top_k=acq.top_k,
-            exclude_border=acq.exclude_border,
         )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}
@@ -262,7 +259,7 @@ class Experiment:
             record.update(teacher.summary.record_fields())
             t0 = time.perf_counter()
             # A manual import commits before the rerun that continues the round.
-            entry = committed.entry(r) or self.acquire(r, state, teacher.scores)
+            entry = committed.entry(r) or self.acquire(r, state, teacher.candidates)
             record.update(
                 {
                     "pool/acquired_pixels": entry["pixels"],

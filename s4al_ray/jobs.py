@@ -18,8 +18,10 @@ from s4al_ray.acquisition import inverse_frequency_weights
 from s4al_ray.config import ExperimentConfig
 from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
+from s4al_ray.data.train_inputs import write_train_inputs
 from s4al_ray.data.training import repeat_factors
 from s4al_ray.layout import RunLayout
+from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import class_thresholds, kept_fraction
@@ -115,16 +117,25 @@ def student_job(
     previous: TeacherSummary | None,
 ) -> StudentJob:
     """Round ``r``'s training: the labeled images, and from round 1 the pool with the previous
-    round's teacher pass (``previous``) and the regions acquired so far."""
+    round's teacher pass (``previous``) and the regions acquired so far. The rows go to the
+    round's training-inputs file, which the workers read by reference."""
     by_id = {row["sample_id"]: row for row in data.rows("train")}
+    pool_items = pool_rows(cfg, data, state, layout) if previous is not None else []
+    weights = previous.pool_weights if previous is not None else None
+    write_train_inputs(
+        layout.train_inputs(r),
+        [by_id[s] for s in state.labeled],
+        pool_items,
+        data.rows("val"),
+        state.acquired,
+        weights,
+    )
     pool: dict = {}
     if previous is not None:
         pool = {
-            "pool_items": pool_rows(cfg, data, state, layout),
             "pseudo_uri": layout.teacher(r - 1),
             "thresholds": previous.thresholds,
-            "pool_weights": previous.pool_weights,
-            "acquired": state.acquired,
+            "weighted_pool": bool(weights),
             "region_size": state.region_size,
         }
     init = None if r == 0 or cfg.train.fresh_student else layout.checkpoint(r - 1)
@@ -137,8 +148,9 @@ def student_job(
         model=cfg.model,
         reco=cfg.reco,
         loader_workers=cfg.data.loader_workers,
-        labeled_items=[by_id[s] for s in state.labeled],
-        val_items=data.rows("val"),
+        inputs_uri=layout.train_inputs(r),
+        num_labeled=len(state.labeled),
+        num_pool=len(pool_items),
         run_name=f"{cfg.name}-round{r:03d}",
         train_dir=layout.train_dir,
         checkpoint_uri=layout.checkpoint(r),
@@ -150,8 +162,10 @@ def student_job(
 def teacher_rows(data: DatasetInfo, state: PoolState) -> list[dict]:
     """The teacher's input: every pool image with its acquired regions (scored as known)."""
     by_id = {row["sample_id"]: row for row in data.rows("train")}
-    acquired = state.acquired
-    return [{**by_id[s], "acquired": acquired.get(s, [])} for s in state.pool_ids]
+    pool = state.pool_ids
+    return [
+        {**by_id[s], "acquired": regions} for s, regions in zip(pool, state.acquired.lists(pool))
+    ]
 
 
 def teacher_job(
@@ -184,6 +198,11 @@ def teacher_job(
         reuse_workers=t.reuse_workers,
         num_workers=num_workers,
         batch_size=t.batch_size,
+        budget_pixels=acquisition_budget(cfg, state),
+        mode=cfg.acquisition.mode,
+        top_k=cfg.acquisition.top_k,
+        exclude_border=cfg.acquisition.exclude_border,
+        min_workers=min(t.min_actors, num_workers),
     )
 
 
@@ -215,7 +234,7 @@ def initial_pool_state(cfg: ExperimentConfig, data: DatasetInfo) -> PoolState:
     return PoolState(
         region_size=cfg.acquisition.region_size,
         num_classes=data.num_classes,
-        sizes={r["sample_id"]: [r["height"], r["width"]] for r in train},
+        sizes=ImageSizes.of_rows(train),
         labeled=labeled,
         initial_class_pixels=np.asarray(counts).tolist(),
     )

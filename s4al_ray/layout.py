@@ -7,7 +7,9 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     checkpoints/round_XXX.pt|.json    each round's student and its final metrics
     train/                            Ray Train's per-epoch checkpoints (resume mid-round)
     teacher/round_XXX/, .json         the teacher pass (parquet) and its summary
-    pool/state.json, state.prev.json  the pool state and its previous version
+    pool/head.json, head.prev.json    the pool state's head (rounds, counts), its previous version
+    pool/labeled.json                 the fully labeled ids, written once
+    pool/rounds/round_XXX.json        one committed round's selection (its delta)
     queries/round_XXX/                manual oracle: the package for annotators
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
@@ -21,7 +23,9 @@ from dataclasses import dataclass
 from s4al_ray import storage
 
 # 2: teacher parquet histograms hold 256 confidence levels per class (were 20 bins).
-RUN_FORMAT = 2
+# 3: the pool state is a small head + one delta file per round (pool/head.json, pool/rounds/),
+#    no longer one pool/state.json; image sizes come from the manifest, not the state.
+RUN_FORMAT = 3
 
 
 def _round(r: int) -> str:
@@ -64,6 +68,10 @@ class RunLayout:
     def train_metrics(self, r: int) -> str:
         return self.path("checkpoints", f"{_round(r)}.json")
 
+    def train_inputs(self, r: int) -> str:
+        """The rows round ``r``'s workers read (labeled, pool shards, val)."""
+        return self.path("train_inputs", f"{_round(r)}.parquet")
+
     @property
     def train_dir(self) -> str:
         return self.path("train")
@@ -77,12 +85,37 @@ class RunLayout:
 
     # -- the pool and its oracle
     @property
-    def pool_state(self) -> str:
-        return self.path("pool", "state.json")
+    def pool_dir(self) -> str:
+        return self.path("pool")
 
     @property
-    def pool_state_previous(self) -> str:
-        return self.path("pool", "state.prev.json")
+    def pool_head(self) -> str:
+        return self.path("pool", "head.json")
+
+    @property
+    def pool_head_previous(self) -> str:
+        return self.path("pool", "head.prev.json")
+
+    @property
+    def pool_labeled(self) -> str:
+        return self.path("pool", "labeled.json")
+
+    @staticmethod
+    def pool_round_name(r: int) -> str:
+        """Round ``r``'s delta file, relative to ``pool_dir`` (as the head names it)."""
+        return f"rounds/{_round(r)}.json"
+
+    def pool_file(self, name: str) -> str:
+        """A file the head names, relative to ``pool_dir``."""
+        return self.path("pool", *name.split("/"))
+
+    def pool_round(self, r: int) -> str:
+        return self.pool_file(self.pool_round_name(r))
+
+    @property
+    def legacy_pool_state(self) -> str:
+        """Run format 2's single-file pool state: only looked for, to refuse it by name."""
+        return self.path("pool", "state.json")
 
     @property
     def queries_dir(self) -> str:

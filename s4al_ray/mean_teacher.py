@@ -3,6 +3,8 @@
 S4AL+ labels the pool once per round, offline (``teacher.py``); this baseline instead keeps an
 exponential moving average of the student and thresholds its predictions on each weakly
 augmented pool batch, with the same integer rule as the offline path (``pseudo_labels.py``).
+Both augmentations run batched on the training device (``data/augment.py``, called from
+``student.augment_batches``): weak view -> EMA labels -> strong augmentation of view and labels.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ def mean_teacher_batch(
     generator: torch.Generator,
 ):
     """The S4AL baseline's per-iteration pseudo-labels: the EMA teacher labels the weakly
-    augmented pool batch (ignore below the class threshold, ground truth where acquired), then
-    each image and its target are strongly augmented together."""
-    device = next(teacher.parameters()).device
-    probs = torch.softmax(teacher(normalize(images.to(device)))["logits"].float(), dim=1).cpu()
-    target = pseudo_targets(probs, thresholds, known)
-    pairs = [strong_augment(image, mask, crop, generator) for image, mask in zip(images, target)]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    augmented pool batch ``images`` (B, 3, H, W, on the teacher's device): ignore below the class
+    threshold, ``known`` (ground truth where acquired) wherever it is set. Then the batch and its
+    targets are strongly augmented together there, with parameters from ``generator``."""
+    probs = torch.softmax(teacher(normalize(images))["logits"].float(), dim=1)
+    # pseudo_targets indexes its CPU threshold table with the labels, so the rule runs on the CPU.
+    target = pseudo_targets(probs.cpu(), thresholds, known.cpu()).to(images.device)
+    return strong_augment(images, target, crop, generator)
 
 
 def make_ema_teacher(model: torch.nn.Module, train: TrainConfig, has_pool: bool):

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import ray.train
 import torch
@@ -23,11 +23,14 @@ from ray.train.torch import TorchTrainer
 
 from s4al_ray import storage
 from s4al_ray.config import ModelConfig, RecoConfig, TrainConfig
-from s4al_ray.data.augment import classmix, cutmix
+from s4al_ray.data.augment import strong_augment, weak_augment
+from s4al_ray.data.mixing import mix_batch
+from s4al_ray.data.train_inputs import read_train_inputs
 from s4al_ray.data.training import (
     DecodeCache,
     LabeledImages,
     PoolImages,
+    batch_to_device,
     epoch_batches,
     normalize,
     read_pseudo_labels,
@@ -55,18 +58,20 @@ class StudentJob:
     model: ModelConfig
     reco: RecoConfig
     loader_workers: int
-    labeled_items: list[dict]  # manifest rows of the fully labeled images
-    val_items: list[dict]
+    # The labeled, pool and val rows (pool: acquired regions, sampling weights) by reference:
+    # each worker reads what it trains on (data/train_inputs.py), never the whole pool.
+    inputs_uri: str
+    num_labeled: int
+    num_pool: int  # 0 in round 0 (no pseudo-labels yet)
     run_name: str  # Ray Train's run name: a rerun of the round resumes from its last epoch
     train_dir: str  # Ray Train's run storage
     checkpoint_uri: str  # where the round's student is published
     init_checkpoint: str | None = None  # the previous round's student (train.fresh_student off)
-    # From round 1: the pool images with the previous teacher pass and the acquired regions.
-    pool_items: list[dict] = field(default_factory=list)
+    # From round 1: the previous teacher pass, its thresholds and whether the pool is sampled
+    # class-balanced (by the rows' weights).
     pseudo_uri: str | None = None
     thresholds: list[float] | None = None
-    pool_weights: dict[str, float] | None = None  # class-balanced sampling, per sample id
-    acquired: dict[str, list[int]] = field(default_factory=dict)
+    weighted_pool: bool = False
     region_size: int = 0
 
     @property
@@ -90,20 +95,22 @@ class TrainingSets:
     pool_weights: list[float] | None = None
 
 
-def build_datasets(job: StudentJob) -> TrainingSets:
-    """The labeled set and (from round 1, with pseudo-labels) the pool set."""
+def build_datasets(job: StudentJob, rank: int = 0, world: int = 1) -> TrainingSets:
+    """The labeled set and (from round 1, with pseudo-labels) worker ``rank``'s shard of the pool:
+    its rows and their pseudo-labels only."""
     cache = DecodeCache()
-    labeled = LabeledImages(job.labeled_items, job.crop, 0, cache)
-    use_pool = bool(job.pool_items) and job.pseudo_uri and job.train.pseudo_batch > 0
+    labeled = LabeledImages(read_train_inputs(job.inputs_uri, "labeled"), job.crop, 0, cache)
+    use_pool = job.num_pool > 0 and job.pseudo_uri and job.train.pseudo_batch > 0
     if not use_pool:
         # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
         return TrainingSets(labeled, job.train.labeled_batch + job.train.pseudo_batch)
-    pseudo = read_pseudo_labels(job.pseudo_uri, {i["sample_id"] for i in job.pool_items})
+    items = read_train_inputs(job.inputs_uri, "pool", rank, world)
+    pseudo = read_pseudo_labels(job.pseudo_uri, {i["sample_id"] for i in items})
     pool = PoolImages(
-        job.pool_items,
+        items,
         pseudo,
         job.thresholds,
-        job.acquired,
+        {i["sample_id"]: i["acquired"] for i in items if i["acquired"]},
         job.region_size,
         job.crop,
         0,
@@ -112,19 +119,14 @@ def build_datasets(job: StudentJob) -> TrainingSets:
         # the mean teacher augments strongly after labeling the weak view
         strong=job.train.strong_aug and job.train.method == "self_training",
     )
-    weights = job.pool_weights
-    return TrainingSets(
-        labeled,
-        job.train.labeled_batch,
-        pool,
-        [weights[i["sample_id"]] for i in job.pool_items] if weights else None,
-    )
+    weights = [i["weight"] for i in items] if job.weighted_pool else None
+    return TrainingSets(labeled, job.train.labeled_batch, pool, weights)
 
 
 def epoch_streams(job: StudentJob, sets: TrainingSets, rank: int, epoch: int, device: torch.device):
-    """Seed one epoch's randomness and open its batch streams: (generator for mixing and ReCo,
-    labeled batches, pool batches or None). Each stream is a function of (seed, round, rank,
-    epoch), so a resumed epoch replays exactly."""
+    """Seed one epoch's randomness and open its batch streams: (generator for augmentation,
+    mixing and ReCo, labeled batches, pool batches or None). Each stream is a function of
+    (seed, round, rank, epoch), so a resumed epoch replays exactly."""
     steps, workers = job.train.steps_per_epoch, job.loader_workers
     torch.manual_seed(_seed(job, rank, epoch, 0))  # dropout
     generator = torch.Generator().manual_seed(_seed(job, rank, epoch, 1))
@@ -155,27 +157,32 @@ def _poly_lr(optimizer, base_lr: float, it: int, total: int, power: float) -> fl
     return base_lr * factor
 
 
-def _mix(images, masks, mix: str, generator):
-    if mix == "cutmix":
-        return cutmix(images, masks, generator)
-    if mix == "classmix":
-        return classmix(images, masks, generator)
-    return images, masks
+def augment_batches(job: StudentJob, batch_l, batch_u, device, generator, ema=None):
+    """The loader's batches on ``device``, augmented there: labeled weakly, pool strongly (weakly
+    with ``train.strong_aug`` off; the mean teacher's ``ema`` labels the weak view, then strongly
+    augments it), then mixed. Draws from ``generator`` in that fixed order (ReCo's follow in the
+    loss), so they depend on the epoch's seed and its batches only."""
+    images_l, masks_l, sizes_l = batch_to_device(batch_l, device)
+    labeled = weak_augment(images_l, masks_l, job.crop, generator, sizes_l)
+    if batch_u is None:
+        return labeled, None
+    images_u, masks_u, sizes_u = batch_to_device(batch_u, device)
+    if ema is not None:
+        weak = weak_augment(images_u, masks_u, job.crop, generator, sizes_u)
+        pool = mean_teacher_batch(ema, *weak, job.thresholds, job.crop, generator)
+    elif job.train.strong_aug:
+        pool = strong_augment(images_u, masks_u, job.crop, generator, sizes_u)
+    else:
+        pool = weak_augment(images_u, masks_u, job.crop, generator, sizes_u)
+    return labeled, mix_batch(*pool, job.train.mix, generator)
 
 
-def _step_losses(
-    model, job: StudentJob, batch_l, batch_u, device, generator
-) -> dict[str, torch.Tensor]:
-    images_l, masks_l = batch_l
-    parts_x, parts_y = [images_l], [masks_l]
-    if batch_u is not None:
-        images_u, targets_u = _mix(*batch_u, job.train.mix, generator)
-        parts_x.append(images_u)
-        parts_y.append(targets_u)
-    x = normalize(torch.cat(parts_x).to(device, non_blocking=True))
-    y = torch.cat(parts_y).to(device, non_blocking=True)
-    out = model(x, with_embedding=job.train.reco_weight > 0)
-    return joint_losses(out, y, images_l.shape[0], job.train, job.reco, generator)
+def _step_losses(model, job: StudentJob, batch_l, batch_u, generator) -> dict[str, torch.Tensor]:
+    """The joint losses of augmented pairs already on the device (``augment_batches``)."""
+    pairs = [batch_l] if batch_u is None else [batch_l, batch_u]
+    x, y = (torch.cat(parts) for parts in zip(*pairs))  # images, targets
+    out = model(normalize(x), with_embedding=job.train.reco_weight > 0)
+    return joint_losses(out, y, batch_l[0].shape[0], job.train, job.reco, generator)
 
 
 def train_step(
@@ -189,12 +196,13 @@ def train_step(
     ema=None,
     use_amp: bool = False,
 ) -> dict[str, float]:
-    """One optimiser step on a joint batch; with ``ema`` (the mean-teacher baseline) the EMA
-    teacher first labels the pool batch and then follows the student. Returns the losses."""
-    if ema is not None:
-        batch_u = mean_teacher_batch(ema, *batch_u, job.thresholds, job.crop, generator)
+    """One optimiser step on a joint batch of loader batches (``collate_decoded``), augmented on
+    ``device`` first (``augment_batches``); with ``ema`` (the mean-teacher baseline) the EMA
+    teacher labels the pool batch and then follows the student. Returns the losses."""
+    # Augmentation runs outside autocast: it resamples images in float32 either way.
+    batch_l, batch_u = augment_batches(job, batch_l, batch_u, device, generator, ema)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        losses = _step_losses(model, job, batch_l, batch_u, device, generator)
+        losses = _step_losses(model, job, batch_l, batch_u, generator)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
@@ -314,7 +322,7 @@ def train_loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     optimizer = make_optimizer(unwrap(model), train)
     start_epoch = _resume(model, optimizer)
-    sets = build_datasets(job)
+    sets = build_datasets(job, rank, world)
     ema = make_ema_teacher(unwrap(model), train, sets.pool is not None)
     use_amp = train.amp and device.type == "cuda"
     for epoch in range(start_epoch, train.epochs):
@@ -327,7 +335,7 @@ def train_loop(config: dict) -> None:
             {"epoch": epoch, "train/lr": lr, "train/seconds": time.perf_counter() - started}
         )
         if epoch == train.epochs - 1:
-            val_items = job.val_items[rank::world]
+            val_items = read_train_inputs(job.inputs_uri, "val", rank, world)
             confusion = _all_reduce_sum(evaluate_items(model, val_items, job.num_classes, device))
             metrics["val/confusion"] = confusion.tolist()
         _report(metrics, model, optimizer, epoch)

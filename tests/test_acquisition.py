@@ -128,3 +128,48 @@ def test_topk_mode_takes_k_per_image():
     scores, grids = _hand_map()
     chosen = select_regions(scores, grids, {}, mode="topk", top_k=2, budget_pixels=10**6)
     assert chosen == {"a": [1, 8], "b": [0, 4]}
+
+
+@pytest.mark.parametrize("mode", ["budget", "topk"])
+def test_per_block_candidates_select_exactly_what_the_global_ranking_does(mode):
+    """Each teacher block hands over only the regions that could still be chosen; merged, they
+    give the selection of the whole pool ranked at once. Random pools: image sizes the region
+    size does not divide (smaller edge regions), ties (scores on a coarse grid), acquired
+    regions, borders excluded or not, budgets from nothing to most of the pool."""
+    from s4al_ray.acquisition import Candidates, block_candidates, select
+
+    rng = np.random.default_rng(0)
+    held = total = 0
+    for trial in range(150):
+        size = int(rng.integers(3, 9))
+        grids, scores, acquired = {}, {}, {}
+        for i in range(int(rng.integers(1, 30))):
+            sid = f"img{rng.integers(0, 1000):03d}-{i}"
+            grid = RegionGrid(
+                int(rng.integers(size, 5 * size)), int(rng.integers(size, 5 * size)), size
+            )
+            grids[sid] = grid
+            scores[sid] = (rng.integers(0, 6, grid.num_regions) / 5).astype(np.float32)
+            if rng.random() < 0.3:
+                acquired[sid] = sorted(rng.choice(grid.num_regions, 1, replace=False).tolist())
+        pool_px = sum(int(g.areas.sum()) for g in grids.values())
+        options = dict(
+            mode=mode,
+            budget_pixels=int(rng.integers(0, pool_px)),
+            top_k=int(rng.integers(1, 4)),
+            exclude_border=bool(rng.random() < 0.3),
+        )
+        expected = select_regions(scores, grids, acquired, **options)
+        ids = sorted(scores)
+        cuts = sorted(rng.choice(len(ids) + 1, int(rng.integers(0, 4)), replace=True).tolist())
+        blocks = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        parts = [
+            block_candidates({s: scores[s] for s in block}, grids, acquired, **options)
+            for block in blocks
+        ]
+        merged = Candidates.concat(parts)
+        exclude = options.pop("exclude_border")
+        assert select(merged, **options) == expected, (trial, options, exclude)
+        held += len(merged)
+        total += sum(g.num_regions for g in grids.values())
+    assert held < total  # blocks do hand over fewer regions than they hold

@@ -52,6 +52,7 @@ LAYERS = [
     (
         "s4al_ray.student",
         "s4al_ray.teacher",
+        "s4al_ray.teacher_stages",
         "s4al_ray.runtime",
         "s4al_ray.run_lock",
         "s4al_ray.visual_report",

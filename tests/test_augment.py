@@ -2,6 +2,7 @@
 
 Test images are colour-coded: pixel colour = PALETTE[class], so alignment is checked by reading
 the class back from the colour. Palette colours are never black, so black means padding or hole.
+The augmentation is batched (``data/augment.py``); each check runs on a batch of samples.
 """
 
 from __future__ import annotations
@@ -9,16 +10,21 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import InterpolationMode
 
 from s4al_ray import IGNORE_INDEX
-from s4al_ray.data.augment import classmix, cutmix, strong_augment, weak_augment
+from s4al_ray.data.augment import StrongAugment, strong_augment, weak_augment
+from s4al_ray.data.mixing import classmix, cutmix
 
 NUM_CLASSES = 6
 PALETTE = 0.2 + 0.8 * torch.rand(NUM_CLASSES, 3, generator=torch.Generator().manual_seed(0))
 IGNORE_COLOUR = torch.tensor([0.1, 0.1, 0.1])  # under ignore pixels; never checked
 # Photometric ops off, so colours stay exact.
 NO_COLOUR = dict(color_jitter_p=0.0, grayscale_p=0.0, blur_p=0.0)
+BATCH = 6
+
+
+def _strong(**kwargs) -> StrongAugment:
+    return StrongAugment(**{**NO_COLOUR, **kwargs})
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -61,131 +67,122 @@ def _black(image: torch.Tensor) -> torch.Tensor:
 
 
 def _uniform_neighbourhood(mask: torch.Tensor, radius: int = 2) -> torch.Tensor:
-    """Pixels whose (2r+1)^2 window holds one class and no ignore, away from the image border."""
-    m = mask.float()[None, None]
+    """Pixels whose (2r+1)^2 window holds one class and no ignore, away from the image border;
+    ``mask`` (B, H, W)."""
+    m = mask.float()[:, None]
     k = 2 * radius + 1
     hi = F.max_pool2d(m, k, stride=1, padding=radius)
     lo = -F.max_pool2d(-m, k, stride=1, padding=radius)
-    keep = (hi == lo)[0, 0] & (mask != IGNORE_INDEX)
-    keep[:radius], keep[-radius:], keep[:, :radius], keep[:, -radius:] = False, False, False, False
+    keep = (hi == lo)[:, 0] & (mask != IGNORE_INDEX)
+    keep[:, :radius], keep[:, -radius:] = False, False
+    keep[:, :, :radius], keep[:, :, -radius:] = False, False
     return keep
+
+
+def _masks(seed: int, n: int = BATCH, **kwargs) -> torch.Tensor:
+    return torch.stack([_block_mask(seed * 100 + i, **kwargs) for i in range(n)])
 
 
 # -- weak
 
 
-@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("seed", range(2))
 def test_weak_keeps_alignment(seed: int) -> None:
-    mask = _block_mask(seed)
-    image, out_mask = weak_augment(_paint(mask), mask, (32, 40), _gen(seed))
-    assert image.shape == (3, 32, 40) and out_mask.shape == (32, 40)
-    assert out_mask.dtype == torch.long
-    assert _assert_aligned(image, out_mask) > 0
+    masks = _masks(seed)
+    images, out_masks = weak_augment(_paint(masks), masks, (32, 40), _gen(seed))
+    assert images.shape == (BATCH, 3, 32, 40) and out_masks.shape == (BATCH, 32, 40)
+    assert out_masks.dtype == torch.long
+    assert all(_assert_aligned(images[i], out_masks[i]) > 0 for i in range(BATCH))
 
 
 def test_weak_pads_with_ignore_and_black() -> None:
-    mask = _block_mask(1, h=24, w=32, ignore=False)
-    image, out_mask = weak_augment(_paint(mask), mask, (40, 48), _gen(1))
-    padded = out_mask == IGNORE_INDEX
-    assert int(padded.sum()) == 40 * 48 - 24 * 32
-    assert torch.equal(padded, _black(image))
-    _assert_aligned(image, out_mask)
+    masks = _masks(1, h=24, w=32, ignore=False)
+    images, out_masks = weak_augment(_paint(masks), masks, (40, 48), _gen(1))
+    padded = out_masks == IGNORE_INDEX
+    assert (padded.flatten(1).sum(1) == 40 * 48 - 24 * 32).all()
+    assert torch.equal(padded, _black(images))
+    _assert_aligned(images, out_masks)
 
 
 # -- strong
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(3))
 def test_strong_keeps_alignment_exactly_with_nearest(seed: int) -> None:
-    mask = _block_mask(seed)
-    image, out_mask = strong_augment(
-        _paint(mask),
-        mask,
-        (40, 48),
-        _gen(seed),
-        cutout_p=0.5,
-        interpolation=InterpolationMode.NEAREST,
-        **NO_COLOUR,
-    )
-    assert image.shape == (3, 40, 48) and out_mask.shape == (40, 48)
-    assert _assert_aligned(image, out_mask) > 0
+    masks = _masks(seed)
+    cfg = _strong(cutout_p=0.5, interpolation="nearest")
+    images, out_masks = strong_augment(_paint(masks), masks, (40, 48), _gen(seed), cfg=cfg)
+    assert images.shape == (BATCH, 3, 40, 48) and out_masks.shape == (BATCH, 40, 48)
+    assert all(_assert_aligned(images[i], out_masks[i]) > 0 for i in range(BATCH))
     # Black pixels are padding or hole; either way ignore.
-    assert (out_mask[_black(image)] == IGNORE_INDEX).all()
+    assert (out_masks[_black(images)] == IGNORE_INDEX).all()
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(3))
 def test_strong_bilinear_aligned_away_from_boundaries(seed: int) -> None:
-    mask = _block_mask(seed, block=12)
-    image, out_mask = strong_augment(
-        _paint(mask), mask, (40, 48), _gen(seed), cutout_p=0.0, **NO_COLOUR
+    masks = _masks(seed, block=12)
+    images, out_masks = strong_augment(
+        _paint(masks), masks, (40, 48), _gen(seed), cfg=_strong(cutout_p=0.0)
     )
-    checked = _assert_aligned(image, out_mask, where=_uniform_neighbourhood(out_mask), atol=1e-4)
-    assert checked > 50
+    where = _uniform_neighbourhood(out_masks)
+    checked = _assert_aligned(images, out_masks, where=where, atol=1e-4)
+    assert checked > 50 * BATCH
 
 
 def test_strong_cutout_hole_is_ignore() -> None:
-    mask = _block_mask(2, ignore=False)
-    for seed in range(5):
-        image, out_mask = strong_augment(
-            _paint(mask),
-            mask,
-            (48, 64),
-            _gen(seed),
-            scale=(1.0, 1.0),
-            cutout_p=1.0,
-            cutout_frac=(0.05, 0.2),
-            **NO_COLOUR,
-        )
-        hole = _black(image)
+    masks = _masks(2, ignore=False)
+    cfg = _strong(scale=(1.0, 1.0), cutout_p=1.0, cutout_frac=(0.05, 0.2))
+    for seed in range(3):
+        images, out_masks = strong_augment(_paint(masks), masks, (48, 64), _gen(seed), cfg=cfg)
+        hole = _black(images)
         # Nothing else is ignore here, so the hole and the ignore pixels coincide exactly.
-        assert torch.equal(hole, out_mask == IGNORE_INDEX)
-        assert 0.03 < hole.float().mean() < 0.22
-        _assert_aligned(image, out_mask)
+        assert torch.equal(hole, out_masks == IGNORE_INDEX)
+        share = hole.float().mean((1, 2))
+        assert ((share > 0.03) & (share < 0.22)).all()
+        _assert_aligned(images, out_masks)
 
 
 def test_strong_padding_is_ignore() -> None:
-    mask = _block_mask(3, ignore=False)
-    image, out_mask = strong_augment(
-        _paint(mask),
-        mask,
-        (48, 64),
-        _gen(3),
-        scale=(0.5, 0.5),
-        cutout_p=0.0,
-        interpolation=InterpolationMode.NEAREST,
-        **NO_COLOUR,
-    )
-    padded = out_mask == IGNORE_INDEX
-    assert int(padded.sum()) == 48 * 64 - 24 * 32
-    assert torch.equal(padded, _black(image))
+    masks = _masks(3, ignore=False)
+    cfg = _strong(scale=(0.5, 0.5), cutout_p=0.0, interpolation="nearest")
+    images, out_masks = strong_augment(_paint(masks), masks, (48, 64), _gen(3), cfg=cfg)
+    padded = out_masks == IGNORE_INDEX
+    assert (padded.flatten(1).sum(1) == 48 * 64 - 24 * 32).all()
+    assert torch.equal(padded, _black(images))
 
 
 def test_strong_photometric_stays_in_range_and_leaves_mask() -> None:
-    mask = _block_mask(4)
-    image, out_mask = strong_augment(
-        _paint(mask),
-        mask,
-        (40, 48),
-        _gen(4),
-        color_jitter_p=1.0,
-        grayscale_p=1.0,
-        blur_p=1.0,
-        cutout_p=0.0,
-        scale=(1.0, 1.0),
+    masks = _masks(4)
+    cfg = StrongAugment(
+        color_jitter_p=1.0, grayscale_p=1.0, blur_p=1.0, cutout_p=0.0, scale=(1.0, 1.0)
     )
-    assert image.min() >= 0 and image.max() <= 1
-    assert torch.allclose(image[0], image[1]) and torch.allclose(image[1], image[2])  # grayscale
-    assert set(out_mask.unique().tolist()) <= set(mask.unique().tolist())
+    images, out_masks = strong_augment(_paint(masks), masks, (40, 48), _gen(4), cfg=cfg)
+    assert images.min() >= 0 and images.max() <= 1
+    assert torch.allclose(images[:, 0], images[:, 1]) and torch.allclose(images[:, 1], images[:, 2])
+    assert set(out_masks.unique().tolist()) <= set(masks.unique().tolist())
+
+
+def test_photometric_ops_change_the_image() -> None:
+    """Each op on its own moves pixels (none is silently a no-op), and only the image."""
+    masks = _masks(6, ignore=False)
+    images = _paint(masks)
+    base = dict(scale=(1.0, 1.0), flip_p=0.0, cutout_p=0.0, blur_sigma=(1.0, 2.0))
+    plain, _ = strong_augment(images, masks, (48, 64), _gen(5), cfg=_strong(**base))
+    for op in ("color_jitter_p", "grayscale_p", "blur_p"):
+        cfg = _strong(**base, **{op: 1.0})
+        out, out_masks = strong_augment(images, masks, (48, 64), _gen(5), cfg=cfg)
+        assert (out - plain).abs().flatten(1).amax(1).min() > 0.01, op
+        assert torch.equal(out_masks, masks.long())
 
 
 # -- determinism
 
 
 def test_same_seed_same_output() -> None:
-    mask = _block_mask(5)
-    image = _paint(mask)
+    masks = _masks(5)
+    images = _paint(masks)
     for fn in (weak_augment, strong_augment):
-        a, b, c = (fn(image, mask, (40, 48), _gen(s)) for s in (7, 7, 8))
+        a, b, c = (fn(images, masks, (40, 48), _gen(s)) for s in (7, 7, 8))
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert not torch.equal(a[0], c[0])
     masks = torch.stack([_block_mask(s) for s in range(4)])

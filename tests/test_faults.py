@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,8 @@ from conftest import pids_matching
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
 from s4al_ray.layout import RunLayout
-from s4al_ray.pool.actor import PoolStateHolder, get_pool_actor
+from s4al_ray.pool.actor import PoolStateHolder, get_pool_actor, load_state
+from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.state import PoolState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,18 +45,19 @@ def _masks(tmp_path) -> dict[str, str]:
 
 def test_truncated_state_file_falls_back_to_previous_version(tmp_path, capsys):
     masks = _masks(tmp_path)
-    holder = PoolStateHolder(RunLayout(str(tmp_path)), _state().to_json(), masks)
+    holder = PoolStateHolder(RunLayout(str(tmp_path)), _state(), masks)
     holder.commit(0, {"i1": [0]})
     holder.commit(1, {"i2": [1]})
-    path = RunLayout(str(tmp_path)).pool_state
+    path = RunLayout(str(tmp_path)).pool_head
     text = open(path).read()
     with open(path, "w") as handle:  # a crash mid-write, as a non-atomic copy would leave it
         handle.write(text[: len(text) // 2])
-    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), _state().to_json(), masks)
+    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), _state(), masks)
     assert "unreadable" in capsys.readouterr().out
     assert reloaded.state.committed_rounds == [0]
     assert reloaded.commit(1, {"i2": [1]})["pixels"] == 256  # the lost commit is redone
-    assert PoolStateHolder(RunLayout(str(tmp_path)), "{}", masks).state.committed_rounds == [0, 1]
+    reopened = PoolStateHolder(RunLayout(str(tmp_path)), _state(), masks)
+    assert reopened.state.committed_rounds == [0, 1]
 
 
 def test_killed_pool_actor_reloads_its_state(ray_session, tmp_path):
@@ -68,7 +69,7 @@ def test_killed_pool_actor_reloads_its_state(ray_session, tmp_path):
     deadline = time.time() + 60
     while True:
         try:
-            state = PoolState.from_json(ray.get(actor.snapshot.remote(), timeout=30))
+            state = ray.get(actor.snapshot.remote(), timeout=30)
             break
         except ray.exceptions.RayActorError:
             assert time.time() < deadline, "pool actor did not come back"
@@ -158,8 +159,10 @@ def test_driver_killed_in_round_1_resumes_to_the_same_pool(ray_session, smoke_da
     assert any(line.startswith("[round 0] already done") for line in lines)
     assert not any(line.startswith("[round 1] already done") for line in lines)
 
+    sizes = ImageSizes.of_rows(reference.data.rows("train"))
+
     def ledger(run: str) -> list:
-        with open(tmp_path / run / "pool" / "state.json") as handle:
-            return [(e["round"], e["selection"], e["pixels"]) for e in json.load(handle)["ledger"]]
+        state = load_state(RunLayout(str(tmp_path / run)), sizes)
+        return [(e["round"], dict(e["selection"]), e["pixels"]) for e in state.ledger]
 
     assert ledger(name) == ledger("reference")

@@ -110,7 +110,7 @@ def test_ray_job_submit_smoke_experiment_to_s3(
     assert "Done in" in output  # the experiment's own closing line, streamed from the job
     listed = client.list_objects_v2(Bucket="job-runs", Prefix="experiments/job/")["Contents"]
     keys = {o["Key"] for o in listed}
-    for expected in ("config.yaml", "rounds.csv", "pool/state.json", "checkpoints/round_001.pt"):
+    for expected in ("config.yaml", "rounds.csv", "pool/head.json", "checkpoints/round_001.pt"):
         assert f"experiments/job/{expected}" in keys
     body = client.get_object(Bucket="job-runs", Key="experiments/job/rounds.csv")["Body"].read()
     assert body.decode().splitlines()[0].startswith("round,")

@@ -28,8 +28,15 @@ def _answer(run_dir: str, folder, data_root: str, edit=None) -> dict:
     return query
 
 
-def _state(run_dir: str) -> PoolState:
-    return PoolState.from_json(open(os.path.join(run_dir, "pool", "state.json")).read())
+def _state_of(cfg) -> PoolState:
+    """The pool state as a rerun driver loads it from the run directory."""
+    from s4al_ray.data.registry import load_dataset
+    from s4al_ray.layout import RunLayout
+    from s4al_ray.pool.actor import load_state
+    from s4al_ray.pool.index import ImageSizes
+
+    rows = load_dataset(cfg.data, cfg.seed, log=lambda line: None).rows("train")
+    return load_state(RunLayout.of(cfg.storage, cfg.name), ImageSizes.of_rows(rows))
 
 
 def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
@@ -48,7 +55,7 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
         os.path.exists(os.path.join(package, "images", f"{i['sample_id']}.png"))
         for i in query["images"]
     )
-    before = _state(run_dir)
+    before = _state_of(cfg)
     assert before.committed_rounds == []
 
     def unlabeled_corner(image, mask):
@@ -67,12 +74,12 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
         _answer(run_dir, folder, smoke_data_root, spoil)
         with pytest.raises(AnnotationError, match=message):
             import_annotations(cfg, str(folder), log=lambda line: None)
-        assert _state(run_dir).ledger == before.ledger  # refused: the pool is unchanged
+        assert _state_of(cfg).ledger == before.ledger  # refused: the pool is unchanged
 
     good = tmp_path / "good"
     _answer(run_dir, good, smoke_data_root)
     entry = import_annotations(cfg, str(good), log=lambda line: None)
-    after = _state(run_dir)
+    after = _state_of(cfg)
     requested = sum(
         int(after.grid(i["sample_id"]).areas[[r["index"] for r in i["regions"]]].sum())
         for i in query["images"]

@@ -3,13 +3,16 @@ persistence through the actor."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
 
 from s4al_ray.layout import RunLayout
-from s4al_ray.pool.actor import PoolStateHolder
+from s4al_ray.pool.actor import PoolStateHolder, load_state
 from s4al_ray.pool.state import PoolState
+from s4al_ray.pool.store import PoolStateError
 
 
 def make_state(region_size: int = 16) -> PoolState:
@@ -72,13 +75,19 @@ def test_before_round_hides_later_commits():
     assert state.acquired == {"img1": [1], "img2": [2]}
 
 
-def test_json_round_trip_and_version_check():
+def test_storage_round_trip_and_version_check(tmp_path):
+    layout = RunLayout(str(tmp_path))
     state = make_state()
-    state.commit(0, {"img3": [0, 1]})
-    again = PoolState.from_json(state.to_json())
-    assert again.acquired == state.acquired and again.labeled_pixels == state.labeled_pixels
-    with pytest.raises(ValueError, match="incompatible"):
-        PoolState.from_json(state.to_json().replace('"version":1', '"version":99'))
+    holder = PoolStateHolder(layout, state, {})
+    holder.commit(0, {"img3": [0, 1]}, [1, 2, 3])
+    again = load_state(layout, state.sizes)
+    assert again.acquired == holder.state.acquired == {"img3": [0, 1]}
+    assert again.labeled_pixels == holder.state.labeled_pixels and again == holder.state
+    head = json.loads(open(layout.pool_head).read())
+    with open(layout.pool_head, "w") as handle:
+        json.dump({**head, "version": 99}, handle)
+    with pytest.raises(PoolStateError, match="incompatible"):
+        load_state(layout, state.sizes)
 
 
 def _write_masks(tmp_path, state: PoolState) -> dict[str, str]:
@@ -96,15 +105,14 @@ def _write_masks(tmp_path, state: PoolState) -> dict[str, str]:
 def test_holder_persists_before_returning_and_reloads(tmp_path):
     state = make_state()
     masks = _write_masks(tmp_path, state)
-    holder = PoolStateHolder(RunLayout(str(tmp_path)), state.to_json(), masks)
+    holder = PoolStateHolder(RunLayout(str(tmp_path)), state, masks)
     entry = holder.commit(0, {"img1": [0, 1]})
     # region 0: x 0..15 class 0 (one ignore pixel); region 1: x 16..31, class 0 up to x=24
     assert entry["class_pixels"] == [255 + 9 * 16, 7 * 16, 0]
-    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), make_state().to_json(), masks)
+    assert state.committed_rounds == []  # the holder commits on its own copy
+    reloaded = PoolStateHolder(RunLayout(str(tmp_path)), make_state(), masks)
     assert reloaded.state.acquired == {"img1": [0, 1]}
-    assert PoolState.from_json(
-        open(RunLayout(str(tmp_path)).pool_state).read()
-    ).committed_rounds == [0]
+    assert load_state(RunLayout(str(tmp_path)), state.sizes).committed_rounds == [0]
 
 
 def test_pool_actor_is_single_writer(ray_session, tmp_path):
@@ -117,6 +125,7 @@ def test_pool_actor_is_single_writer(ray_session, tmp_path):
     ray = ray_session
     ray.get(actor.commit.remote(0, {"img2": [3]}))
     ray.get(same.commit.remote(0, {"img2": [3]}))  # a retried commit is a no-op
-    snapshot = PoolState.from_json(ray.get(same.snapshot.remote()))
+    snapshot = ray.get(same.snapshot.remote())  # the state object itself, pickled by Ray
+    assert isinstance(snapshot, PoolState)
     assert snapshot.acquired == {"img2": [3]} and len(snapshot.ledger) == 1
     ray.kill(actor, no_restart=True)

@@ -29,6 +29,17 @@ def smoke_run(ray_session, smoke_data_root, tmp_path_factory):
     return cfg, os.path.join(storage, "loop"), records, lines, _tmp_checkpoints() - before
 
 
+def _state_of(cfg) -> PoolState:
+    """The pool state as a rerun driver loads it from the run directory."""
+    from s4al_ray.data.registry import load_dataset
+    from s4al_ray.layout import RunLayout
+    from s4al_ray.pool.actor import load_state
+    from s4al_ray.pool.index import ImageSizes
+
+    rows = load_dataset(cfg.data, cfg.seed, log=lambda line: None).rows("train")
+    return load_state(RunLayout.of(cfg.storage, cfg.name), ImageSizes.of_rows(rows))
+
+
 def _tmp_checkpoints() -> set[str]:
     """Epoch checkpoint directories the Ray Train workers staged under the temp dir."""
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "s4al-ckpt-*")))
@@ -49,8 +60,7 @@ def test_records_and_labeled_pixels_grow(smoke_run):
 
 def test_budget_ledger_matches_revealed_pixels(smoke_run):
     cfg, run_dir, records, _, _ = smoke_run
-    with open(os.path.join(run_dir, "pool", "state.json")) as handle:
-        state = PoolState.from_json(handle.read())
+    state = _state_of(cfg)
     acquired = sum(state.grid(s).areas[r].sum() for s, r in state.acquired.items())
     assert acquired == state.acquired_pixels == records[0]["pool/acquired_pixels"]
     assert acquired <= cfg.acquisition.round_budget * state.total_pixels

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 
 from s4al_ray import storage
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
-from s4al_ray.pool.state import PoolState
 
 
 def _client(endpoint: str):
@@ -33,7 +34,7 @@ def test_experiment_on_s3(ray_session, s3_server, s3_upload, smoke_data_root):
     for expected in (
         "exp/s3run/config.yaml",
         "exp/s3run/rounds.csv",
-        "exp/s3run/pool/state.json",
+        "exp/s3run/pool/head.json",
         "exp/s3run/checkpoints/round_000.pt",
         "exp/s3run/rounds/round_001.json",
     ):
@@ -42,8 +43,8 @@ def test_experiment_on_s3(ray_session, s3_server, s3_upload, smoke_data_root):
         k.startswith("exp/s3run/teacher/round_000/") and k.endswith(".parquet") for k in keys
     )
     assert any(k.startswith("exp/s3run/train/") for k in keys)
-    state = PoolState.from_json(storage.read_text("s3://s4al-runs/exp/s3run/pool/state.json"))
-    assert state.acquired_pixels == records[0]["pool/acquired_pixels"] > 0
+    head = json.loads(storage.read_text("s3://s4al-runs/exp/s3run/pool/head.json"))
+    assert sum(r["pixels"] for r in head["rounds"]) == records[0]["pool/acquired_pixels"] > 0
 
 
 def test_missing_bucket_fails_before_training(s3_server):

@@ -17,7 +17,8 @@ from s4al_ray import storage
 from s4al_ray.config import load_config
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
-from s4al_ray.teacher import TeacherJob, TeacherPredictor, run_teacher
+from s4al_ray.teacher import TeacherJob, run_teacher
+from s4al_ray.teacher_stages import TeacherModel, predict_rows
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_teacher_pass_survives_a_killed_task_worker(teacher_setup, tmp_path):
     def kill_first_teacher_worker() -> None:
         deadline = time.time() + 120
         while time.time() < deadline and not killed:
-            for pid in pids_matching("predict_batch"):
+            for pid in pids_matching("model_batch"):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
                 break
@@ -129,11 +130,11 @@ def test_random_scores_do_not_depend_on_batching(teacher_setup, tmp_path):
     worker, batch or position an image lands in."""
     cfg, data, rows, teacher_cfg = teacher_setup
     checkpoint = _save_model(cfg, data.num_classes, 4, str(tmp_path / "round_003.pt"))
-    predictor = TeacherPredictor(replace(teacher_cfg, score="random", checkpoint_uri=checkpoint))
+    job = replace(teacher_cfg, score="random", checkpoint_uri=checkpoint)
+    model = TeacherModel(job)
 
     def scores(batch_rows: list[dict]) -> dict[str, list[float]]:
-        batch = {key: [r[key] for r in batch_rows] for key in batch_rows[0]}
-        table = predictor(batch).to_pylist()
+        table = predict_rows(model, batch_rows, job).to_pylist()
         return {r["sample_id"]: r["scores"] for r in table}
 
     together = scores(rows[:4])

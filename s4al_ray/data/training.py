@@ -4,17 +4,19 @@ The target of a pool image is its pseudo-label (ignore where the teacher was not
 enough for the class it predicted), replaced by ground truth inside the acquired regions.
 Decoded arrays are cached per process up to a byte budget, so small datasets are decoded once per
 round rather than once per step.
+
+The loader does no augmentation and draws nothing at random: a sample is its decoded uint8 image
+and target, a batch those padded to the batch's largest image (``collate_decoded``), and the
+training step augments it on its own device (``data/augment.py``), with the epoch's generator.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomSampler
 
 from s4al_ray import IGNORE_INDEX, storage
-from s4al_ray.data.augment import strong_augment, weak_augment
 from s4al_ray.data.io import decode_mask, load_image, load_mask
 from s4al_ray.pseudo_labels import compose_target
 from s4al_ray.regions import RegionGrid
@@ -57,46 +59,56 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
 def read_pseudo_labels(
     uri: str, sample_ids: set[str] | None = None
 ) -> dict[str, tuple[bytes, bytes]]:
-    """``sample_id -> (label PNG, confidence PNG)`` from a teacher round's parquet directory."""
+    """``sample_id -> (label PNG, confidence PNG)`` from a teacher round's parquet directory, for
+    ``sample_ids`` only (a worker's shard): the filter runs in the scan, batch by batch, so the
+    other images' PNGs are never held."""
+    import pyarrow.dataset as pads
+
     fs, path = storage.filesystem(uri)
-    table = pq.read_table(path, filesystem=fs, columns=["sample_id", "label_png", "conf_png"])
+    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    condition = None if sample_ids is None else pads.field("sample_id").isin(sorted(sample_ids))
     out = {}
-    for sid, label, conf in zip(
-        *(table.column(c).to_pylist() for c in ("sample_id", "label_png", "conf_png"))
-    ):
-        if sample_ids is None or sid in sample_ids:
+    columns = ["sample_id", "label_png", "conf_png"]
+    for batch in dataset.to_batches(columns=columns, filter=condition):
+        for sid, label, conf in zip(*(batch.column(c).to_pylist() for c in columns)):
             out[sid] = (label, conf)
     return out
 
 
+Decoded = tuple[np.ndarray, np.ndarray]  # (H, W, 3) uint8 image, (H, W) uint8 target
+
+
 class LabeledImages(Dataset):
-    """Fully labeled images with their ground truth, weakly augmented."""
+    """Fully labeled images with their ground truth (weakly augmented by the step).
+
+    ``crop`` and ``seed`` are no longer used here: the step crops to its job's crop and draws
+    from its epoch's generator (``student.train_step``)."""
 
     def __init__(
         self, items: list[dict], crop: tuple[int, int], seed: int, cache: DecodeCache | None = None
     ) -> None:
         self.items, self.crop = items, crop
         self.cache = cache or DecodeCache()
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def load(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def load(self, index: int) -> Decoded:
         item = self.items[index]
-        image = image_tensor(self.cache.get(item["image_uri"], load_image))
-        mask = torch.from_numpy(
-            self.cache.get(item["mask_uri"], load_mask).astype(np.int64)
-        )  # copies
-        return image, mask
+        return self.cache.get(item["image_uri"], load_image), self.cache.get(
+            item["mask_uri"], load_mask
+        )
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, mask = self.load(index)
-        return weak_augment(image, mask, self.crop, self.generator)
+    def __getitem__(self, index: int) -> Decoded:
+        return self.load(index)
 
 
 class PoolImages(Dataset):
-    """Pool images with pseudo-label + acquired ground truth targets, strongly augmented."""
+    """Pool images with pseudo-label + acquired ground truth targets (augmented by the step:
+    strongly, or weakly for the mean teacher, which labels the weak view first).
+
+    ``crop``, ``seed`` and ``strong`` are no longer used here: the step reads them from its job.
+    """
 
     def __init__(
         self,
@@ -120,7 +132,6 @@ class PoolImages(Dataset):
         # Without pseudo-labels (the supervised-only baseline) only acquired ground truth counts.
         self.pseudo_labels = pseudo_labels
         self.cache = cache or DecodeCache()
-        self.generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -140,12 +151,37 @@ class PoolImages(Dataset):
             return target
         return compose_target(label, decode_mask(conf_png), self.thresholds, truth, known)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> Decoded:
         item = self.items[index]
-        image = image_tensor(self.cache.get(item["image_uri"], load_image))
-        target = torch.from_numpy(self.target(item).astype(np.int64))
-        augment = strong_augment if self.strong else weak_augment
-        return augment(image, target, self.crop, self.generator)
+        return self.cache.get(item["image_uri"], load_image), self.target(item)
+
+
+def collate_decoded(samples: list[Decoded]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader batch: (images (B, H, W, 3) uint8, targets (B, H, W) uint8, sizes (B, 2) long),
+    padded to the largest image (image 0, target ignore), each sample's own size in ``sizes``.
+    uint8 is a quarter of the bytes of float to pin and copy to the device; the one copy per
+    image here is all the loader does beyond decoding."""
+    height = max(image.shape[0] for image, _ in samples)
+    width = max(image.shape[1] for image, _ in samples)
+    images = np.zeros((len(samples), height, width, 3), dtype=np.uint8)
+    targets = np.full((len(samples), height, width), IGNORE_INDEX, dtype=np.uint8)
+    for i, (image, target) in enumerate(samples):
+        if image.shape[:2] != target.shape:
+            raise ValueError(f"image {image.shape[:2]} and target {target.shape} differ in size")
+        images[i, : image.shape[0], : image.shape[1]] = image
+        targets[i, : target.shape[0], : target.shape[1]] = target
+    sizes = torch.tensor([image.shape[:2] for image, _ in samples], dtype=torch.long)
+    return torch.from_numpy(images), torch.from_numpy(targets), sizes
+
+
+def batch_to_device(batch, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A ``collate_decoded`` batch on ``device``: (images (B, 3, H, W) float in [0, 1], targets
+    uint8, sizes (B, 2) on the CPU, where the augmentation's parameters are computed)."""
+    images, targets, sizes = batch
+    # Channels first while still uint8: the cheapest transpose, and contiguous for the gathers.
+    images = images.to(device, non_blocking=True).permute(0, 3, 1, 2).contiguous()
+    images = images.float().div_(255.0)
+    return images, targets.to(device, non_blocking=True), sizes
 
 
 def repeat_factors(class_pixels: dict[str, np.ndarray], threshold: float) -> dict[str, float]:
@@ -166,12 +202,6 @@ def repeat_factors(class_pixels: dict[str, np.ndarray], threshold: float) -> dic
     return {i: float(w) for i, w in zip(ids, weights)}
 
 
-def _reseed_worker(worker_id: int) -> None:
-    """DataLoader worker processes get a copy of the dataset; give each its own stream."""
-    info = torch.utils.data.get_worker_info()
-    info.dataset.generator.manual_seed(info.seed % 2**63)
-
-
 def epoch_batches(
     dataset,
     batch_size: int,
@@ -181,8 +211,8 @@ def epoch_batches(
     weights: list[float] | None = None,
     pin_memory: bool = False,
 ):
-    """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced)."""
-    dataset.generator.manual_seed(seed)
+    """One epoch of ``steps`` batches drawn with replacement (weighted when class-balanced), as
+    ``collate_decoded`` batches."""
     generator = torch.Generator().manual_seed(seed + 1)
     count = batch_size * steps
     if weights is not None:
@@ -196,7 +226,7 @@ def epoch_batches(
             sampler=sampler,
             num_workers=workers,
             drop_last=True,
-            worker_init_fn=_reseed_worker if workers else None,
+            collate_fn=collate_decoded,
             pin_memory=pin_memory,
             generator=torch.Generator().manual_seed(seed + 2),
         )

@@ -1,59 +1,51 @@
 """The pool actor: the single writer of the pool state, persisted before every commit returns.
 
 Storage, not the actor, is the source of truth: a restarted actor (``max_restarts=-1``) reloads
-the state in its constructor, and commits are idempotent, so Ray's task retries are safe.
+the state in its constructor, and commits are idempotent, so Ray's task retries are safe. The
+actor gets the image sizes from the driver (the manifest's), with the initial state.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import ray
 
-from s4al_ray import storage
 from s4al_ray.layout import RunLayout
+from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.oracle import SimulatedOracle
 from s4al_ray.pool.state import PoolState, Selection
+from s4al_ray.pool.store import check_format, read_state, write_commit, write_initial
 
 NAMESPACE = "s4al_ray"
 
 
-def load_state(layout: RunLayout, warn=print) -> PoolState | None:
-    """The persisted state, or None for a new run. Writes are atomic, but a file damaged by
-    anything else (a copy cut short, a full disk on a network filesystem) must not lose the run:
-    the previous version, kept beside it, is used instead, with a warning."""
-    uri, previous = layout.pool_state, layout.pool_state_previous
-    if not storage.exists(uri):
-        return None
-    try:
-        return PoolState.from_json(storage.read_text(uri))
-    except (ValueError, KeyError, TypeError) as err:
-        if "incompatible" in str(err) or not storage.exists(previous):
-            raise
-        warn(
-            f"WARNING: {uri} is unreadable ({str(err)[:80]}); using the previous version "
-            f"{previous}: the last commit is redone"
-        )
-        return PoolState.from_json(storage.read_text(previous))
+def load_state(layout: RunLayout, sizes: ImageSizes | Mapping, warn=print) -> PoolState | None:
+    """The persisted state of the run at ``layout`` over these train images (the manifest's
+    sizes), or None for a new run. A damaged head falls back to its previous version, with a
+    warning; a run of an older format is refused by name (``store.PoolStateError``)."""
+    loaded = read_state(layout, ImageSizes.of(sizes), warn)
+    return None if loaded is None else loaded[0]
 
 
 class PoolStateHolder:
     """The actor's body, kept importable without Ray so it can be tested directly."""
 
-    def __init__(self, layout: RunLayout, initial_json: str, mask_uris: dict[str, str]) -> None:
+    def __init__(self, layout: RunLayout, initial: PoolState, mask_uris: dict[str, str]) -> None:
         self.layout = layout
-        loaded = load_state(layout)
-        self.state = loaded or PoolState.from_json(initial_json)
+        loaded = read_state(layout, initial.sizes)
         if loaded is None:
-            self._persist()
+            # A copy: a caller in this process keeps its object unchanged by later commits.
+            self.state = initial.before(float("inf"))
+            self._head = write_initial(layout, self.state)
+        else:
+            self.state, self._head = loaded
         self.oracle = SimulatedOracle(mask_uris, self.state.num_classes)
 
-    def _persist(self) -> None:
-        uri = self.layout.pool_state
-        if storage.exists(uri):
-            storage.write_bytes(self.layout.pool_state_previous, storage.read_bytes(uri))
-        storage.write_text(uri, self.state.to_json())
-
-    def snapshot(self) -> str:
-        return self.state.to_json()
+    def snapshot(self) -> PoolState:
+        """The committed state. Through Ray the caller gets a copy (Ray pickles it); a caller
+        in this process gets the live object."""
+        return self.state
 
     def commit(
         self, round_index: int, selection: Selection, class_pixels: list[int] | None = None
@@ -66,9 +58,10 @@ class PoolStateHolder:
         elif class_pixels is None:
             self.state.validate_selection(selection)
             class_pixels = self.oracle.reveal(self.state, selection)
-        entry = self.state.commit(round_index, selection, class_pixels)
-        self._persist()
-        return entry
+        return self.state.commit(round_index, selection, class_pixels, persist=self._persist)
+
+    def _persist(self, entry: dict) -> None:
+        self._head = write_commit(self.layout, self.state, entry, self._head)
 
 
 PoolActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolStateHolder)
@@ -77,14 +70,16 @@ PoolActor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(PoolSta
 def get_pool_actor(
     experiment: str, layout: RunLayout, initial: PoolState, mask_uris: dict[str, str]
 ):
-    """The experiment's pool actor, created if needed (a rerun driver reattaches to it)."""
+    """The experiment's pool actor, created if needed (a rerun driver reattaches to it). A run
+    directory of an older format is refused here, in the driver, by name."""
+    check_format(layout)
     return PoolActor.options(
         name=f"pool-{experiment}",
         namespace=NAMESPACE,
         get_if_exists=True,
-    ).remote(layout, initial.to_json(), mask_uris)
+    ).remote(layout, initial, mask_uris)
 
 
 def pool_snapshot(actor) -> PoolState:
-    """The committed state, as the actor holds it now."""
-    return PoolState.from_json(ray.get(actor.snapshot.remote()))
+    """The committed state, as the actor holds it now (fetched once per round)."""
+    return ray.get(actor.snapshot.remote())

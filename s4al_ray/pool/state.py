@@ -4,91 +4,207 @@ Invariants kept by :meth:`PoolState.commit`: fully labeled images and pool image
 a region is acquired at most once, a round is committed at most once (a repeat with the same
 selection is a no-op, so retried commits are harmless), and the pixel ledger equals the true size
 of the regions revealed.
+
+Sized for pools of a million images: the image sizes come from the manifest (``ImageSizes``,
+never persisted with the state), a round's selection is kept as columns (``RoundSelection``) and
+the acquired regions as one bit per region (``AcquiredRegions``). Every derived view is built at
+most once per state object and ``commit`` updates it in O(the selection); ``labeled_mask`` costs
+O(that image's regions). Storage is ``store.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field, replace
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
+from s4al_ray.pool.index import AcquiredRegions, ImageSizes, RegionIndex
+from s4al_ray.pool.selection import RoundSelection, Selection, selection_digest
 from s4al_ray.regions import RegionGrid
 
-STATE_VERSION = 1
-Selection = dict[str, list[int]]
+# 2: sizes come from the manifest; persisted as a head + one delta file per round (store.py).
+STATE_VERSION = 2
+
+__all__ = ["STATE_VERSION", "PoolState", "RoundSelection", "Selection", "selection_digest"]
 
 
-def selection_digest(selection: Selection) -> str:
-    canonical = json.dumps({k: sorted(map(int, v)) for k, v in sorted(selection.items()) if v})
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+@dataclass(frozen=True)
+class _Checked:
+    """A selection that passed validation, with what committing it needs."""
+
+    images: np.ndarray  # positions in ``sizes`` of the selection's images, in its id order
+    bits: np.ndarray  # bit position of every selected region
+    pixels: int
 
 
-@dataclass
+class _Fixed:
+    """What depends only on the images and the labeled set, shared by every state derived from
+    one (``before``, ``with_entry``): computed once per pool, not per round."""
+
+    def __init__(self, sizes: ImageSizes, labeled: list[str], region_size: int) -> None:
+        self.sizes, self.labeled, self.region_size = sizes, labeled, region_size
+        self.grids: dict[tuple[int, int], RegionGrid] = {}
+
+    @cached_property
+    def region_index(self) -> RegionIndex:
+        return RegionIndex(self.sizes, self.region_size)
+
+    @cached_property
+    def labeled_flags(self) -> np.ndarray:
+        flags = np.zeros(len(self.sizes), dtype=bool)
+        flags[self.sizes.positions(self.labeled)] = True
+        return flags
+
+    @cached_property
+    def pool_positions(self) -> np.ndarray:
+        positions = np.flatnonzero(~self.labeled_flags)
+        positions.flags.writeable = False  # handed to callers as is
+        return positions
+
+    @cached_property
+    def pool_ids(self) -> list[str]:
+        ids = self.sizes.ids
+        return sorted(ids[k] for k in self.pool_positions.tolist())
+
+    @cached_property
+    def total_pixels(self) -> int:
+        return self.sizes.pixels()
+
+    @cached_property
+    def labeled_image_pixels(self) -> int:
+        return self.sizes.pixels(np.flatnonzero(self.labeled_flags))
+
+    def grid(self, height: int, width: int) -> RegionGrid:
+        key = (height, width)
+        if key not in self.grids:  # one grid per image shape, not per image
+            self.grids[key] = RegionGrid(height, width, self.region_size)
+        return self.grids[key]
+
+    def __getstate__(self) -> dict:
+        # Lists and dicts are cheaper rebuilt than pickled; the bit layout is shared with the
+        # acquired regions, so it travels once.
+        keep = ("sizes", "labeled", "region_size", "region_index", "labeled_flags")
+        return {k: v for k, v in self.__dict__.items() if k in keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.grids = {}
+
+
 class PoolState:
-    region_size: int
-    num_classes: int
-    sizes: dict[str, list[int]]  # every train image: [height, width]
-    labeled: list[str]  # fully labeled from the start
-    initial_class_pixels: list[int] = field(default_factory=list)  # of the labeled images
-    ledger: list[dict] = field(default_factory=list)  # one entry per committed round
-    version: int = STATE_VERSION
+    version = STATE_VERSION
 
-    def __post_init__(self) -> None:
-        unknown = set(self.labeled) - set(self.sizes)
+    def __init__(
+        self,
+        region_size: int,
+        num_classes: int,
+        sizes: ImageSizes | Mapping,  # every train image: (height, width), from the manifest
+        labeled: list[str],  # fully labeled from the start
+        initial_class_pixels: list[int] | None = None,  # of the labeled images
+    ) -> None:
+        self.region_size, self.num_classes = int(region_size), int(num_classes)
+        sizes = ImageSizes.of(sizes)
+        self.labeled = list(labeled)
+        unknown = [s for s in self.labeled if s not in sizes]
         if unknown:
             raise ValueError(f"labeled ids not in the train split: {sorted(unknown)[:5]}")
-        if not self.initial_class_pixels:
-            self.initial_class_pixels = [0] * self.num_classes
+        self.initial_class_pixels = _counts(initial_class_pixels, self.num_classes)
+        self._fixed = _Fixed(sizes, self.labeled, self.region_size)
+        self._entries: list[dict] = []  # one per committed round
+        self._images: list[np.ndarray] = []  # per entry: positions of its images
+        self._acquired: AcquiredRegions | None = None  # built on first use
+        self._shared = False  # _acquired is also held by a caller or another state
+
+    def _derived(self, keep: list[int]) -> "PoolState":
+        """A state of the same pool holding entries ``keep`` (indices into the ledger)."""
+        other = object.__new__(PoolState)
+        other.__dict__.update(self.__dict__)
+        other._entries = [self._entries[k] for k in keep]
+        other._images = [self._images[k] for k in keep]
+        other._acquired, other._shared = None, False
+        if len(keep) == len(self._entries) and self._acquired is not None:
+            # Same regions: share the bits; whichever commits first copies them.
+            other._acquired = self._acquired
+            other._shared = self._shared = True
+        return other
 
     def before(self, round_index: int) -> "PoolState":
         """The state as round ``round_index`` saw it: only commits of earlier rounds. A resumed
         round therefore recomputes exactly what it computed the first time."""
-        return replace(self, ledger=[e for e in self.ledger if e["round"] < round_index])
+        return self._derived([k for k, e in enumerate(self._entries) if e["round"] < round_index])
 
     def with_entry(self, entry: dict) -> "PoolState":
-        """This state with one more committed round (a ledger entry the actor returned)."""
-        return replace(self, ledger=[*self.ledger, entry])
+        """This state with one more committed round: an entry the actor returned, so validated
+        already; only a region acquired twice is refused (a cheap check of its bits)."""
+        chosen = RoundSelection.of(entry["selection"])
+        other = self.before(math.inf)
+        previous = other.entry(entry["round"])
+        if previous is not None:
+            if previous["digest"] != chosen.digest:
+                raise ValueError(f"round {entry['round']} is already in this state, differently")
+            return other
+        try:
+            images = self.sizes.positions(chosen.ids)
+        except KeyError as err:
+            raise ValueError(f"{err.args[0]}: not an image of the train split") from None
+        bits = self._fixed.region_index.bits(np.repeat(images, chosen.counts), chosen.regions)
+        if other._acquired_regions().contains(bits).any():
+            raise ValueError(f"round {entry['round']}: regions were already acquired")
+        other._add({**entry, "selection": chosen}, _Checked(images, bits, int(entry["pixels"])))
+        return other
+
+    # -- views, each built once per state object
+    @property
+    def sizes(self) -> ImageSizes:
+        return self._fixed.sizes
 
     @property
-    def acquired(self) -> dict[str, list[int]]:
-        """sample_id -> acquired region indices, derived from the ledger."""
-        merged: dict[str, set[int]] = {}
-        for entry in self.ledger:
-            for sample_id, regions in entry["selection"].items():
-                merged.setdefault(sample_id, set()).update(regions)
-        return {k: sorted(v) for k, v in merged.items() if v}
+    def ledger(self) -> list[dict]:
+        return list(self._entries)
+
+    @property
+    def acquired(self) -> AcquiredRegions:
+        """sample_id -> acquired region indices (a read-only mapping; it does not change when
+        this state commits later: the state copies the bits first)."""
+        acquired = self._acquired_regions()
+        self._shared = True
+        return acquired
 
     @property
     def labeled_class_pixels(self) -> list[int]:
         counts = np.asarray(self.initial_class_pixels, dtype=np.int64)
-        for entry in self.ledger:
+        for entry in self._entries:
             counts = counts + np.asarray(entry["class_pixels"], dtype=np.int64)
         return counts.tolist()
 
-    # -- derived views
     def grid(self, sample_id: str) -> RegionGrid:
         height, width = self.sizes[sample_id]
-        return RegionGrid(height, width, self.region_size)
+        return self._fixed.grid(height, width)
 
     @property
     def pool_ids(self) -> list[str]:
-        labeled = set(self.labeled)
-        return sorted(s for s in self.sizes if s not in labeled)
+        return list(self._fixed.pool_ids)
+
+    @property
+    def pool_positions(self) -> np.ndarray:
+        """Positions in ``sizes`` of the pool images, in ``sizes`` order: when the sizes came
+        from the manifest's train rows, the rows a worker's shard is sliced from."""
+        return self._fixed.pool_positions
 
     @property
     def total_pixels(self) -> int:
-        return int(sum(h * w for h, w in self.sizes.values()))
+        return self._fixed.total_pixels
 
     @property
     def acquired_pixels(self) -> int:
-        return int(sum(entry["pixels"] for entry in self.ledger))
+        return int(sum(entry["pixels"] for entry in self._entries))
 
     @property
     def labeled_pixels(self) -> int:
-        full = sum(self.sizes[s][0] * self.sizes[s][1] for s in self.labeled)
-        return int(full + self.acquired_pixels)
+        return int(self._fixed.labeled_image_pixels + self.acquired_pixels)
 
     @property
     def labeled_frac(self) -> float:
@@ -96,79 +212,136 @@ class PoolState:
 
     @property
     def committed_rounds(self) -> list[int]:
-        return [entry["round"] for entry in self.ledger]
+        return [entry["round"] for entry in self._entries]
 
     def entry(self, round_index: int) -> dict | None:
-        return next((e for e in self.ledger if e["round"] == round_index), None)
+        return next((e for e in self._entries if e["round"] == round_index), None)
+
+    def labeled_mask(self, sample_id: str) -> np.ndarray:
+        """(H, W) bool: pixels whose ground truth is known for this image."""
+        position = self.sizes.index[sample_id]
+        grid = self.grid(sample_id)
+        if self._fixed.labeled_flags[position]:
+            return np.ones((grid.height, grid.width), dtype=bool)
+        if self._acquired is not None:
+            return grid.mask(self._acquired.regions_at(position))
+        # No bits built in this object: read the image from each round's columns instead.
+        return grid.mask([r for e in self._entries for r in e["selection"].get(sample_id, [])])
 
     # -- the one mutation
     def validate_selection(self, selection: Selection) -> int:
         """Raise ValueError unless ``selection`` may be acquired; return its pixel count."""
-        labeled = set(self.labeled)
-        acquired = self.acquired
-        pixels = 0
-        for sample_id, regions in selection.items():
-            if sample_id not in self.sizes:
-                raise ValueError(f"{sample_id}: not an image of the train split")
-            if sample_id in labeled:
-                raise ValueError(f"{sample_id}: already fully labeled, not a pool image")
-            grid = self.grid(sample_id)
-            regions = [int(r) for r in regions]
-            if len(set(regions)) != len(regions):
-                raise ValueError(f"{sample_id}: a region is selected twice in {regions}")
-            bad = [r for r in regions if not 0 <= r < grid.num_regions]
-            if bad:
-                raise ValueError(f"{sample_id}: regions {bad} outside its {grid.num_regions}")
-            again = set(regions) & set(acquired.get(sample_id, []))
-            if again:
-                raise ValueError(f"{sample_id}: regions {sorted(again)} were already acquired")
-            pixels += int(grid.areas[regions].sum()) if regions else 0
-        return pixels
+        return self._check(RoundSelection.of(selection)).pixels
 
     def commit(
-        self, round_index: int, selection: Selection, class_pixels: list[int] | None = None
+        self,
+        round_index: int,
+        selection: Selection,
+        class_pixels: list[int] | None = None,
+        persist: Callable[[dict], None] | None = None,
     ) -> dict:
-        """Acquire ``selection`` as round ``round_index``; idempotent for an identical repeat."""
-        digest = selection_digest(selection)
+        """Acquire ``selection`` as round ``round_index``; idempotent for an identical repeat.
+        ``persist(entry)`` runs before the state changes, so a failed write changes nothing."""
+        chosen = RoundSelection.of(selection)
         previous = self.entry(round_index)
         if previous is not None:
-            if previous["digest"] != digest:
+            if previous["digest"] != chosen.digest:
                 raise ValueError(
                     f"round {round_index} was already committed with a different selection"
                 )
             return previous
-        pixels = self.validate_selection(selection)
-        clean = {k: sorted(int(r) for r in v) for k, v in sorted(selection.items()) if v}
+        checked = self._check(chosen)
         entry = {
             "round": int(round_index),
-            "selection": clean,
-            "regions": int(sum(map(len, clean.values()))),
-            "images": len(clean),
-            "pixels": pixels,
-            "class_pixels": list(class_pixels or [0] * self.num_classes),
-            "digest": digest,
+            "selection": chosen,
+            "regions": chosen.num_regions,
+            "images": len(chosen),
+            "pixels": checked.pixels,
+            "class_pixels": _counts(class_pixels, self.num_classes),
+            "digest": chosen.digest,
         }
-        self.ledger.append(entry)
+        if persist is not None:
+            persist(entry)
+        self._add(entry, checked)
         return entry
 
-    def labeled_mask(self, sample_id: str) -> np.ndarray:
-        """(H, W) bool: pixels whose ground truth is known for this image."""
-        height, width = self.sizes[sample_id]
-        if sample_id in set(self.labeled):
-            return np.ones((height, width), dtype=bool)
-        return self.grid(sample_id).mask(self.acquired.get(sample_id, []))
+    def _add(self, entry: dict, checked: _Checked) -> None:
+        acquired = self._acquired_regions()
+        if self._shared:
+            acquired = self._acquired = acquired.copy()
+            self._shared = False
+        chosen = entry["selection"]
+        acquired.add(checked.bits, checked.images, chosen.counts)
+        # The id strings of ``sizes`` (equal ones): a round's ids then cost no memory of their
+        # own and are pickled as references to the pool's.
+        ids = self.sizes.ids
+        chosen.ids = [ids[k] for k in checked.images.tolist()]
+        self._entries.append(entry)
+        self._images.append(checked.images)
 
-    # -- persistence
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def _acquired_regions(self) -> AcquiredRegions:
+        if self._acquired is None:
+            index = self._fixed.region_index
+            acquired = AcquiredRegions.empty(self.sizes, index)
+            for entry, images in zip(self._entries, self._images):
+                chosen = entry["selection"]
+                owners = np.repeat(images, chosen.counts)
+                acquired.add(index.bits(owners, chosen.regions), images, chosen.counts)
+            self._acquired = acquired
+        return self._acquired
 
-    @classmethod
-    def from_json(cls, text: str) -> "PoolState":
-        data = json.loads(text)
-        version = data.get("version")
-        if version != STATE_VERSION:
+    def _check(self, chosen: RoundSelection) -> _Checked:
+        """Every rule, vectorised over the selection; the error names the first image (by id)
+        that breaks the first rule broken."""
+        try:
+            images = self.sizes.positions(chosen.ids)
+        except KeyError as err:
+            raise ValueError(f"{err.args[0]}: not an image of the train split") from None
+        labeled = self._fixed.labeled_flags[images]
+        if labeled.any():
+            sample_id = chosen.ids[int(np.argmax(labeled))]
+            raise ValueError(f"{sample_id}: already fully labeled, not a pool image")
+        local = np.repeat(np.arange(len(chosen), dtype=np.int64), chosen.counts)
+        regions = chosen.regions.astype(np.int64)
+        twice = (regions[1:] == regions[:-1]) & (local[1:] == local[:-1])
+        if twice.any():
+            sample_id = chosen.ids[int(local[np.argmax(twice)])]
+            raise ValueError(f"{sample_id}: a region is selected twice in {chosen[sample_id]}")
+        index = self._fixed.region_index
+        owners = images[local]
+        bad = (regions < 0) | (regions >= index.num_regions[owners])
+        if bad.any():
+            k = int(local[np.argmax(bad)])
+            listed = regions[bad & (local == k)].tolist()
             raise ValueError(
-                f"pool state version {version} is not {STATE_VERSION}: this run directory was "
-                "written by an incompatible s4al-ray; use a new experiment name"
+                f"{chosen.ids[k]}: regions {listed} outside its {int(index.num_regions[images[k]])}"
             )
-        return cls(**data)
+        bits = index.bits(owners, regions)
+        again = self._acquired_regions().contains(bits)
+        if again.any():
+            k = int(local[np.argmax(again)])
+            listed = regions[again & (local == k)].tolist()
+            raise ValueError(f"{chosen.ids[k]}: regions {listed} were already acquired")
+        return _Checked(images, bits, int(index.areas(owners, regions).sum()))
+
+    # -- comparison (Ray pickles the whole object from the actor to the driver)
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, PoolState):
+            return NotImplemented
+        fields = ("region_size", "num_classes", "labeled", "initial_class_pixels", "_entries")
+        return self.sizes == other.sizes and all(
+            getattr(self, f) == getattr(other, f) for f in fields
+        )
+
+    __hash__ = None
+
+    def __repr__(self) -> str:
+        return (
+            f"PoolState({len(self.sizes)} images, {len(self.labeled)} labeled, "
+            f"rounds {self.committed_rounds})"
+        )
+
+
+def _counts(class_pixels, num_classes: int) -> list[int]:
+    values = [] if class_pixels is None else [int(v) for v in class_pixels]
+    return values or [0] * num_classes

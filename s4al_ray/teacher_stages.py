@@ -1,0 +1,207 @@
+"""The teacher pass's three stages, each sized on its own in the Ray Data pipeline (``teacher.py``).
+
+1. ``decode_images`` (CPU tasks): read and decode the pool images of a batch.
+2. The model: ``TeacherModel``, a callable class for a GPU actor pool, or ``model_batch``, a
+   task function that caches the model per CPU worker process. It returns only what the CPU
+   needs next: the arg-max label and confidence level (uint8) and the acquisition score per pixel.
+   The model stage does no PNG encoding or bookkeeping: its accelerator would wait for the CPU.
+3. ``summarize_batch`` (CPU tasks): PNG encoding, region scores, class pixels, the block's
+   confidence histogram and its acquisition candidates (``acquisition.block_candidates``): the
+   regions of this block that the round's selection could take, so the driver never ranks the
+   whole pool.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+
+from s4al_ray.acquisition import block_candidates, region_scores
+from s4al_ray.config import ModelConfig
+from s4al_ray.data.io import encode_png, load_image
+from s4al_ray.data.training import normalize
+from s4al_ray.model import model_from_config
+from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.pseudo_labels import confidence_histogram, confidence_levels
+from s4al_ray.regions import RegionGrid
+from s4al_ray.scores import get_score
+
+
+@dataclass(frozen=True)
+class TeacherJob:
+    """Everything one teacher pass reads, built by ``jobs.teacher_job``. Its ``repr`` keys the
+    model cached in task workers, so it names the checkpoint and its storage stamp."""
+
+    round: int
+    seed: int  # random scores draw per image from (seed, sample id)
+    model: ModelConfig
+    num_classes: int
+    checkpoint_uri: str
+    checkpoint_stamp: str  # a checkpoint rewritten under the same path is reloaded
+    region_size: int
+    score: str  # a key of scores.SCORES
+    class_weights: list[float] | None  # only when the score needs them
+    scales: list[float]
+    flip: bool
+    use_gpu: bool
+    cpus_per_worker: int
+    reuse_workers: bool
+    num_workers: int  # model workers (tasks), or the actor pool's largest size
+    batch_size: int
+    # What each block's acquisition candidates must cover (see acquisition.block_candidates).
+    budget_pixels: int = 0
+    mode: str = "budget"
+    top_k: int = 4
+    exclude_border: bool = False
+    min_workers: int = 0  # the actor pool's smallest size; 0 = num_workers (a fixed pool)
+
+    @property
+    def uses_tasks(self) -> bool:
+        return uses_tasks(self.reuse_workers, self.use_gpu)
+
+
+def uses_tasks(reuse_workers: bool, use_gpu: bool) -> bool:
+    """Whether the teacher runs as cached-model tasks (CPU) rather than an actor pool."""
+    return reuse_workers and not use_gpu
+
+
+OUTPUT_SCHEMA = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("label_png", pa.binary()),
+        ("conf_png", pa.binary()),  # uint8 confidence levels (pseudo_labels.confidence_levels)
+        ("scores", pa.list_(pa.float32())),  # every region's score (kept for analysis)
+        ("class_pixels", pa.list_(pa.int64())),  # predicted pixels per class
+        # The block's acquisition candidates that fall in this image (regions, scores, areas).
+        ("cand_regions", pa.list_(pa.int32())),
+        ("cand_scores", pa.list_(pa.float32())),
+        ("cand_areas", pa.list_(pa.int32())),
+        # (C * LEVELS,) confidence histogram of the whole block, on its first row only (empty
+        # elsewhere): the pool's histogram is the sum, and storage stays O(blocks), not O(pool).
+        ("block_hist", pa.list_(pa.int64())),
+    ]
+)
+
+
+def decode_images(batch: dict) -> dict:
+    """Stage 1: the batch's images as one (B, H, W, 3) uint8 array (one size per pass)."""
+    return {**batch, "image": np.stack([load_image(str(uri)) for uri in batch["image_uri"]])}
+
+
+@torch.no_grad()
+def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
+    """Softmax (B, C, H, W) averaged over scales (and horizontal flips)."""
+    size = images.shape[-2:]
+    total = None
+    for scale in scales:
+        x = (
+            images
+            if scale == 1.0
+            else F.interpolate(images, scale_factor=scale, mode="bilinear", align_corners=False)
+        )
+        views = [x, x.flip(-1)] if flip else [x]
+        for i, view in enumerate(views):
+            logits = model(normalize(view))["logits"]
+            logits = logits.flip(-1) if i == 1 else logits
+            if logits.shape[-2:] != size:
+                logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+            probs = torch.softmax(logits.float(), dim=1)
+            total = probs if total is None else total + probs
+    return total / (len(scales) * (2 if flip else 1))
+
+
+class TeacherModel:
+    """Stage 2: the round's student as teacher, loaded once per actor (or per task process)."""
+
+    def __init__(self, job: TeacherJob) -> None:
+        torch.set_num_threads(job.cpus_per_worker)
+        self.job = job
+        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+        model = model_from_config(job.model, job.num_classes, pretrained="none")
+        load_checkpoint(model, job.checkpoint_uri)
+        self.model = model.to(self.device).eval()
+        self.score = get_score(job.score)
+        weights = job.class_weights
+        self.class_weights = None if weights is None else torch.tensor(weights).to(self.device)
+
+    def __call__(self, batch: dict) -> dict:
+        images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
+        images = images.permute(0, 3, 1, 2).float().div_(255.0)
+        probs = predict_probs(self.model, images, self.job.scales, self.job.flip)
+        confidence, label = probs.max(1)
+        scores = []
+        for sample_id, p in zip(batch["sample_id"], probs):
+            ctx = self.score.context(self.job.seed, str(sample_id), self.class_weights)
+            scores.append(self.score(p, ctx).float().cpu())
+        out = {k: batch[k] for k in ("sample_id", "height", "width", "acquired")}
+        out["label"] = label.to(torch.uint8).cpu().numpy()
+        out["level"] = confidence_levels(confidence.cpu().numpy())
+        out["score"] = torch.stack(scores).numpy()
+        return out
+
+
+# The teacher model of the current pass in this worker process, keyed by its job (which names
+# the checkpoint and its storage stamp): reused by every later batch of the same pass, replaced
+# when a new round's checkpoint arrives.
+_CACHED_MODEL: dict[str, TeacherModel] = {}
+
+
+def model_batch(batch: dict, job: TeacherJob) -> dict:
+    """Stage 2 as a Ray Data task function: ``TeacherModel`` cached in this worker process."""
+    key = repr(job)
+    model = _CACHED_MODEL.get(key)
+    if model is None:
+        _CACHED_MODEL.clear()  # free the previous round's model first
+        model = _CACHED_MODEL[key] = TeacherModel(job)
+    return model(batch)
+
+
+def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
+    """Stage 3: the parquet rows of a block (see OUTPUT_SCHEMA)."""
+    out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
+    region_score, grids, acquired = {}, {}, {}
+    hist = np.zeros(job.num_classes * 256, dtype=np.int64)
+    for i, sample_id in enumerate(map(str, batch["sample_id"])):
+        label, level = batch["label"][i], batch["level"][i]
+        grid = RegionGrid(int(batch["height"][i]), int(batch["width"][i]), job.region_size)
+        regions = [int(r) for r in batch["acquired"][i]]
+        scores = region_scores(batch["score"][i], grid.mask(regions), grid)
+        region_score[sample_id], grids[sample_id], acquired[sample_id] = scores, grid, regions
+        counts = confidence_histogram(label, level, job.num_classes)
+        hist += counts
+        out["sample_id"].append(sample_id)
+        out["label_png"].append(encode_png(label))
+        out["conf_png"].append(encode_png(level))
+        out["scores"].append(scores)
+        out["class_pixels"].append(counts.reshape(job.num_classes, -1).sum(1))
+        out["block_hist"].append(np.zeros(0, np.int64))
+    if out["block_hist"]:
+        out["block_hist"][0] = hist
+    candidates = block_candidates(
+        region_score,
+        grids,
+        acquired,
+        mode=job.mode,
+        budget_pixels=job.budget_pixels,
+        top_k=job.top_k,
+        exclude_border=job.exclude_border,
+    )
+    for sample_id in out["sample_id"]:
+        mine = candidates.sample_id == sample_id
+        out["cand_regions"].append(candidates.region[mine].astype(np.int32))
+        out["cand_scores"].append(candidates.score[mine].astype(np.float32))
+        out["cand_areas"].append(candidates.area[mine].astype(np.int32))
+    return pa.table(out, schema=OUTPUT_SCHEMA)
+
+
+def predict_rows(model: TeacherModel, rows: list[dict], job: TeacherJob) -> pa.Table:
+    """The three stages on ``rows`` in this process, without Ray (benchmarks, tests): exactly
+    what the pipeline computes for one batch."""
+    batch = {key: np.asarray([r[key] for r in rows]) for key in rows[0] if key != "acquired"}
+    batch["acquired"] = np.empty(len(rows), dtype=object)
+    batch["acquired"][:] = [list(r["acquired"]) for r in rows]
+    return summarize_batch(model(decode_images(batch)), job)
