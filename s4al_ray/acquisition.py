@@ -156,8 +156,50 @@ def block_candidates(
     global ranking picks is among them, so merging all blocks' candidates (``select``) gives
     exactly the selection of the whole pool at once while the driver holds only candidates."""
     c = _allowed_regions(scores, acquired, grids, exclude_border)
+    return could_be_chosen(c, mode=mode, budget_pixels=budget_pixels, top_k=top_k)
+
+
+def could_be_chosen(
+    c: Candidates, *, mode: str = "budget", budget_pixels: int = 0, top_k: int = 4
+) -> Candidates:
+    """The part of ``c`` the selection could still take (see ``_could_be_chosen``). The rule
+    holds for any subset of the pool, so candidate sets can be merged and cut again in any
+    grouping: the driver's memory stays bounded by the budget, not the pool."""
     order = _ranked(c, mode, top_k)
     return c.take(order[_could_be_chosen(c.area[order], int(budget_pixels))])
+
+
+class CandidateReducer:
+    """Merges candidate sets as they stream in, cutting the union back to what could be chosen
+    whenever the unmerged part grows as large as what is kept (amortised O(n log n))."""
+
+    def __init__(
+        self,
+        *,
+        mode: str = "budget",
+        budget_pixels: int = 0,
+        top_k: int = 4,
+        flush_at: int = 1 << 16,
+    ) -> None:
+        self.options = {"mode": mode, "budget_pixels": budget_pixels, "top_k": top_k}
+        self.flush_at = flush_at
+        self.kept = Candidates.empty()
+        self.pending: list[Candidates] = []
+        self.pending_size = 0
+
+    def add(self, c: Candidates) -> None:
+        self.pending.append(c)
+        self.pending_size += len(c)
+        if self.pending_size >= max(len(self.kept), self.flush_at):
+            self._cut()
+
+    def _cut(self) -> None:
+        self.kept = could_be_chosen(Candidates.concat([self.kept, *self.pending]), **self.options)
+        self.pending, self.pending_size = [], 0
+
+    def result(self) -> Candidates:
+        self._cut()
+        return self.kept
 
 
 def select(

@@ -193,20 +193,19 @@ class Experiment:
         short leaves no summary and is redone from scratch."""
         summary = TeacherSummary.load(self.layout.teacher_summary(r))
         output_uri = self.layout.teacher(r)
+        num_workers = teacher_actors(self.cfg, self.resources)
+        job = teacher_job(self.cfg, self.data, state, r, checkpoint, num_workers)
         if summary is not None:
             self.log(f"[round {r}] teacher reusing the finished pass {output_uri}")
-            return TeacherResult(
-                read_teacher_output(output_uri, self.data.num_classes).candidates, summary
-            )
-        num_workers = teacher_actors(self.cfg, self.resources)
+            output = read_teacher_output(output_uri, self.data.num_classes, job)
+            return TeacherResult(output.candidates, summary)
         self.log(
             f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
             f"{num_workers} {'task worker(s)' if self._teacher_tasks() else 'actor(s)'} ..."
         )
-        job = teacher_job(self.cfg, self.data, state, r, checkpoint, num_workers)
         rows = teacher_rows(self.data, state)
         seconds = run_teacher(job, rows, output_uri)
-        output = read_teacher_output(output_uri, self.data.num_classes)
+        output = read_teacher_output(output_uri, self.data.num_classes, job)
         summary = summarize_teacher(self.cfg, output, seconds, len(rows))
         summary.save(self.layout.teacher_summary(r))
         self.log(

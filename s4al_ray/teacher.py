@@ -26,7 +26,7 @@ import pyarrow.dataset as pads
 import ray
 
 from s4al_ray import storage
-from s4al_ray.acquisition import Candidates
+from s4al_ray.acquisition import CandidateReducer, Candidates
 from s4al_ray.pseudo_labels import LEVELS
 from s4al_ray.teacher_stages import (
     OUTPUT_SCHEMA,
@@ -120,9 +120,10 @@ class TeacherOutput:
     class_pixels: dict[str, np.ndarray]  # sample_id -> predicted pixels per class
 
 
-def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
-    """What the driver needs of a pass, read batch by batch: the candidates, the pool histogram
-    and per-image class pixels (never the label maps or every region's score)."""
+def read_teacher_output(output_uri: str, num_classes: int, job: TeacherJob) -> TeacherOutput:
+    """What the driver needs of a pass, read batch by batch: the candidates (merged and cut back
+    as they stream in, so the driver holds at most what the budget could take), the pool
+    histogram and per-image class pixels (never the label maps or every region's score)."""
     fs, path = storage.filesystem(output_uri)
     columns = [
         "sample_id",
@@ -134,7 +135,8 @@ def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
     ]
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     hist = np.zeros(num_classes * LEVELS, dtype=np.int64)
-    parts, class_pixels = [], {}
+    reducer = CandidateReducer(mode=job.mode, budget_pixels=job.budget_pixels, top_k=job.top_k)
+    class_pixels = {}
     for batch in dataset.to_batches(columns=columns):
         ids = batch.column("sample_id").to_pylist()
         counts = batch.column("class_pixels").to_pylist()
@@ -144,7 +146,7 @@ def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
                 hist += np.asarray(block, np.int64)
         regions = batch.column("cand_regions")
         lengths = regions.value_lengths().to_numpy(zero_copy_only=False)
-        parts.append(
+        reducer.add(
             Candidates(
                 np.repeat(np.asarray(ids, dtype=object), lengths),
                 regions.flatten().to_numpy().astype(np.int64),
@@ -152,4 +154,4 @@ def read_teacher_output(output_uri: str, num_classes: int) -> TeacherOutput:
                 batch.column("cand_areas").flatten().to_numpy().astype(np.int64),
             )
         )
-    return TeacherOutput(Candidates.concat(parts), hist.reshape(num_classes, LEVELS), class_pixels)
+    return TeacherOutput(reducer.result(), hist.reshape(num_classes, LEVELS), class_pixels)

@@ -173,3 +173,29 @@ def test_per_block_candidates_select_exactly_what_the_global_ranking_does(mode):
         held += len(merged)
         total += sum(g.num_regions for g in grids.values())
     assert held < total  # blocks do hand over fewer regions than they hold
+
+
+@pytest.mark.parametrize("mode", ["budget", "topk"])
+def test_streamed_candidates_stay_bounded_and_exact(mode):
+    """The driver cuts the merged candidates back as they stream in: it holds about what the
+    budget could take, whatever the pool size, and selects exactly what the whole pool would."""
+    from s4al_ray.acquisition import CandidateReducer, block_candidates, select
+
+    rng = np.random.default_rng(1)
+    grid = RegionGrid(45, 50, 10)  # 5x5 regions, the last row and column cut
+    ids = [f"i{k:05d}" for k in range(3000)]
+    scores = {s: rng.random(grid.num_regions).astype(np.float32) for s in ids}
+    grids = {s: grid for s in ids}
+    budget = 40 * 100
+    options = dict(mode=mode, budget_pixels=budget, top_k=3)
+    reducer = CandidateReducer(**options, flush_at=1024)
+    largest = 0
+    for start in range(0, len(ids), 16):  # teacher blocks of 16 images
+        block = ids[start : start + 16]
+        reducer.add(block_candidates({s: scores[s] for s in block}, grids, {}, **options))
+        largest = max(largest, len(reducer.kept) + reducer.pending_size)
+    kept = reducer.result()
+    assert select(kept, **options) == select_regions(scores, grids, {}, **options)
+    # 40 full regions fill the budget: then cut edge regions of two smaller sizes at most
+    assert len(kept) <= 40 + 80 + 160 + 3
+    assert largest < 0.05 * len(ids) * grid.num_regions
