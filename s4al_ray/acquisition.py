@@ -37,9 +37,10 @@ def inverse_frequency_weights(class_pixels: list[int] | np.ndarray) -> np.ndarra
 @dataclass(frozen=True)
 class Candidates:
     """Regions that may be acquired, one entry per region: what a teacher block hands the
-    driver, and what the driver ranks."""
+    driver, and what the driver ranks. Images are their positions in the sorted pool ids (the
+    selection's tie-break order), so ranking sorts numbers, never strings."""
 
-    sample_id: np.ndarray  # str
+    image: np.ndarray  # int64 position of the image in the sorted pool ids
     region: np.ndarray  # int
     score: np.ndarray  # float32
     area: np.ndarray  # int64, the region's true pixel count
@@ -47,7 +48,7 @@ class Candidates:
     @staticmethod
     def empty() -> "Candidates":
         return Candidates(
-            np.empty(0, dtype=object),
+            np.empty(0, np.int64),
             np.empty(0, np.int64),
             np.empty(0, np.float32),
             np.empty(0, np.int64),
@@ -58,7 +59,7 @@ class Candidates:
 
     def take(self, index: np.ndarray) -> "Candidates":
         return Candidates(
-            self.sample_id[index], self.region[index], self.score[index], self.area[index]
+            self.image[index], self.region[index], self.score[index], self.area[index]
         )
 
     @staticmethod
@@ -69,7 +70,7 @@ class Candidates:
         return Candidates(
             *(
                 np.concatenate([getattr(p, f) for p in parts])
-                for f in ("sample_id", "region", "score", "area")
+                for f in ("image", "region", "score", "area")
             )
         )
 
@@ -79,8 +80,12 @@ def _allowed_regions(
     acquired: dict[str, list[int]],
     grids: dict[str, RegionGrid],
     exclude_border: bool,
+    positions: dict[str, int] | None = None,
 ) -> Candidates:
-    """Every region of these images that may still be acquired."""
+    """Every region of these images that may still be acquired; ``positions``: each image's
+    place in the sorted pool ids (default: these images are the whole pool)."""
+    if positions is None:
+        positions = {s: i for i, s in enumerate(sorted(scores))}
     parts = []
     for sample_id in sorted(scores):
         grid = grids[sample_id]
@@ -91,7 +96,7 @@ def _allowed_regions(
         regions = np.flatnonzero(allowed)
         parts.append(
             Candidates(
-                np.full(regions.size, sample_id, dtype=object),
+                np.full(regions.size, positions[sample_id], dtype=np.int64),
                 regions,
                 np.asarray(scores[sample_id], np.float32)[regions],
                 grid.areas[regions].astype(np.int64),
@@ -103,15 +108,16 @@ def _allowed_regions(
 def _ranked(c: Candidates, mode: str, top_k: int) -> np.ndarray:
     """Indices of ``c`` in selection order: descending score, ties by sample id, then region
     (deterministic); ``topk`` keeps only each image's ``top_k`` best."""
-    order = np.lexsort((c.region, c.sample_id.astype(str), -c.score))
+    order = np.lexsort((c.region, c.image, -c.score))
     if mode == "topk":
-        ids = c.sample_id[order].astype(str)
-        # rank of each entry within its image, in selection order
-        first = {}
+        # rank of each entry within its image, in selection order (a stable sort by image)
+        images = c.image[order]
+        by_image = np.argsort(images, kind="stable")
+        sorted_images = images[by_image]
+        starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
+        counts = np.diff(np.r_[starts, sorted_images.size])
         rank = np.empty(order.size, dtype=np.int64)
-        for pos, sid in enumerate(ids):
-            rank[pos] = first.get(sid, 0)
-            first[sid] = rank[pos] + 1
+        rank[by_image] = np.arange(order.size) - np.repeat(starts, counts)
         order = order[rank < top_k]
     elif mode != "budget":
         raise ValueError(f"unknown acquisition mode {mode!r}; budget or topk")
@@ -151,11 +157,12 @@ def block_candidates(
     budget_pixels: int = 0,
     top_k: int = 4,
     exclude_border: bool = False,
+    positions: dict[str, int] | None = None,
 ) -> Candidates:
     """The regions of this block of images that the round's selection could take: every one the
     global ranking picks is among them, so merging all blocks' candidates (``select``) gives
     exactly the selection of the whole pool at once while the driver holds only candidates."""
-    c = _allowed_regions(scores, acquired, grids, exclude_border)
+    c = _allowed_regions(scores, acquired, grids, exclude_border, positions)
     return could_be_chosen(c, mode=mode, budget_pixels=budget_pixels, top_k=top_k)
 
 
@@ -203,22 +210,42 @@ class CandidateReducer:
 
 
 def select(
-    candidates: Candidates, *, mode: str = "budget", budget_pixels: int = 0, top_k: int = 4
+    candidates: Candidates,
+    ids: Sequence[str],
+    *,
+    mode: str = "budget",
+    budget_pixels: int = 0,
+    top_k: int = 4,
 ) -> dict[str, list[int]]:
     """The greedy fill: take regions in selection order while they fit the pixel budget (a
-    region too big for what is left is skipped, smaller ones may still fit)."""
+    region too big for what is left is skipped, smaller ones may still fit). ``ids``: the sorted
+    pool ids the candidates' image positions refer to."""
     order = _ranked(candidates, mode, top_k)
-    chosen: dict[str, list[int]] = {}
-    left = int(budget_pixels)
-    for idx in order:
-        if candidates.area[idx] <= left:
-            chosen.setdefault(str(candidates.sample_id[idx]), []).append(
-                int(candidates.region[idx])
-            )
-            left -= int(candidates.area[idx])
-        if left <= 0:
+    area = candidates.area[order]
+    taken: list[np.ndarray] = []
+    left, pos = int(budget_pixels), 0
+    # In bulk: the longest run that fits; then jump to the next region small enough for what
+    # is left (left only shrinks, so a region too big once stays too big).
+    while pos < order.size and left > 0:
+        cum = np.cumsum(area[pos:])
+        fit = int(np.searchsorted(cum, left, side="right"))
+        if fit:
+            taken.append(order[pos : pos + fit])
+            left -= int(cum[fit - 1])
+            pos += fit
+        smaller = np.flatnonzero(area[pos:] <= left)
+        if smaller.size == 0:
             break
-    return {k: sorted(v) for k, v in chosen.items()}
+        pos += int(smaller[0])
+    if not taken:
+        return {}
+    chosen = np.concatenate(taken)
+    images, regions = candidates.image[chosen], candidates.region[chosen]
+    by = np.lexsort((regions, images))
+    images, regions = images[by], regions[by]
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
+    ends = np.r_[starts[1:], images.size]
+    return {ids[int(images[a])]: regions[a:b].astype(int).tolist() for a, b in zip(starts, ends)}
 
 
 def select_regions(
@@ -238,4 +265,4 @@ def select_regions(
     id and region index, so selection is deterministic. The round loop gets the same result
     from per-block candidates (``block_candidates`` in each teacher task, then ``select``)."""
     c = _allowed_regions(scores, acquired, grids, exclude_border)
-    return select(c, mode=mode, budget_pixels=budget_pixels, top_k=top_k)
+    return select(c, sorted(scores), mode=mode, budget_pixels=budget_pixels, top_k=top_k)

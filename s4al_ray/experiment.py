@@ -220,6 +220,7 @@ class Experiment:
         acq = self.cfg.acquisition
         selection = select(
             candidates,
+            state.pool_ids,
             mode=acq.mode,
             budget_pixels=acquisition_budget(self.cfg, state),
             top_k=acq.top_k,

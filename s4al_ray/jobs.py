@@ -164,7 +164,8 @@ def teacher_rows(data: DatasetInfo, state: PoolState) -> list[dict]:
     by_id = {row["sample_id"]: row for row in data.rows("train")}
     pool = state.pool_ids
     return [
-        {**by_id[s], "acquired": regions} for s, regions in zip(pool, state.acquired.lists(pool))
+        {**by_id[s], "acquired": regions, "pool_index": i}
+        for i, (s, regions) in enumerate(zip(pool, state.acquired.lists(pool)))
     ]
 
 

@@ -127,6 +127,7 @@ def read_teacher_output(output_uri: str, num_classes: int, job: TeacherJob) -> T
     fs, path = storage.filesystem(output_uri)
     columns = [
         "sample_id",
+        "pool_index",
         "class_pixels",
         "cand_regions",
         "cand_scores",
@@ -148,7 +149,7 @@ def read_teacher_output(output_uri: str, num_classes: int, job: TeacherJob) -> T
         lengths = regions.value_lengths().to_numpy(zero_copy_only=False)
         reducer.add(
             Candidates(
-                np.repeat(np.asarray(ids, dtype=object), lengths),
+                np.repeat(batch.column("pool_index").to_numpy(), lengths),
                 regions.flatten().to_numpy().astype(np.int64),
                 batch.column("cand_scores").flatten().to_numpy().astype(np.float32),
                 batch.column("cand_areas").flatten().to_numpy().astype(np.int64),

@@ -72,6 +72,7 @@ def uses_tasks(reuse_workers: bool, use_gpu: bool) -> bool:
 OUTPUT_SCHEMA = pa.schema(
     [
         ("sample_id", pa.string()),
+        ("pool_index", pa.int64()),  # position in the sorted pool ids (the selection's tie-break)
         ("label_png", pa.binary()),
         ("conf_png", pa.binary()),  # uint8 confidence levels (pseudo_labels.confidence_levels)
         ("scores", pa.list_(pa.float32())),  # every region's score (kept for analysis)
@@ -137,7 +138,7 @@ class TeacherModel:
         for sample_id, p in zip(batch["sample_id"], probs):
             ctx = self.score.context(self.job.seed, str(sample_id), self.class_weights)
             scores.append(self.score(p, ctx).float().cpu())
-        out = {k: batch[k] for k in ("sample_id", "height", "width", "acquired")}
+        out = {k: batch[k] for k in ("sample_id", "pool_index", "height", "width", "acquired")}
         out["label"] = label.to(torch.uint8).cpu().numpy()
         out["level"] = confidence_levels(confidence.cpu().numpy())
         out["score"] = torch.stack(scores).numpy()
@@ -163,7 +164,7 @@ def model_batch(batch: dict, job: TeacherJob) -> dict:
 def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
     """Stage 3: the parquet rows of a block (see OUTPUT_SCHEMA)."""
     out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
-    region_score, grids, acquired = {}, {}, {}
+    region_score, grids, acquired, positions = {}, {}, {}, {}
     hist = np.zeros(job.num_classes * 256, dtype=np.int64)
     for i, sample_id in enumerate(map(str, batch["sample_id"])):
         label, level = batch["label"][i], batch["level"][i]
@@ -171,9 +172,11 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         regions = [int(r) for r in batch["acquired"][i]]
         scores = region_scores(batch["score"][i], grid.mask(regions), grid)
         region_score[sample_id], grids[sample_id], acquired[sample_id] = scores, grid, regions
+        positions[sample_id] = int(batch["pool_index"][i])
         counts = confidence_histogram(label, level, job.num_classes)
         hist += counts
         out["sample_id"].append(sample_id)
+        out["pool_index"].append(positions[sample_id])
         out["label_png"].append(encode_png(label))
         out["conf_png"].append(encode_png(level))
         out["scores"].append(scores)
@@ -189,9 +192,10 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         budget_pixels=job.budget_pixels,
         top_k=job.top_k,
         exclude_border=job.exclude_border,
+        positions=positions,
     )
-    for sample_id in out["sample_id"]:
-        mine = candidates.sample_id == sample_id
+    for position in out["pool_index"]:
+        mine = candidates.image == position
         out["cand_regions"].append(candidates.region[mine].astype(np.int32))
         out["cand_scores"].append(candidates.score[mine].astype(np.float32))
         out["cand_areas"].append(candidates.area[mine].astype(np.int32))

@@ -163,13 +163,16 @@ def test_per_block_candidates_select_exactly_what_the_global_ranking_does(mode):
         ids = sorted(scores)
         cuts = sorted(rng.choice(len(ids) + 1, int(rng.integers(0, 4)), replace=True).tolist())
         blocks = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]
+        positions = {s: i for i, s in enumerate(ids)}
         parts = [
-            block_candidates({s: scores[s] for s in block}, grids, acquired, **options)
+            block_candidates(
+                {s: scores[s] for s in block}, grids, acquired, positions=positions, **options
+            )
             for block in blocks
         ]
         merged = Candidates.concat(parts)
         exclude = options.pop("exclude_border")
-        assert select(merged, **options) == expected, (trial, options, exclude)
+        assert select(merged, ids, **options) == expected, (trial, options, exclude)
         held += len(merged)
         total += sum(g.num_regions for g in grids.values())
     assert held < total  # blocks do hand over fewer regions than they hold
@@ -188,14 +191,19 @@ def test_streamed_candidates_stay_bounded_and_exact(mode):
     grids = {s: grid for s in ids}
     budget = 40 * 100
     options = dict(mode=mode, budget_pixels=budget, top_k=3)
+    positions = {s: i for i, s in enumerate(ids)}
     reducer = CandidateReducer(**options, flush_at=1024)
     largest = 0
     for start in range(0, len(ids), 16):  # teacher blocks of 16 images
         block = ids[start : start + 16]
-        reducer.add(block_candidates({s: scores[s] for s in block}, grids, {}, **options))
+        reducer.add(
+            block_candidates(
+                {s: scores[s] for s in block}, grids, {}, positions=positions, **options
+            )
+        )
         largest = max(largest, len(reducer.kept) + reducer.pending_size)
     kept = reducer.result()
-    assert select(kept, **options) == select_regions(scores, grids, {}, **options)
+    assert select(kept, ids, **options) == select_regions(scores, grids, {}, **options)
     # 40 full regions fill the budget: then cut edge regions of two smaller sizes at most
     assert len(kept) <= 40 + 80 + 160 + 3
     assert largest < 0.05 * len(ids) * grid.num_regions

@@ -26,7 +26,7 @@ def teacher_setup(ray_session, smoke_data_root):
     cfg = load_config("configs/smoke.yaml", [f"data.root={smoke_data_root}"])
     data = load_dataset(cfg.data, cfg.seed, log=lambda line: None)
     rows = [
-        {**row, "acquired": [0] if i % 3 == 0 else []}
+        {**row, "acquired": [0] if i % 3 == 0 else [], "pool_index": i}
         for i, row in enumerate(data.rows("train")[:12])
     ]
     job = TeacherJob(
