@@ -40,6 +40,21 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")
 
 
+def module_at(rev: str, path: str, name: str):
+    """The module ``path`` of the project as of git revision ``rev`` (for "before" variants
+    measured side by side with today's code; needs the repository's history)."""
+    import subprocess
+    import types
+
+    source = subprocess.run(
+        ["git", "show", f"{rev}:{path}"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    module = types.ModuleType(name)
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(source, f"{rev[:7]}:{path}", "exec"), module.__dict__)
+    return module
+
+
 def load1() -> float:
     """The 1-minute load average (2 cores here: above ~2 the figures were taken under load)."""
     return os.getloadavg()[0]

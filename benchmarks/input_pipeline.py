@@ -27,10 +27,8 @@ from __future__ import annotations
 
 import os
 import statistics
-import subprocess
 import sys
 import time
-import types
 from dataclasses import replace
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -42,18 +40,9 @@ import torch  # noqa: E402
 OLD_COMMIT = "67e19fb2307d39122b4ea1c68f8654bf8a3e2549"  # the last per-sample augmentation
 
 
-def old_augment() -> types.ModuleType:
+def old_augment():
     """``s4al_ray/data/augment.py`` as of ``OLD_COMMIT`` (needs the repository's git history)."""
-    source = subprocess.run(
-        ["git", "show", f"{OLD_COMMIT}:s4al_ray/data/augment.py"],
-        cwd=common.ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType("old_augment")
-    exec(compile(source, "old_augment.py", "exec"), module.__dict__)
-    return module
+    return common.module_at(OLD_COMMIT, "s4al_ray/data/augment.py", "old_augment")
 
 
 # -- the two loaders: what a DataLoader worker does per image

@@ -35,11 +35,9 @@ import pickle
 import re
 import resource
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import types
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,17 +70,7 @@ def peak_gb() -> float:
 
 # -- the state before this change, loaded from git
 def head_state_module(rev: str):
-    source = subprocess.run(
-        ["git", "show", f"{rev}:s4al_ray/pool/state.py"],
-        cwd=common.ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    module = types.ModuleType("head_pool_state")
-    sys.modules[module.__name__] = module  # dataclasses look their module up
-    exec(compile(source, f"{rev[:7]}:s4al_ray/pool/state.py", "exec"), module.__dict__)
-    return module
+    return common.module_at(rev, "s4al_ray/pool/state.py", "head_pool_state")
 
 
 # -- the pool actor's process
