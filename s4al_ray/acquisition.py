@@ -1,8 +1,10 @@
 """Region acquisition: pixel scores -> region scores -> selection under a budget.
 
-Pixel scores come from the registry in ``scores.py``; the teacher workers average them per region
-(:func:`region_scores`), and selection runs in the driver over the whole pool, so the global
-ranking sees every region at once.
+Pixel scores come from the registry in ``scores.py``; the teacher's post-process stage averages
+them per region (:func:`region_scores`) and hands over each block's candidates
+(:func:`block_candidates`: the regions the round could still take); the driver merges them as
+they stream in (:class:`CandidateReducer`) and fills the budget (:func:`select`), which gives
+exactly the selection of one global ranking over the pool (:func:`select_regions`).
 """
 
 from __future__ import annotations

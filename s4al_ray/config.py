@@ -319,5 +319,11 @@ def validate(cfg: ExperimentConfig) -> None:
                 "choose a region of at most "
                 f"{min(syn.height, syn.width)} px"
             )
+    if cfg.ray.autoscale and cfg.train.use_gpu and cfg.teacher.num_actors == 0:
+        raise ConfigError(
+            "teacher.num_actors: on an autoscaling GPU cluster (ray.autoscale) set it to the most "
+            "GPU actors the cluster can grow to (and teacher.min_actors to what it starts with): "
+            "sized from the GPUs present at start, the pool could never grow"
+        )
     if any(s <= 0 or s > 4 for s in cfg.teacher.scales) or not cfg.teacher.scales:
         raise ConfigError(f"teacher.scales: {cfg.teacher.scales} must be 1-4 factors in (0, 4]")

@@ -62,6 +62,7 @@ RESUMABLE_KEYS = (
     "train.cpus_per_worker",
     "train.use_gpu",
     "teacher.num_actors",
+    "teacher.min_actors",
     "teacher.cpus_per_actor",
     "teacher.batch_size",
     "loop.rounds",

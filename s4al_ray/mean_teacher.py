@@ -31,8 +31,7 @@ def mean_teacher_batch(
     threshold, ``known`` (ground truth where acquired) wherever it is set. Then the batch and its
     targets are strongly augmented together there, with parameters from ``generator``."""
     probs = torch.softmax(teacher(normalize(images))["logits"].float(), dim=1)
-    # pseudo_targets indexes its CPU threshold table with the labels, so the rule runs on the CPU.
-    target = pseudo_targets(probs.cpu(), thresholds, known.cpu()).to(images.device)
+    target = pseudo_targets(probs, thresholds, known.to(probs.device))  # on the teacher's device
     return strong_augment(images, target, crop, generator)
 
 

@@ -100,7 +100,7 @@ def pseudo_targets(probs, thresholds: list[float], known):
     import torch
 
     confidence, label = probs.max(1)
-    limits = torch.from_numpy(threshold_levels(thresholds))[label]
+    limits = torch.from_numpy(threshold_levels(thresholds)).to(label.device)[label]
     target = torch.where(
         confidence_levels(confidence).long() >= limits, label, torch.full_like(label, IGNORE_INDEX)
     )

@@ -1,8 +1,9 @@
 """Acquisition scores: the registry that ``acquisition.function`` chooses from.
 
 A score turns one image's softmax (C, H, W) into an uncertainty per pixel (H, W); higher means
-more worth labeling. The teacher averages it per region (``acquisition.region_scores``) and the
-driver selects regions under the budget (``acquisition.select_regions``).
+more worth labeling. The teacher averages it per region (``acquisition.region_scores``), hands
+over each block's candidates, and the driver selects regions under the budget
+(``acquisition.select``).
 
 Adding a score is one function here::
 

@@ -102,8 +102,8 @@ def size_groups(rows: list[dict]) -> list[list[dict]]:
 
 
 def run_teacher(job: TeacherJob, rows: list[dict], output_uri: str) -> float:
-    """Predict ``rows`` (sample_id, image_uri, height, width, acquired) and write parquet to
-    ``output_uri`` (replaced). Returns the seconds spent."""
+    """Predict ``rows`` (sample_id, pool_index, image_uri, height, width, acquired) and write
+    parquet to ``output_uri`` (replaced). Returns the seconds spent."""
     started = time.perf_counter()
     storage.delete_dir(output_uri)
     fs, path = storage.filesystem(output_uri)

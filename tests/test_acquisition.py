@@ -130,6 +130,39 @@ def test_topk_mode_takes_k_per_image():
     assert chosen == {"a": [1, 8], "b": [0, 4]}
 
 
+def _reference_selection(scores, grids, acquired, *, mode, budget_pixels, top_k, exclude_border):
+    """The selection as 67e19fb computed it (one global ranking, a per-image rank dict and a
+    plain greedy loop), kept here as the independent reference."""
+    ids = sorted(scores)
+    parts = []
+    for i, sid in enumerate(ids):
+        grid = grids[sid]
+        allowed = np.ones(grid.num_regions, dtype=bool)
+        allowed[list(acquired.get(sid, []))] = False
+        if exclude_border:
+            allowed[grid.border_regions()] = False
+        regions = np.flatnonzero(allowed)
+        parts.append((scores[sid][regions], np.full(regions.size, i), regions, grid.areas[regions]))
+    score, image, region, area = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((region, image, -score))
+    if mode == "topk":
+        seen: dict[int, int] = {}
+        rank = np.zeros(order.size, dtype=np.int64)
+        for pos, idx in enumerate(order):
+            rank[pos] = seen.get(image[idx], 0)
+            seen[image[idx]] = rank[pos] + 1
+        order = order[rank < top_k]
+    chosen: dict[str, list[int]] = {}
+    left = int(budget_pixels)
+    for idx in order:
+        if area[idx] <= left:
+            chosen.setdefault(ids[image[idx]], []).append(int(region[idx]))
+            left -= int(area[idx])
+        if left <= 0:
+            break
+    return {k: sorted(v) for k, v in chosen.items()}
+
+
 @pytest.mark.parametrize("mode", ["budget", "topk"])
 def test_per_block_candidates_select_exactly_what_the_global_ranking_does(mode):
     """Each teacher block hands over only the regions that could still be chosen; merged, they
@@ -159,7 +192,8 @@ def test_per_block_candidates_select_exactly_what_the_global_ranking_does(mode):
             top_k=int(rng.integers(1, 4)),
             exclude_border=bool(rng.random() < 0.3),
         )
-        expected = select_regions(scores, grids, acquired, **options)
+        expected = _reference_selection(scores, grids, acquired, **options)
+        assert select_regions(scores, grids, acquired, **options) == expected
         ids = sorted(scores)
         cuts = sorted(rng.choice(len(ids) + 1, int(rng.integers(0, 4)), replace=True).tolist())
         blocks = [ids[a:b] for a, b in zip([0, *cuts], [*cuts, len(ids)])]

@@ -261,3 +261,20 @@ def test_acquired_lists_a_pool_larger_than_one_unpacking_block():
     assert state.labeled_pixels == 40 * 50 + sum(
         int(state.grid(s).areas[v].sum()) for s, v in picked.items()
     )
+
+
+def test_damaged_last_delta_falls_back_to_the_previous_head(tmp_path, capsys):
+    """The head parses but the delta of its last round is cut short: the previous head does not
+    name that delta, so the run reloads at the round before and redoes the last commit."""
+    layout = RunLayout(str(tmp_path))
+    holder = PoolStateHolder(layout, _pool(), {})
+    holder.commit(0, {"s00003": [0]}, [1, 0, 0])
+    holder.commit(1, {"s00004": [1]}, [0, 1, 0])
+    with open(layout.pool_round(1), "w") as handle:
+        handle.write('{"version": 2, "round"')
+    state = load_state(layout, _pool().sizes)
+    assert "round 1's selection is unreadable" in capsys.readouterr().out
+    assert state.committed_rounds == [0]
+    os.remove(layout.pool_labeled)
+    with pytest.raises(PoolStateError, match="labeled.json is unreadable"):
+        load_state(layout, _pool().sizes, warn=lambda line: None)

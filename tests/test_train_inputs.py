@@ -75,3 +75,16 @@ def test_pseudo_labels_read_for_a_shard_only(tmp_path):
     assert set(got) == wanted
     assert got["p0005"] == (b"p0005", b"cp0005")
     assert len(read_pseudo_labels(str(tmp_path / "teacher"))) == 200
+
+
+def test_small_pools_give_every_worker_rows(tmp_path):
+    """Contiguous ranges: with at least as many pool images as workers none is empty; with fewer,
+    every worker gets the whole pool (it could not draw batches from nothing)."""
+    uri = str(tmp_path / "round_001.parquet")
+    write_train_inputs(uri, _rows("l", 3), _rows("p", 10), _rows("v", 4), {}, None)
+    sizes = [len(read_train_inputs(uri, "pool", rank, 4)) for rank in range(4)]
+    assert sum(sizes) == 10 and min(sizes) >= 2
+    assert sum(len(read_train_inputs(uri, "val", rank, 4)) for rank in range(4)) == 4
+    tiny = str(tmp_path / "round_002.parquet")
+    write_train_inputs(tiny, _rows("l", 3), _rows("p", 2), _rows("v", 4), {}, None)
+    assert [len(read_train_inputs(tiny, "pool", rank, 4)) for rank in range(4)] == [2, 2, 2, 2]

@@ -33,6 +33,11 @@ class PoolStateError(ConfigError):
     fix (a ConfigError: the command line prints it without a traceback)."""
 
 
+class DamagedPoolFile(PoolStateError):
+    """A pool file cut short or unreadable (not one that disagrees with the data): the previous
+    head, which does not name the last round's delta, can be used instead."""
+
+
 def check_format(layout: RunLayout) -> None:
     """Refuse, by name, a run directory whose pool this version cannot read (cheap: the driver
     calls it before the pool actor starts, so the user sees this and not an actor's traceback)."""
@@ -144,7 +149,16 @@ def read_state(layout: RunLayout, sizes: ImageSizes, warn=print) -> tuple[PoolSt
         )
         text = storage.read_text(previous)
         head = _parse_head(text, previous)
-    return _build(layout, head, sizes), text
+    try:
+        return _build(layout, head, sizes), text
+    except DamagedPoolFile as err:
+        # A head that parses but names a delta cut short (the crash happened between the
+        # delta and the head) or damaged: the previous head does not name it.
+        if not storage.exists(previous) or storage.read_text(previous) == text:
+            raise
+        warn(f"WARNING: {err}; using the previous version {previous}: the last commit is redone")
+        text = storage.read_text(previous)
+        return _build(layout, _parse_head(text, previous), sizes), text
 
 
 def _parse_head(text: str, uri: str) -> dict:
@@ -163,8 +177,12 @@ def _parse_head(text: str, uri: str) -> dict:
 def _build(layout: RunLayout, head: dict, sizes: ImageSizes) -> PoolState:
     """Replay the rounds the head names through ``commit``: every invariant is checked again,
     against the image sizes of today's manifest."""
-    labeled = json.loads(storage.read_text(layout.pool_labeled))["labeled"]
-    if labeled_digest(labeled) != head["labeled"]["digest"]:
+    try:
+        labeled = json.loads(storage.read_text(layout.pool_labeled))["labeled"]
+        expected = head["labeled"]["digest"]
+    except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+        raise DamagedPoolFile(f"{layout.pool_labeled} is unreadable ({str(err)[:80]})") from err
+    if labeled_digest(labeled) != expected:
         raise PoolStateError(
             f"{layout.pool_labeled} is not the labeled set {layout.pool_head} "
             "was written with; start a new experiment with name=<new name>"
@@ -183,7 +201,7 @@ def _build(layout: RunLayout, head: dict, sizes: ImageSizes) -> PoolState:
                 delta["sample_ids"], delta["counts"], delta["regions"]
             )
         except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
-            raise PoolStateError(
+            raise DamagedPoolFile(
                 f"{uri}: round {meta['round']}'s selection is unreadable ({str(err)[:80]})"
             ) from err
         if chosen.digest != meta["digest"]:
