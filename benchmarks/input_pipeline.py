@@ -137,8 +137,8 @@ def cityscapes_sets(count: int, crop=(688, 688)):
         conf = np.full(mask.shape, 200, np.uint8)
         pseudo[item["sample_id"]] = (encode_png(mask), encode_png(conf))
         items.append(item)
-    labeled = LabeledImages(items, crop, 0, cache)
-    pool = PoolImages(items, pseudo, [0.7] * 19, {}, 64, crop, 0, cache=cache)
+    labeled = LabeledImages(items, cache)
+    pool = PoolImages(items, pseudo, [0.7] * 19, {}, 64, cache=cache)
     return labeled, pool
 
 

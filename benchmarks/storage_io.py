@@ -5,8 +5,8 @@
    default round 0): bytes on disk per image, split by column, against the raw uint8 label +
    confidence maps; and what other PNG compression levels would give (size and
    encode time), since the confidence map is most of it.
-2. ``LabeledImages`` / ``PoolImages.__getitem__`` (what every training step calls; weak / strong
-   augmentation included) images/s with the decode cache warm and disabled, their decode-only part,
+2. ``LabeledImages`` / ``PoolImages.__getitem__`` (what every training step's loader calls:
+   decode and target composition; the augmentation runs on the device) images/s with the decode cache warm and disabled, their decode-only part,
    against decoding the same files with plain PIL + numpy.
 
     .venv/bin/python benchmarks/storage_io.py            # ~2-3 min
@@ -201,16 +201,13 @@ def main(argv=None) -> int:
     nl, npool = len(labeled), len(pool)
     if args.quick:
         npool = min(npool, 64)
-    uncached_l = LabeledImages(labeled.items, labeled.crop, 0, DecodeCache(max_bytes=0))
+    uncached_l = LabeledImages(labeled.items, DecodeCache(max_bytes=0))
     uncached_p = PoolImages(
         pool.items,
         pool.pseudo,
         list(pool.thresholds),
         pool.acquired,
         pool.region_size,
-        pool.crop,
-        0,
-        strong=pool.strong,
         cache=DecodeCache(max_bytes=0),
         pseudo_labels=pool.pseudo_labels,
     )

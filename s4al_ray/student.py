@@ -99,7 +99,7 @@ def build_datasets(job: StudentJob, rank: int = 0, world: int = 1) -> TrainingSe
     """The labeled set and (from round 1, with pseudo-labels) worker ``rank``'s shard of the pool:
     its rows and their pseudo-labels only."""
     cache = DecodeCache()
-    labeled = LabeledImages(read_train_inputs(job.inputs_uri, "labeled"), job.crop, 0, cache)
+    labeled = LabeledImages(read_train_inputs(job.inputs_uri, "labeled"), cache)
     use_pool = job.num_pool > 0 and job.pseudo_uri and job.train.pseudo_batch > 0
     if not use_pool:
         # Round 0 (no pseudo-labels yet) spends the whole batch on labeled images.
@@ -112,12 +112,8 @@ def build_datasets(job: StudentJob, rank: int = 0, world: int = 1) -> TrainingSe
         job.thresholds,
         {i["sample_id"]: i["acquired"] for i in items if i["acquired"]},
         job.region_size,
-        job.crop,
-        0,
         cache=cache,
         pseudo_labels=job.use_pseudo_labels,
-        # the mean teacher augments strongly after labeling the weak view
-        strong=job.train.strong_aug and job.train.method == "self_training",
     )
     weights = [i["weight"] for i in items] if job.weighted_pool else None
     return TrainingSets(labeled, job.train.labeled_batch, pool, weights)

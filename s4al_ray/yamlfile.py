@@ -28,18 +28,21 @@ _FLOAT = re.compile(
 )
 
 
+def _with_yaml12_floats(cls: type) -> type:
+    """``cls`` resolving ``_FLOAT`` as float, on a copy of its resolvers: the stock SafeLoader
+    and SafeDumper (used by other libraries in this process) are left as they are. The loader
+    then reads ``1e-3`` as a float; the dumper quotes strings that look like one."""
+    cls.yaml_implicit_resolvers = {k: list(v) for k, v in cls.yaml_implicit_resolvers.items()}
+    for first in "-+0123456789.":
+        cls.yaml_implicit_resolvers.setdefault(first, []).insert(
+            0, ("tag:yaml.org,2002:float", _FLOAT)
+        )
+    return cls
+
+
+@_with_yaml12_floats
 class _Loader(yaml.SafeLoader):
     pass
-
-
-# A copy, so the stock SafeLoader (used by other libraries in this process) is left as it is.
-_Loader.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-for first in "-+0123456789.":
-    _Loader.yaml_implicit_resolvers.setdefault(first, []).insert(
-        0, ("tag:yaml.org,2002:float", _FLOAT)
-    )
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -78,18 +81,9 @@ def load_yaml(text: str, where: str = "") -> Any:
         raise YamlError(f"{prefix}not valid YAML: {err}") from None
 
 
+@_with_yaml12_floats
 class _Dumper(yaml.SafeDumper):
     pass
-
-
-# Strings that this loader would read as floats (``"1e3"``) must be written quoted.
-_Dumper.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeDumper.yaml_implicit_resolvers.items()
-}
-for first in "-+0123456789.":
-    _Dumper.yaml_implicit_resolvers.setdefault(first, []).insert(
-        0, ("tag:yaml.org,2002:float", _FLOAT)
-    )
 
 
 def dump_yaml(data: Any) -> str:

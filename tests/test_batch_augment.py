@@ -277,8 +277,8 @@ def _sets():
         for i in items
     }
     thresholds = [0.5] * NUM_CLASSES
-    labeled = LabeledImages(items[:3], (16, 20), 0, cache)
-    pool = PoolImages(items[3:], pseudo, thresholds, {"s3": [0]}, 8, (16, 20), 0, cache=cache)
+    labeled = LabeledImages(items[:3], cache)
+    pool = PoolImages(items[3:], pseudo, thresholds, {"s3": [0]}, 8, cache=cache)
     return TrainingSets(labeled, 2, pool, None), thresholds
 
 

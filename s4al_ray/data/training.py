@@ -79,15 +79,11 @@ Decoded = tuple[np.ndarray, np.ndarray]  # (H, W, 3) uint8 image, (H, W) uint8 t
 
 
 class LabeledImages(Dataset):
-    """Fully labeled images with their ground truth (weakly augmented by the step).
+    """Fully labeled images with their ground truth (weakly augmented by the step, which crops to
+    its job's crop and draws from its epoch's generator: ``student.augment_batches``)."""
 
-    ``crop`` and ``seed`` are no longer used here: the step crops to its job's crop and draws
-    from its epoch's generator (``student.train_step``)."""
-
-    def __init__(
-        self, items: list[dict], crop: tuple[int, int], seed: int, cache: DecodeCache | None = None
-    ) -> None:
-        self.items, self.crop = items, crop
+    def __init__(self, items: list[dict], cache: DecodeCache | None = None) -> None:
+        self.items = items
         self.cache = cache or DecodeCache()
 
     def __len__(self) -> int:
@@ -105,10 +101,7 @@ class LabeledImages(Dataset):
 
 class PoolImages(Dataset):
     """Pool images with pseudo-label + acquired ground truth targets (augmented by the step:
-    strongly, or weakly for the mean teacher, which labels the weak view first).
-
-    ``crop``, ``seed`` and ``strong`` are no longer used here: the step reads them from its job.
-    """
+    strongly, or weakly for the mean teacher, which labels the weak view first)."""
 
     def __init__(
         self,
@@ -117,16 +110,13 @@ class PoolImages(Dataset):
         thresholds: list[float],
         acquired: dict[str, list[int]],
         region_size: int,
-        crop: tuple[int, int],
-        seed: int,
-        strong: bool = True,
         cache: DecodeCache | None = None,
         pseudo_labels: bool = True,
     ) -> None:
         missing = [i["sample_id"] for i in items if i["sample_id"] not in pseudo]
         if missing:
             raise ValueError(f"no pseudo-labels for {len(missing)} pool images, e.g. {missing[:3]}")
-        self.items, self.pseudo, self.crop, self.strong = items, pseudo, crop, strong
+        self.items, self.pseudo = items, pseudo
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
         self.acquired, self.region_size = acquired, region_size
         # Without pseudo-labels (the supervised-only baseline) only acquired ground truth counts.
