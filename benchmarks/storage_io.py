@@ -6,8 +6,9 @@
    confidence maps; and what other PNG compression levels would give (size and
    encode time), since the confidence map is most of it.
 2. ``LabeledImages`` / ``PoolImages.__getitem__`` (what every training step's loader calls:
-   decode and target composition; the augmentation runs on the device) images/s with the decode cache warm and disabled, their decode-only part,
-   against decoding the same files with plain PIL + numpy.
+   decode and target composition; the augmentation runs on the device) images/s with the
+   decode cache warm and disabled, their decode-only part, against decoding the same files with
+   plain PIL + numpy.
 
     .venv/bin/python benchmarks/storage_io.py            # ~2-3 min
     .venv/bin/python benchmarks/storage_io.py --quick    # ~1 min
