@@ -14,6 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
+from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.regions import RegionGrid
 
 
@@ -47,6 +48,8 @@ class Candidates:
     score: np.ndarray  # float32
     area: np.ndarray  # int64, the region's true pixel count
 
+    FIELDS = ("image", "region", "score", "area")
+
     @staticmethod
     def empty() -> "Candidates":
         return Candidates(
@@ -70,10 +73,7 @@ class Candidates:
         if not parts:
             return Candidates.empty()
         return Candidates(
-            *(
-                np.concatenate([getattr(p, f) for p in parts])
-                for f in ("image", "region", "score", "area")
-            )
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in Candidates.FIELDS)
         )
 
 
@@ -218,10 +218,11 @@ def select(
     mode: str = "budget",
     budget_pixels: int = 0,
     top_k: int = 4,
-) -> dict[str, list[int]]:
+) -> RoundSelection:
     """The greedy fill: take regions in selection order while they fit the pixel budget (a
     region too big for what is left is skipped, smaller ones may still fit). ``ids``: the sorted
-    pool ids the candidates' image positions refer to."""
+    pool ids the candidates' image positions refer to. Returned as the columns the pool state
+    keeps (a dict of lists would cost seconds at 10^6 images)."""
     order = _ranked(candidates, mode, top_k)
     area = candidates.area[order]
     taken: list[np.ndarray] = []
@@ -239,15 +240,13 @@ def select(
         if smaller.size == 0:
             break
         pos += int(smaller[0])
-    if not taken:
-        return {}
-    chosen = np.concatenate(taken)
+    chosen = np.concatenate(taken) if taken else np.empty(0, np.int64)
     images, regions = candidates.image[chosen], candidates.region[chosen]
-    by = np.lexsort((regions, images))
+    by = np.lexsort((regions, images))  # images in sorted-id order, regions sorted within
     images, regions = images[by], regions[by]
-    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]])
-    ends = np.r_[starts[1:], images.size]
-    return {ids[int(images[a])]: regions[a:b].astype(int).tolist() for a, b in zip(starts, ends)}
+    starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]]) if images.size else []
+    names = [ids[k] for k in images[starts].tolist()]
+    return RoundSelection(names, np.r_[starts, images.size], regions.astype(np.int32))
 
 
 def select_regions(
@@ -259,7 +258,7 @@ def select_regions(
     budget_pixels: int = 0,
     top_k: int = 4,
     exclude_border: bool = False,
-) -> dict[str, list[int]]:
+) -> RoundSelection:
     """Pick regions to label from the whole pool's scores at once.
 
     ``budget``: global ranking across the pool under a pixel budget. ``topk``: the reference

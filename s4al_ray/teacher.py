@@ -22,11 +22,14 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import ray
 
 from s4al_ray import storage
 from s4al_ray.acquisition import CandidateReducer, Candidates
+from s4al_ray.acquisition_cutoff import CandidateHistogram, Cutoff, HistogramSum
 from s4al_ray.pseudo_labels import LEVELS
 from s4al_ray.teacher_stages import (
     OUTPUT_SCHEMA,
@@ -115,44 +118,71 @@ def run_teacher(job: TeacherJob, rows: list[dict], output_uri: str) -> float:
 
 @dataclass(frozen=True)
 class TeacherOutput:
-    candidates: Candidates  # every block's acquisition candidates, merged
+    candidates: Candidates  # the candidates the round's selection could take, merged
     hist: np.ndarray  # (C, LEVELS) confidence histogram over the pool
     class_pixels: dict[str, np.ndarray]  # sample_id -> predicted pixels per class
 
 
-def read_teacher_output(output_uri: str, num_classes: int, job: TeacherJob) -> TeacherOutput:
-    """What the driver needs of a pass, read batch by batch: the candidates (merged and cut back
-    as they stream in, so the driver holds at most what the budget could take), the pool
-    histogram and per-image class pixels (never the label maps or every region's score)."""
+_SUMMARY_COLUMNS = ["sample_id", "class_pixels", "block_hist", "cand_hist_keys", "cand_hist_counts"]
+_CANDIDATE_COLUMNS = ["pool_index", "cand_regions", "cand_scores", "cand_areas"]
+# Above this many candidates the cut-off is applied by Ray Data tasks where the files are, not
+# by the driver reading them all (a 10^6-image pool holds ~5 * 10^8 at 1% a round).
+LOCAL_FILTER_MAX = 1 << 22
+
+
+def read_teacher_output(
+    output_uri: str, num_classes: int, job: TeacherJob, filter_in_tasks: bool | None = None
+) -> TeacherOutput:
+    """What the driver needs of a pass, never the label maps or every region's score: the pool
+    histogram and per-image class pixels, read batch by batch; then the candidates, cut by the
+    cut-off the blocks' candidate histograms give (``acquisition_cutoff``) and merged as they
+    stream in, so the driver holds about what the budget can take. ``filter_in_tasks``: cut in
+    Ray Data tasks (default: when there are more than ``LOCAL_FILTER_MAX`` candidates)."""
     fs, path = storage.filesystem(output_uri)
-    columns = [
-        "sample_id",
-        "pool_index",
-        "class_pixels",
-        "cand_regions",
-        "cand_scores",
-        "cand_areas",
-        "block_hist",
-    ]
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     hist = np.zeros(num_classes * LEVELS, dtype=np.int64)
-    reducer = CandidateReducer(mode=job.mode, budget_pixels=job.budget_pixels, top_k=job.top_k)
-    class_pixels = {}
-    for batch in dataset.to_batches(columns=columns):
+    counted, class_pixels = HistogramSum(), {}
+    for batch in dataset.to_batches(columns=_SUMMARY_COLUMNS):
         ids = batch.column("sample_id").to_pylist()
         counts = batch.column("class_pixels").to_pylist()
         class_pixels.update({s: np.asarray(c, np.int64) for s, c in zip(ids, counts)})
         for block in batch.column("block_hist").to_pylist():
             if block:
                 hist += np.asarray(block, np.int64)
-        regions = batch.column("cand_regions")
-        lengths = regions.value_lengths().to_numpy(zero_copy_only=False)
-        reducer.add(
-            Candidates(
-                np.repeat(batch.column("pool_index").to_numpy(), lengths),
-                regions.flatten().to_numpy().astype(np.int64),
-                batch.column("cand_scores").flatten().to_numpy().astype(np.float32),
-                batch.column("cand_areas").flatten().to_numpy().astype(np.int64),
-            )
+        keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
+        counted.append(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))
+    candidate_hist = CandidateHistogram.merge(counted)
+    cutoff = candidate_hist.cutoff(job.budget_pixels)
+    if filter_in_tasks is None:
+        filter_in_tasks = candidate_hist.regions > LOCAL_FILTER_MAX
+    if filter_in_tasks:
+        files = ray.data.read_parquet(dataset.files, filesystem=fs, columns=_CANDIDATE_COLUMNS)
+        kept = files.map_batches(
+            _kept_candidates, fn_kwargs={"cutoff": cutoff}, batch_format="pyarrow", num_cpus=1
+        ).iter_batches(batch_format="pyarrow", batch_size=None)
+    else:
+        kept = (
+            _kept_candidates(batch, cutoff)
+            for batch in dataset.to_batches(columns=_CANDIDATE_COLUMNS)
         )
+    reducer = CandidateReducer(mode=job.mode, budget_pixels=job.budget_pixels, top_k=job.top_k)
+    for table in kept:
+        reducer.add(Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS)))
     return TeacherOutput(reducer.result(), hist.reshape(num_classes, LEVELS), class_pixels)
+
+
+def _kept_candidates(batch, cutoff: Cutoff) -> pa.Table:
+    """The candidates of these rows that pass ``cutoff``, one row per region."""
+
+    def flat(name: str, dtype) -> np.ndarray:  # a list column's values, of any batch type
+        return pc.list_flatten(batch.column(name)).to_numpy().astype(dtype)
+
+    lengths = pc.list_value_length(batch.column("cand_regions")).to_numpy()
+    c = Candidates(
+        np.repeat(np.asarray(batch.column("pool_index")), lengths),
+        flat("cand_regions", np.int64),
+        flat("cand_scores", np.float32),
+        flat("cand_areas", np.int64),
+    )
+    c = cutoff.keep(c)
+    return pa.table({f: getattr(c, f) for f in Candidates.FIELDS})

@@ -7,8 +7,9 @@
    The model stage does no PNG encoding or bookkeeping: its accelerator would wait for the CPU.
 3. ``summarize_batch`` (CPU tasks): PNG encoding, region scores, class pixels, the block's
    confidence histogram and its acquisition candidates (``acquisition.block_candidates``): the
-   regions of this block that the round's selection could take, so the driver never ranks the
-   whole pool.
+   regions of this block that the round's selection could take, and their histogram
+   (``acquisition_cutoff``), from which the driver finds the cut-off that keeps only about the
+   budget's worth of candidates: it never ranks the whole pool.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from s4al_ray.acquisition import block_candidates, region_scores
+from s4al_ray.acquisition_cutoff import CandidateHistogram
 from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image
 from s4al_ray.data.training import normalize
@@ -84,6 +86,10 @@ OUTPUT_SCHEMA = pa.schema(
         # (C * LEVELS,) confidence histogram of the whole block, on its first row only (empty
         # elsewhere): the pool's histogram is the sum, and storage stays O(blocks), not O(pool).
         ("block_hist", pa.list_(pa.int64())),
+        # The block's candidates per (score bin, area) (acquisition_cutoff.CandidateHistogram),
+        # on its first row only, like block_hist.
+        ("cand_hist_keys", pa.list_(pa.int64())),
+        ("cand_hist_counts", pa.list_(pa.int64())),
     ]
 )
 
@@ -181,9 +187,8 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         out["conf_png"].append(encode_png(level))
         out["scores"].append(scores)
         out["class_pixels"].append(counts.reshape(job.num_classes, -1).sum(1))
-        out["block_hist"].append(np.zeros(0, np.int64))
-    if out["block_hist"]:
-        out["block_hist"][0] = hist
+        for column in ("block_hist", "cand_hist_keys", "cand_hist_counts"):
+            out[column].append(np.zeros(0, np.int64))
     candidates = block_candidates(
         region_score,
         grids,
@@ -199,6 +204,10 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         out["cand_regions"].append(candidates.region[mine].astype(np.int32))
         out["cand_scores"].append(candidates.score[mine].astype(np.float32))
         out["cand_areas"].append(candidates.area[mine].astype(np.int32))
+    if out["sample_id"]:  # the block's totals, on its first row
+        counted = CandidateHistogram.of(candidates)
+        out["block_hist"][0] = hist
+        out["cand_hist_keys"][0], out["cand_hist_counts"][0] = counted.keys, counted.counts
     return pa.table(out, schema=OUTPUT_SCHEMA)
 
 

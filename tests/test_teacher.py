@@ -143,3 +143,44 @@ def test_random_scores_do_not_depend_on_batching(teacher_setup, tmp_path):
     sid = rows[2]["sample_id"]
     assert together[sid] == alone[sid] == reversed_order[sid]
     assert together[rows[0]["sample_id"]] != together[sid]
+
+
+@pytest.mark.parametrize("mode", ["budget", "topk"])
+def test_read_candidates_select_what_ranking_every_stored_score_selects(
+    teacher_setup, tmp_path, mode
+):
+    """The driver's candidates (cut by the blocks' histograms, in the driver or in Ray Data
+    tasks) select exactly what one ranking of every region score the pass stored selects."""
+    import numpy as np
+
+    from s4al_ray.acquisition import select, select_regions
+    from s4al_ray.regions import RegionGrid
+    from s4al_ray.teacher import read_teacher_output
+
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 5, str(tmp_path / "round_004.pt"))
+    pool_px = sum(r["height"] * r["width"] for r in rows)
+    job = replace(
+        teacher_cfg,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        budget_pixels=pool_px // 20,
+        mode=mode,
+        top_k=2,
+    )
+    out = str(tmp_path / "budgeted")
+    run_teacher(job, rows, out)
+    here = read_teacher_output(out, data.num_classes, job, filter_in_tasks=False)
+    in_tasks = read_teacher_output(out, data.num_classes, job, filter_in_tasks=True)
+    ids = sorted(r["sample_id"] for r in rows)
+    options = dict(mode=mode, budget_pixels=job.budget_pixels, top_k=job.top_k)
+    chosen = select(here.candidates, ids, **options)
+    assert chosen == select(in_tasks.candidates, ids, **options)
+    stored = {
+        r["sample_id"]: np.asarray(r["scores"], np.float32) for r in pq.read_table(out).to_pylist()
+    }
+    grids = {r["sample_id"]: RegionGrid(r["height"], r["width"], job.region_size) for r in rows}
+    acquired = {r["sample_id"]: r["acquired"] for r in rows if r["acquired"]}
+    assert chosen == select_regions(stored, grids, acquired, **options)
+    assert sum(map(len, chosen.values())) > 0
+    assert here.hist.sum() == sum(r["height"] * r["width"] for r in rows)

@@ -1,0 +1,145 @@
+"""The global cut-off: blocks' histograms -> the candidates the driver need never see."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from s4al_ray.acquisition import Candidates, block_candidates, select, select_regions
+from s4al_ray.acquisition_cutoff import CandidateHistogram, HistogramSum, score_bins
+from s4al_ray.regions import RegionGrid
+
+
+def test_score_bins_never_rank_a_higher_score_lower():
+    rng = np.random.default_rng(0)
+    values = np.concatenate(
+        [
+            rng.normal(0, 1e3, 5000),
+            rng.random(5000),
+            [-np.inf, np.inf, 0.0, -0.0, 1e-40, -1e-40, np.finfo(np.float32).max],
+        ]
+    ).astype(np.float32)
+    ordered = np.sort(values)
+    bins = score_bins(ordered)
+    assert (np.diff(bins) >= 0).all()
+    assert score_bins(np.array([-0.0], np.float32)) == score_bins(np.array([0.0], np.float32))
+    assert score_bins(np.array([np.nan], np.float32))[0] < bins.min()  # ranked last, as lexsort
+    # fine enough that the budget's last bin is a small share of a pool of uniform scores
+    assert np.unique(score_bins(rng.random(10**5).astype(np.float32))).size > 1000
+
+
+def _summed(parts: list[Candidates]) -> CandidateHistogram:
+    total = HistogramSum()
+    for part in parts:
+        total.add(CandidateHistogram.of(part))
+    return total.result()
+
+
+def _pool(rng, images: int, *, sizes=(3, 9), coarse: bool):
+    size = int(rng.integers(*sizes))
+    grids, scores, acquired = {}, {}, {}
+    for i in range(images):
+        sid = f"img{rng.integers(0, 1000):03d}-{i}"
+        grid = RegionGrid(
+            int(rng.integers(size, 5 * size)), int(rng.integers(size, 5 * size)), size
+        )
+        grids[sid] = grid
+        if coarse:  # many ties, all in few bins
+            scores[sid] = (rng.integers(0, 6, grid.num_regions) / 5).astype(np.float32)
+        else:
+            scores[sid] = rng.random(grid.num_regions).astype(np.float32)
+        if rng.random() < 0.3:
+            acquired[sid] = sorted(rng.choice(grid.num_regions, 1, replace=False).tolist())
+    return grids, scores, acquired
+
+
+@pytest.mark.parametrize("mode", ["budget", "topk"])
+def test_cut_off_candidates_select_exactly_what_the_global_ranking_does(mode):
+    """Random pools (edge regions of several sizes, ties, acquired regions, borders excluded or
+    not, budgets from nothing to all of the pool): the blocks' candidates cut by the cut-off
+    of their summed histograms select exactly what one global ranking selects."""
+    rng = np.random.default_rng(3)
+    kept_total = held_total = 0
+    for trial in range(200):
+        grids, scores, acquired = _pool(rng, int(rng.integers(1, 40)), coarse=trial % 2 == 0)
+        pool_px = sum(int(g.areas.sum()) for g in grids.values())
+        options = dict(
+            mode=mode,
+            budget_pixels=int(rng.integers(0, pool_px) * rng.choice([0.05, 1.0])),
+            top_k=int(rng.integers(1, 4)),
+        )
+        exclude = bool(rng.random() < 0.3)
+        expected = select_regions(scores, grids, acquired, exclude_border=exclude, **options)
+        ids = sorted(scores)
+        positions = {s: i for i, s in enumerate(ids)}
+        blocks = [ids[a : a + 3] for a in range(0, len(ids), 3)]
+        parts = [
+            block_candidates(
+                {s: scores[s] for s in block},
+                grids,
+                acquired,
+                positions=positions,
+                exclude_border=exclude,
+                **options,
+            )
+            for block in blocks
+        ]
+        hist = _summed(parts)
+        assert hist.regions == sum(len(p) for p in parts)
+        cutoff = hist.cutoff(options["budget_pixels"])
+        kept = Candidates.concat([cutoff.keep(p) for p in parts])
+        assert select(kept, ids, **options) == expected, (trial, options, exclude)
+        kept_total += len(kept)
+        held_total += sum(len(p) for p in parts)
+    assert kept_total < held_total
+
+
+def test_the_driver_receives_about_the_budget_not_the_pool():
+    """A pool of 4,000 images of 1,000 regions (an odd image size: cut edge regions), 1% of its
+    pixels: the blocks of 16 images keep everything, the cut-off leaves about the budget."""
+    rng = np.random.default_rng(4)
+    grid = RegionGrid(255, 405, 10)  # 26 x 41 regions: a cut last row and column
+    ids = [f"i{k:05d}" for k in range(4000)]
+    scores = {s: rng.random(grid.num_regions).astype(np.float32) for s in ids}
+    grids = {s: grid for s in ids}
+    budget = int(0.01 * len(ids) * grid.areas.sum())
+    positions = {s: i for i, s in enumerate(ids)}
+    parts = [
+        block_candidates(
+            {s: scores[s] for s in ids[a : a + 16]},
+            grids,
+            {},
+            positions=positions,
+            budget_pixels=budget,
+        )
+        for a in range(0, len(ids), 16)
+    ]
+    held = sum(len(p) for p in parts)
+    assert held == len(ids) * grid.num_regions  # each block is far smaller than the budget
+    cutoff = _summed(parts).cutoff(budget)
+    kept = Candidates.concat([cutoff.keep(p) for p in parts])
+    chosen = select(kept, ids, budget_pixels=budget)
+    assert chosen == select_regions(scores, grids, {}, budget_pixels=budget)
+    chosen_regions = sum(len(v) for v in chosen.values())
+    assert len(kept) < 1.2 * chosen_regions, (len(kept), chosen_regions, held)
+
+
+def test_streamed_histogram_sum_is_the_histogram_of_all_candidates():
+    rng = np.random.default_rng(5)
+    parts = []
+    for _ in range(50):
+        n = int(rng.integers(0, 300))
+        c = Candidates(
+            np.zeros(n, np.int64),
+            np.arange(n),
+            rng.random(n).astype(np.float32),
+            rng.choice([16, 40, 100], n).astype(np.int64),
+        )
+        parts.append(c)
+    total = HistogramSum()
+    for part in parts:
+        total.add(CandidateHistogram.of(part))
+    merged, summed = CandidateHistogram.of(Candidates.concat(parts)), total.result()
+    assert np.array_equal(merged.keys, summed.keys)
+    assert np.array_equal(merged.counts, summed.counts)
+    assert summed.regions == sum(len(p) for p in parts)
