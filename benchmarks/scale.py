@@ -8,8 +8,13 @@ No pixels: a manifest (pyarrow, as ``DatasetInfo.manifest``) of 2048x1024 images
 - snapshot: fetch the committed state from the pool actor, then ``before(r)``;
 - worker items: the pool rows each of 4 train workers reads (the manifest rows sliced per worker;
   the HEAD variant builds today's ``jobs.pool_rows`` list and the ``acquired`` dict instead);
-- acquisition: ``acquisition.select_regions`` over every pool image's region scores, as today
-  (it holds every score in the driver: skipped above ``--acquisition-max`` images);
+- acquisition: as ``teacher.read_teacher_output`` and ``Experiment.acquire`` do it, the driver
+  sums the 64-image teacher blocks' candidate histograms (``acquisition_cutoff``) into the
+  round's cut-off, merges the candidates that pass it and selects. The teacher's side (random
+  region scores for every pool region, block histograms, cutting the candidates) is simulated
+  outside the timed parts; the cut itself, Ray Data tasks on a cluster, is timed apart as
+  ``cut_off_tasks_s``. HEAD ranked every pool region's score in the driver
+  (``select_regions``; skipped above ``--acquisition-max`` images);
 - commit: send the selection to the actor, which validates, persists and returns the ledger
   entry, then ``with_entry`` in the driver.
 
@@ -18,7 +23,8 @@ Ray sends them), so the driver's peak is the driver's. Each size and variant run
 driver process. Peak RSS is the kernel's high-water mark (``VmHWM`` in /proc/self/status), reset
 before each part through /proc/self/clear_refs; where that cannot be reset, the figure is
 ``resource.getrusage`` ``ru_maxrss`` (the peak so far). The commit's selection is drawn directly
-(same seed for both variants), so its cost does not depend on whether acquisition ran.
+(same seed for both variants, as RoundSelection columns, what ``select`` returns, for the new
+state; as a dict of lists for HEAD), so its cost does not depend on whether acquisition ran.
 
 The "HEAD" variant is the single-JSON pool state this replaced (``s4al_ray/pool/state.py`` of
 ``--before-rev``, loaded from git at run time; its actor rewrote ``state.json`` and a copy of it on
@@ -44,6 +50,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 HEIGHT, WIDTH, REGION, CLASSES, WORKERS = 1024, 2048, 64, 19, 4
+BLOCK, CHUNK = 64, 8192  # images per teacher block; images simulated at once
 REGIONS_PER_IMAGE = (HEIGHT // REGION) * (WIDTH // REGION)
 BEFORE_REV = "67e19fb2307d39122b4ea1c68f8654bf8a3e2549"  # the last single-JSON pool state
 RESULTS = os.path.join(common.ROOT, "benchmarks", "results", "scale.json")
@@ -183,12 +190,51 @@ def selections(n: int, labeled_every: int, rounds: int, columns: bool, seed: int
             yield {s: p.tolist() for s, p in zip(ids, np.split(region, cuts))}
 
 
-def acquisition(state, scores: dict, budget_pixels: int) -> dict:
-    """Today's acquisition in the driver (the per-block merge plugs in here)."""
+def global_acquisition(state, scores: dict, budget_pixels: int) -> dict:
+    """HEAD's acquisition: every pool image's region scores ranked at once in the driver."""
     from s4al_ray.acquisition import select_regions
 
     grids = {s: state.grid(s) for s in scores}
     return select_regions(scores, grids, state.acquired, budget_pixels=budget_pixels)
+
+
+def teacher_blocks(state, r: int):
+    """The teacher's side, simulated a chunk of pool images at a time: random region scores of
+    the regions not yet acquired, as the candidates of its 64-image blocks (a block is far
+    smaller than a 1% budget, so ``block_candidates`` keeps all of them) and each block's
+    histogram. The same chunk is drawn again, identically, when it is cut."""
+    import numpy as np
+
+    from s4al_ray.acquisition import Candidates
+    from s4al_ray.pool.index import RegionIndex
+
+    index = RegionIndex(state.sizes, REGION)
+    positions, acquired = state.pool_positions, state.acquired
+    for lo in range(0, positions.size, CHUNK):
+        hi = min(positions.size, lo + CHUNK)
+        score = np.random.default_rng((r, lo)).random((hi - lo) * REGIONS_PER_IMAGE, np.float32)
+        image = np.repeat(np.arange(lo, hi, dtype=np.int64), REGIONS_PER_IMAGE)
+        region = np.tile(np.arange(REGIONS_PER_IMAGE, dtype=np.int64), hi - lo)
+        free = ~acquired.contains(index.bits(positions[image], region))
+        area = np.full(int(free.sum()), REGION * REGION, np.int64)
+        yield Candidates(image[free], region[free], score[free], area)
+
+
+def block_histograms(c) -> list:
+    """Each 64-image block's ``CandidateHistogram`` of one chunk's candidates (what
+    ``CandidateHistogram.of`` gives per block, for a whole chunk at once)."""
+    import numpy as np
+
+    from s4al_ray.acquisition_cutoff import CandidateHistogram
+
+    keys = CandidateHistogram.keys_of(c)  # below 2^48: 16 bits of bin, 32 of area
+    distinct, counts = np.unique((c.image // BLOCK) << 48 | keys, return_counts=True)
+    owner, key = distinct >> 48, distinct & ((1 << 48) - 1)
+    cuts = np.flatnonzero(np.diff(owner)) + 1
+    return [
+        CandidateHistogram(k, n.astype(np.int64))
+        for k, n in zip(np.split(key, cuts), np.split(counts, cuts))
+    ]
 
 
 def worker_items(variant: str, table, state) -> list:
@@ -203,7 +249,7 @@ def worker_items(variant: str, table, state) -> list:
     return [[by_id[s] for s in state.pool_ids], state.acquired]
 
 
-def drive(variant: str, n: int, rounds: int, acquire: bool, columns: bool, rev: str, conn) -> None:
+def drive(variant: str, n: int, rounds: int, acquire: bool, rev: str, conn) -> None:
     """One size and variant, in a fresh driver process; sends its figures back on ``conn``."""
 
     from s4al_ray.pool.index import ImageSizes
@@ -229,7 +275,7 @@ def drive(variant: str, n: int, rounds: int, acquire: bool, columns: bool, rev: 
     del initial, sizes
     resettable = reset_peak()
     rows = []
-    columns = columns and old is None  # HEAD's state takes a dict
+    columns = old is None  # what today's select returns; HEAD's state takes a dict
     for r, selection in enumerate(selections(n, labeled_every, rounds, columns)):
         row = one_round(r, selection, actor, old, variant, table, acquire)
         row["pool_dir_mb"] = _tree_bytes(os.path.join(run_dir, "pool")) / 2**20
@@ -259,15 +305,16 @@ class Parts:
         self.peaks: dict[str, float] = {}
 
     def run(self, name: str, fn):
+        """Run ``fn`` as (more of) part ``name``: seconds add up, the peak is the largest."""
         reset_peak()
         started = time.perf_counter()
         out = fn()
-        self.row[name] = time.perf_counter() - started
-        self.peaks[name] = peak_gb()
+        self.row[name] = (self.row[name] or 0.0) + time.perf_counter() - started
+        self.peaks[name] = max(self.peaks.get(name, 0.0), peak_gb())
         return out
 
 
-def one_round(r: int, selection: dict, actor: Actor, old, variant: str, table, acquire: bool):
+def one_round(r: int, selection, actor: Actor, old, variant: str, table, acquire: bool):
     import numpy as np
 
     parts = Parts()
@@ -279,13 +326,17 @@ def one_round(r: int, selection: dict, actor: Actor, old, variant: str, table, a
 
     state = parts.run("snapshot_s", snapshot)
     parts.run("worker_items_s", lambda: worker_items(variant, table, state))
-    if acquire:
+    budget = int(0.01 * state.total_pixels)
+    task_s = None
+    if acquire and old is None:
+        chosen, task_s = cut_off_acquisition(parts, state, r, budget)
+        assert abs(chosen.num_regions - budget // REGION**2) <= 1, chosen
+    elif acquire:
         rng = np.random.default_rng(100 + r)
         pool_ids = state.pool_ids
         matrix = rng.random((len(pool_ids), REGIONS_PER_IMAGE), dtype=np.float32)
         scores = dict(zip(pool_ids, matrix))
-        budget = int(0.01 * state.total_pixels)
-        parts.run("acquisition_s", lambda: acquisition(state, scores, budget))
+        parts.run("acquisition_s", lambda: global_acquisition(state, scores, budget))
         del scores, matrix
 
     def commit():
@@ -294,21 +345,60 @@ def one_round(r: int, selection: dict, actor: Actor, old, variant: str, table, a
 
     after = parts.run("commit_s", commit)
     assert after.committed_rounds == list(range(r + 1))
-    row = {"round": r, **parts.row, "peak_gb": parts.peaks}
+    row = {"round": r, **parts.row, "peak_gb": parts.peaks, "cut_off_tasks_s": task_s}
     row["round_s"] = sum(row[k] or 0.0 for k in PARTS)
     return row
+
+
+def cut_off_acquisition(parts: "Parts", state, r: int, budget: int):
+    """The round loop's acquisition: the driver sums the blocks' histograms and finds the
+    cut-off (``read_teacher_output``), the candidates are cut where they lie (Ray Data tasks on
+    a cluster; timed apart, not driver work), and the driver merges what passes and selects."""
+    import numpy as np
+
+    from s4al_ray.acquisition import Candidates, select
+    from s4al_ray.acquisition_cutoff import CandidateHistogram, HistogramSum
+
+    # The blocks' histograms go to a file, as the teacher's parquet holds them, and the driver
+    # reads them back a few hundred blocks at a time, as read_teacher_output does.
+    spool = tempfile.TemporaryFile()
+    sizes = []
+    for c in teacher_blocks(state, r):
+        for hist in block_histograms(c):
+            spool.write(hist.keys.astype("<i8").tobytes() + hist.counts.astype("<i8").tobytes())
+            sizes.append(hist.keys.size)
+
+    def find_cutoff():
+        total = HistogramSum()
+        spool.seek(0)
+        for lo in range(0, len(sizes), 256):  # a parquet batch of ~256 blocks
+            for size in sizes[lo : lo + 256]:
+                pair = np.frombuffer(spool.read(16 * size), "<i8")
+                total.add(CandidateHistogram(pair[:size], pair[size:]))
+        return total.result().cutoff(budget)
+
+    cutoff = parts.run("acquisition_s", find_cutoff)
+    spool.close()
+    started = time.perf_counter()
+    kept = Candidates.concat([cutoff.keep(c) for c in teacher_blocks(state, r)])
+    task_s = time.perf_counter() - started
+
+    def merge_and_select():
+        return select(kept, state.pool_ids, budget_pixels=budget)
+
+    return parts.run("acquisition_s", merge_and_select), task_s
 
 
 def _tree_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run_one(variant: str, n: int, rounds: int, acquire: bool, columns: bool, rev: str) -> dict:
+def run_one(variant: str, n: int, rounds: int, acquire: bool, rev: str) -> dict:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=drive, args=(variant, n, rounds, acquire, columns, rev, theirs))
+    proc = ctx.Process(target=drive, args=(variant, n, rounds, acquire, rev, theirs))
     proc.start()
     result = ours.recv()
     proc.join()
@@ -318,7 +408,8 @@ def run_one(variant: str, n: int, rounds: int, acquire: bool, columns: bool, rev
 def summary(result: dict) -> dict:
     """The figures of a run's worst round (the largest sum of the parts)."""
     worst = max(result["rounds"], key=lambda r: r["round_s"])
-    return {**{k: worst[k] for k in PARTS}, "round_s": worst["round_s"]}
+    keys = [*PARTS, "round_s", "cut_off_tasks_s"]
+    return {k: worst.get(k) for k in keys}
 
 
 def main(argv=None) -> int:
@@ -329,16 +420,10 @@ def main(argv=None) -> int:
         "--acquisition-max",
         type=int,
         default=None,
-        help="largest pool on which today's select_regions runs: it holds every score and "
-        "sorts every region by id strings (100000; 1000 with --quick)",
+        help="largest pool on which HEAD's acquisition (select_regions over every score) runs "
+        "(100000; 1000 with --quick)",
     )
     parser.add_argument("--before-max", type=int, default=100_000, help="largest HEAD pool")
-    parser.add_argument(
-        "--columns",
-        action="store_true",
-        help="commit each selection as RoundSelection columns (what a vectorised acquisition "
-        "can return) instead of today's dict of lists",
-    )
     parser.add_argument("--before-rev", default=BEFORE_REV, help="git revision of 'HEAD'")
     args = parser.parse_args(argv)
     sizes = args.sizes or ([1_000, 10_000] if args.quick else [10_000, 100_000, 1_000_000])
@@ -349,14 +434,14 @@ def main(argv=None) -> int:
     print(
         f"{HEIGHT}x{WIDTH} images, {REGION}-px regions ({REGIONS_PER_IMAGE} per image), 1% "
         f"labeled images, 1% of pixels per round, {rounds} rounds, {WORKERS} workers; "
-        f"selections committed as {'columns' if args.columns else 'dicts of lists'}"
+        "selections committed as RoundSelection columns (HEAD: dicts of lists)"
     )
     results = []
     for n in sizes:
         variants = ["new"] + (["head"] if n <= args.before_max else [])
         for variant in variants:
-            acquire = n <= acquisition_max
-            result = run_one(variant, n, rounds, acquire, args.columns, args.before_rev)
+            acquire = variant == "new" or n <= acquisition_max
+            result = run_one(variant, n, rounds, acquire, args.before_rev)
             results.append(result)
             s = summary(result)
             print(
@@ -375,13 +460,14 @@ def main(argv=None) -> int:
                 "HEAD" if result["variant"] == "head" else "new",
                 *[("-" if s[k] is None else f"{s[k]:.3f}") for k in PARTS],
                 f"{s['round_s']:.2f}",
+                "-" if s["cut_off_tasks_s"] is None else f"{s['cut_off_tasks_s']:.1f}",
                 f"{result['driver_peak_gb']:.2f}",
                 f"{result['actor_peak_gb']:.2f}",
                 f"{last['pool_dir_mb']:.1f}",
             ]
         )
     headers = ["images", "state", "snapshot s", "worker items s", "acquisition s", "commit s"]
-    headers += ["round s", "driver peak GB", "actor peak GB", "pool files MB"]
+    headers += ["round s", "cut-off tasks s", "driver peak GB", "actor peak GB", "pool files MB"]
     print(common.table(headers, table_rows, f"Worst of {rounds} rounds ('-': not run)"))
     new = [r for r in results if r["variant"] == "new"]
     _targets(new)
@@ -401,7 +487,7 @@ def main(argv=None) -> int:
                 "driver_peak_gb": [r["driver_peak_gb"] for r in results if r["variant"] == "head"],
             },
             "acquisition_max": acquisition_max,
-            "selection_form": "RoundSelection columns" if args.columns else "dict of lists",
+            "selection_form": "RoundSelection columns (HEAD: dict of lists)",
             "peak_rss": "VmHWM, reset per part via /proc/self/clear_refs"
             if all(r["peak_resettable"] for r in results)
             else "ru_maxrss (not resettable: the peak so far)",

@@ -2,9 +2,9 @@
 
 Pixel scores come from the registry in ``scores.py``; the teacher's post-process stage averages
 them per region (:func:`region_scores`) and hands over each block's candidates
-(:func:`block_candidates`: the regions the round could still take); the driver merges them as
-they stream in (:class:`CandidateReducer`) and fills the budget (:func:`select`), which gives
-exactly the selection of one global ranking over the pool (:func:`select_regions`).
+(:func:`block_candidates`: the regions the round could still take); the driver keeps those that
+pass the round's cut-off (``acquisition_cutoff``) and fills the budget (:func:`select`), which
+gives exactly the selection of one global ranking over the pool (:func:`select_regions`).
 """
 
 from __future__ import annotations
@@ -107,10 +107,38 @@ def _allowed_regions(
     return Candidates.concat(parts)
 
 
+def score_order_key(score: np.ndarray) -> np.ndarray:
+    """uint32 keys that order float32 scores as numbers: a higher score never gets a lower key.
+    NaN gets 0, below every number (the ranking puts it last), and -0.0 the key of 0.0."""
+    score = np.ascontiguousarray(score, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = 0.0
+    bits = score.view(np.uint32)
+    key = np.where(bits >> 31 != 0, ~bits, bits | np.uint32(0x80000000))
+    return np.where(np.isnan(score), np.uint32(0), key).astype(np.uint32)
+
+
+def _selection_order(c: Candidates) -> np.ndarray:
+    """Indices of ``c`` by descending score, ties by image position, then region."""
+    if len(c) == 0:
+        return np.empty(0, np.int64)
+    span = int(c.region.max()) + 1
+    if int(c.image.max()) * span + span <= 2**32:
+        # One 64-bit key (score high, image and region low) sorts ~4x faster than three keys;
+        # built in place, as a round at 10^6 images ranks ~6 million candidates.
+        key = (~score_order_key(c.score)).astype(np.uint64)
+        key <<= np.uint64(32)
+        tie = c.image.astype(np.uint64)
+        tie *= np.uint64(span)
+        tie += c.region.astype(np.uint64)
+        key |= tie
+        del tie
+        return np.argsort(key)  # keys are distinct: the order is deterministic
+    return np.lexsort((c.region, c.image, -c.score))
+
+
 def _ranked(c: Candidates, mode: str, top_k: int) -> np.ndarray:
     """Indices of ``c`` in selection order: descending score, ties by sample id, then region
     (deterministic); ``topk`` keeps only each image's ``top_k`` best."""
-    order = np.lexsort((c.region, c.image, -c.score))
+    order = _selection_order(c)
     if mode == "topk":
         # rank of each entry within its image, in selection order (a stable sort by image)
         images = c.image[order]
@@ -171,44 +199,11 @@ def block_candidates(
 def could_be_chosen(
     c: Candidates, *, mode: str = "budget", budget_pixels: int = 0, top_k: int = 4
 ) -> Candidates:
-    """The part of ``c`` the selection could still take (see ``_could_be_chosen``). The rule
-    holds for any subset of the pool, so candidate sets can be merged and cut again in any
-    grouping: the driver's memory stays bounded by the budget, not the pool."""
+    """The part of ``c`` the selection could still take (see ``_could_be_chosen``), in selection
+    order. The rule holds for any subset of the pool, so candidate sets can be merged and cut
+    again in any grouping."""
     order = _ranked(c, mode, top_k)
     return c.take(order[_could_be_chosen(c.area[order], int(budget_pixels))])
-
-
-class CandidateReducer:
-    """Merges candidate sets as they stream in, cutting the union back to what could be chosen
-    whenever the unmerged part grows as large as what is kept (amortised O(n log n))."""
-
-    def __init__(
-        self,
-        *,
-        mode: str = "budget",
-        budget_pixels: int = 0,
-        top_k: int = 4,
-        flush_at: int = 1 << 16,
-    ) -> None:
-        self.options = {"mode": mode, "budget_pixels": budget_pixels, "top_k": top_k}
-        self.flush_at = flush_at
-        self.kept = Candidates.empty()
-        self.pending: list[Candidates] = []
-        self.pending_size = 0
-
-    def add(self, c: Candidates) -> None:
-        self.pending.append(c)
-        self.pending_size += len(c)
-        if self.pending_size >= max(len(self.kept), self.flush_at):
-            self._cut()
-
-    def _cut(self) -> None:
-        self.kept = could_be_chosen(Candidates.concat([self.kept, *self.pending]), **self.options)
-        self.pending, self.pending_size = [], 0
-
-    def result(self) -> Candidates:
-        self._cut()
-        return self.kept
 
 
 def select(
@@ -241,9 +236,9 @@ def select(
             break
         pos += int(smaller[0])
     chosen = np.concatenate(taken) if taken else np.empty(0, np.int64)
-    images, regions = candidates.image[chosen], candidates.region[chosen]
-    by = np.lexsort((regions, images))  # images in sorted-id order, regions sorted within
-    images, regions = images[by], regions[by]
+    span = int(candidates.region.max(initial=0)) + 1
+    chosen = chosen[np.argsort(candidates.image[chosen] * span + candidates.region[chosen])]
+    images, regions = candidates.image[chosen], candidates.region[chosen]  # by id, then region
     starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]]) if images.size else []
     names = [ids[k] for k in images[starts].tolist()]
     return RoundSelection(names, np.r_[starts, images.size], regions.astype(np.int32))

@@ -4,10 +4,11 @@ At 1% of a 10^6-image pool per round the budget takes ~5 million of 512 million 
 teacher block of 64 images holds far less than the budget, so a block cannot cut its own
 candidates down (``acquisition.could_be_chosen`` keeps them all). Instead each block also writes
 a histogram of its candidates (:class:`CandidateHistogram`: regions per score bin and region
-area, a few thousand numbers); the driver sums them (:class:`HistogramSum`), derives from the sum the lowest score bin
-each region area could still be chosen from (:meth:`CandidateHistogram.cutoff`), and the
-candidates are filtered against that (:meth:`Cutoff.keep`) where they lie, so only about the
-budget's worth (plus one score bin) reaches the driver. The selection stays exactly that of one
+area, a few thousand numbers); the driver sums them (:class:`HistogramSum`), derives from the
+sum the lowest score bin each region area could still be chosen from
+(:meth:`CandidateHistogram.cutoff`), and the candidates are filtered against that
+(:meth:`Cutoff.keep`) where they lie, so only about the budget's worth (plus one score bin)
+reaches the driver. The selection stays exactly that of one
 global ranking: the cut-off only drops regions the greedy fill could not take.
 """
 
@@ -44,9 +45,13 @@ class CandidateHistogram:
     counts: np.ndarray  # int64
 
     @staticmethod
+    def keys_of(c: Candidates) -> np.ndarray:
+        """Each candidate's histogram key."""
+        return score_bins(c.score) << _AREA_BITS | c.area.astype(np.int64)
+
+    @staticmethod
     def of(c: Candidates) -> "CandidateHistogram":
-        keys = score_bins(c.score) << _AREA_BITS | c.area.astype(np.int64)
-        distinct, counts = np.unique(keys, return_counts=True)
+        distinct, counts = np.unique(CandidateHistogram.keys_of(c), return_counts=True)
         return CandidateHistogram(distinct, counts.astype(np.int64))
 
     @property

@@ -28,7 +28,7 @@ import pyarrow.dataset as pads
 import ray
 
 from s4al_ray import storage
-from s4al_ray.acquisition import CandidateReducer, Candidates
+from s4al_ray.acquisition import Candidates
 from s4al_ray.acquisition_cutoff import CandidateHistogram, Cutoff, HistogramSum
 from s4al_ray.pseudo_labels import LEVELS
 from s4al_ray.teacher_stages import (
@@ -134,25 +134,29 @@ def read_teacher_output(
     output_uri: str, num_classes: int, job: TeacherJob, filter_in_tasks: bool | None = None
 ) -> TeacherOutput:
     """What the driver needs of a pass, never the label maps or every region's score: the pool
-    histogram and per-image class pixels, read batch by batch; then the candidates, cut by the
-    cut-off the blocks' candidate histograms give (``acquisition_cutoff``) and merged as they
-    stream in, so the driver holds about what the budget can take. ``filter_in_tasks``: cut in
+    histogram and per-image class pixels, read batch by batch; then the candidates that pass the
+    cut-off the blocks' candidate histograms give (``acquisition_cutoff``): about what the
+    budget can take, plus the regions of the score bin it ends in. ``filter_in_tasks``: cut in
     Ray Data tasks (default: when there are more than ``LOCAL_FILTER_MAX`` candidates)."""
     fs, path = storage.filesystem(output_uri)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     hist = np.zeros(num_classes * LEVELS, dtype=np.int64)
     counted, class_pixels = HistogramSum(), {}
-    for batch in dataset.to_batches(columns=_SUMMARY_COLUMNS):
+    written_by_this_version = "cand_hist_keys" in dataset.schema.names
+    summary_columns = [c for c in _SUMMARY_COLUMNS if c in dataset.schema.names]
+    for batch in dataset.to_batches(columns=summary_columns):
         ids = batch.column("sample_id").to_pylist()
         counts = batch.column("class_pixels").to_pylist()
         class_pixels.update({s: np.asarray(c, np.int64) for s, c in zip(ids, counts)})
         for block in batch.column("block_hist").to_pylist():
             if block:
                 hist += np.asarray(block, np.int64)
-        keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
-        counted.append(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))
-    candidate_hist = CandidateHistogram.merge(counted)
-    cutoff = candidate_hist.cutoff(job.budget_pixels)
+        if written_by_this_version:
+            keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
+            counted.add(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))
+    candidate_hist = counted.result()
+    # A pass of an s4al-ray before the histograms (resumed): every candidate is read, as then.
+    cutoff = candidate_hist.cutoff(job.budget_pixels) if written_by_this_version else None
     if filter_in_tasks is None:
         filter_in_tasks = candidate_hist.regions > LOCAL_FILTER_MAX
     if filter_in_tasks:
@@ -165,14 +169,14 @@ def read_teacher_output(
             _kept_candidates(batch, cutoff)
             for batch in dataset.to_batches(columns=_CANDIDATE_COLUMNS)
         )
-    reducer = CandidateReducer(mode=job.mode, budget_pixels=job.budget_pixels, top_k=job.top_k)
-    for table in kept:
-        reducer.add(Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS)))
-    return TeacherOutput(reducer.result(), hist.reshape(num_classes, LEVELS), class_pixels)
+    candidates = Candidates.concat(
+        [Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS)) for table in kept]
+    )
+    return TeacherOutput(candidates, hist.reshape(num_classes, LEVELS), class_pixels)
 
 
-def _kept_candidates(batch, cutoff: Cutoff) -> pa.Table:
-    """The candidates of these rows that pass ``cutoff``, one row per region."""
+def _kept_candidates(batch, cutoff: Cutoff | None) -> pa.Table:
+    """The candidates of these rows that pass ``cutoff`` (all with None), one row per region."""
 
     def flat(name: str, dtype) -> np.ndarray:  # a list column's values, of any batch type
         return pc.list_flatten(batch.column(name)).to_numpy().astype(dtype)
@@ -184,5 +188,5 @@ def _kept_candidates(batch, cutoff: Cutoff) -> pa.Table:
         flat("cand_scores", np.float32),
         flat("cand_areas", np.int64),
     )
-    c = cutoff.keep(c)
+    c = c if cutoff is None else cutoff.keep(c)
     return pa.table({f: getattr(c, f) for f in Candidates.FIELDS})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 import signal
 import threading
@@ -184,3 +185,11 @@ def test_read_candidates_select_what_ranking_every_stored_score_selects(
     assert chosen == select_regions(stored, grids, acquired, **options)
     assert sum(map(len, chosen.values())) > 0
     assert here.hist.sum() == sum(r["height"] * r["width"] for r in rows)
+    # A pass written before the candidate histograms (a run resumed across the upgrade): every
+    # candidate is read, and the selection is the same.
+    for path in sorted(glob.glob(os.path.join(out, "**", "*.parquet"), recursive=True)):
+        table = pq.read_table(path)
+        pq.write_table(table.drop_columns(["cand_hist_keys", "cand_hist_counts"]), path)
+    older = read_teacher_output(out, data.num_classes, job)
+    assert len(older.candidates) >= len(here.candidates)
+    assert select(older.candidates, ids, **options) == chosen

@@ -125,6 +125,7 @@ class RegionIndex:
         self.heights, self.widths = sizes.heights, sizes.widths
         self.num_regions = self.rows * self.cols
         self.byte_start = np.concatenate([[0], np.cumsum((self.num_regions + 7) // 8)])
+        self._cut_edges: np.ndarray | None = None
 
     @property
     def num_bytes(self) -> int:
@@ -141,6 +142,24 @@ class RegionIndex:
         height = np.minimum(size, self.heights[images] - row * size)
         width = np.minimum(size, self.widths[images] - col * size)
         return height * width
+
+    def pixels(self, images: np.ndarray, regions: np.ndarray) -> int:
+        """Total true pixel count of (image position, region) pairs: only the pairs of images
+        with cut edge regions are measured one by one (at 5 million regions a round, the
+        temporaries of ``areas`` over all of them cost a second)."""
+        cut = self.cut_edges[images]
+        full = (images.size - int(np.count_nonzero(cut))) * self.region_size**2
+        if not cut.any():
+            return full
+        return full + int(self.areas(images[cut], regions[cut]).sum())
+
+    @property
+    def cut_edges(self) -> np.ndarray:
+        """Per image: whether the region size leaves cut regions at its bottom or right edge."""
+        if self._cut_edges is None:
+            size = self.region_size
+            self._cut_edges = (self.heights % size != 0) | (self.widths % size != 0)
+        return self._cut_edges
 
 
 class AcquiredRegions(Mapping):

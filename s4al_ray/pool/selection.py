@@ -28,6 +28,9 @@ class RoundSelection(Mapping):
         if self.starts.shape != (len(ids) + 1,) or self.starts[-1] != self.regions.size:
             raise ValueError("selection columns do not line up")
         self._digest: str | None = None
+        # Where the images sit in the pool's ImageSizes, once a pool state has validated them:
+        # they travel with the committed entry, so the driver does not look up 10^6 ids again.
+        self.positions: np.ndarray | None = None
 
     @classmethod
     def of(cls, selection: Mapping[str, Iterable[int]]) -> "RoundSelection":
@@ -124,10 +127,16 @@ class RoundSelection(Mapping):
         return f"RoundSelection({len(self.ids)} images, {self.num_regions} regions)"
 
     def __getstate__(self) -> dict:
-        return {"ids": self.ids, "starts": self.starts, "regions": self.regions}
+        return {
+            "ids": self.ids,
+            "starts": self.starts,
+            "regions": self.regions,
+            "positions": self.positions,
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.ids, self.starts, self.regions = state["ids"], state["starts"], state["regions"]
+        self.positions = state.get("positions")
         self._digest = None
 
 

@@ -146,10 +146,12 @@ class PoolState:
             if previous["digest"] != chosen.digest:
                 raise ValueError(f"round {entry['round']} is already in this state, differently")
             return other
-        try:
-            images = self.sizes.positions(chosen.ids)
-        except KeyError as err:
-            raise ValueError(f"{err.args[0]}: not an image of the train split") from None
+        images = chosen.positions  # set by the state that validated it
+        if images is None or images.size != len(chosen):
+            try:
+                images = self.sizes.positions(chosen.ids)
+            except KeyError as err:
+                raise ValueError(f"{err.args[0]}: not an image of the train split") from None
         bits = self._fixed.region_index.bits(np.repeat(images, chosen.counts), chosen.regions)
         if other._acquired_regions().contains(bits).any():
             raise ValueError(f"round {entry['round']}: regions were already acquired")
@@ -276,6 +278,7 @@ class PoolState:
         # own and are pickled as references to the pool's.
         ids = self.sizes.ids
         chosen.ids = [ids[k] for k in checked.images.tolist()]
+        chosen.positions = checked.images
         self._entries.append(entry)
         self._images.append(checked.images)
 
@@ -322,7 +325,7 @@ class PoolState:
             k = int(local[np.argmax(again)])
             listed = regions[again & (local == k)].tolist()
             raise ValueError(f"{chosen.ids[k]}: regions {listed} were already acquired")
-        return _Checked(images, bits, int(index.areas(owners, regions).sum()))
+        return _Checked(images, bits, index.pixels(owners, regions))
 
     # -- comparison (Ray pickles the whole object from the actor to the driver)
     def __eq__(self, other) -> bool:
