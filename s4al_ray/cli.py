@@ -212,7 +212,14 @@ def _run(cfg, address: str | None, dry_run: bool = False) -> int:
     from s4al_ray.config import ConfigError
     from s4al_ray.data.folder import DatasetError
     from s4al_ray.experiment import Experiment
-    from s4al_ray.runtime import check_fits, connect, dashboard_url, planned_resources
+    from s4al_ray.runtime import (
+        check_cluster_paths,
+        check_fits,
+        connect,
+        dashboard_url,
+        planned_resources,
+        target_address,
+    )
     from s4al_ray.storage import StorageError, configure_endpoint
 
     print(
@@ -222,10 +229,14 @@ def _run(cfg, address: str | None, dry_run: bool = False) -> int:
     configure_endpoint(cfg.s3_endpoint)
     experiment = Experiment(cfg)
     try:
-        # Bad config, storage or data fail here, before Ray starts.
+        res = None
+        if target_address(cfg, address):  # a cluster: its shape decides which paths can work
+            res = connect(cfg, address)
+            check_cluster_paths(cfg, res)
+        # Bad config, storage or data fail here, before a local Ray starts.
         experiment.preflight(record=not dry_run)
         if dry_run:
-            res = planned_resources(cfg, address)
+            res = res or planned_resources(cfg, address)
             check_fits(cfg, res)
             print(
                 f"[dry run] ok: the trainer fits {res.cpus} CPU, {res.gpus} GPU; "

@@ -227,6 +227,11 @@ class ExperimentConfig:
     seed: int = setting(0, doc="seeds the initial labeled set, training and acquisition")
     storage: str = setting("runs", doc="local directory or s3://bucket/prefix for all artefacts")
     s3_endpoint: str = setting("", doc="S3-compatible endpoint URL; empty = AWS")
+    storage_shared: bool = setting(
+        False,
+        doc="local paths in storage, data.root and data.cache_dir are on a filesystem every "
+        "node mounts at the same path (NFS, EFS): allow them on a multi-node cluster",
+    )
     oracle: str = setting(
         "simulated",
         choices=("simulated", "manual"),

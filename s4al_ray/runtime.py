@@ -16,6 +16,7 @@ from s4al_ray.config import ConfigError, ExperimentConfig
 class ClusterResources:
     cpus: int
     gpus: int
+    nodes: int = 1  # alive Ray nodes
 
 
 # Worker settings measured in BENCHMARKS.md (# Performance). A value in the driver's environment
@@ -135,7 +136,10 @@ def _quiet_ray_data() -> None:
 
 def resources() -> ClusterResources:
     total = ray.cluster_resources()
-    return ClusterResources(cpus=int(total.get("CPU", 0)), gpus=int(total.get("GPU", 0)))
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return ClusterResources(
+        cpus=int(total.get("CPU", 0)), gpus=int(total.get("GPU", 0)), nodes=max(1, nodes)
+    )
 
 
 def dashboard_url() -> str | None:
@@ -188,3 +192,25 @@ def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:
             f"train.use_gpu with {train.num_workers} workers needs {train.num_workers} GPUs; "
             f"the cluster has {res.gpus}"
         )
+
+
+def check_cluster_paths(cfg: ExperimentConfig, res: ClusterResources) -> None:
+    """On a cluster of more than one node (or one that may grow), refuse the paths other nodes
+    cannot open before any work: train workers and teacher tasks on other nodes read the data
+    and the prepared cache and write checkpoints, so each must be on S3 or on a filesystem
+    every node mounts at the same path (``storage_shared: true``)."""
+    if (res.nodes <= 1 and not cfg.ray.autoscale) or cfg.storage_shared:
+        return
+    shape = f"{res.nodes} nodes" if res.nodes > 1 else "an autoscaling cluster (ray.autoscale)"
+    for key, value in (
+        ("data.root", cfg.data.root),
+        ("data.cache_dir", cfg.data.cache_dir),
+        ("storage", cfg.storage),
+    ):
+        if not storage.is_s3(value):
+            raise ConfigError(
+                f"{key}: {value!r} is a path on this node, and the Ray cluster has {shape}: the "
+                f"others cannot read or write it. Put it on S3 ({key}=s3://<bucket>/<prefix>), "
+                "or, when every node mounts it at the same path (NFS, EFS), say so with "
+                "storage_shared=true"
+            )

@@ -254,7 +254,7 @@ def run_sweep(
     sweep: Sweep, address: str | None = None, log: Callable[[str], None] = print
 ) -> SweepOutcome:
     """Run (or resume) the sweep, then write and print its report."""
-    from s4al_ray.runtime import connect, dashboard_url
+    from s4al_ray.runtime import check_cluster_paths, connect, dashboard_url
 
     _print_plan(sweep, log)
     storage.configure_endpoint(sweep.base.s3_endpoint)
@@ -262,6 +262,7 @@ def run_sweep(
     # A local Ray gets the trial resource; one per CPU is more trials than can ever fit.
     cpus_hint = sweep.base.ray.num_cpus or os.cpu_count() or 1
     res = connect(sweep.base, address, custom_resources={TRIAL_RESOURCE: cpus_hint})
+    check_cluster_paths(sweep.base, res)  # trials on other nodes read and write these paths
     concurrency = _concurrency(sweep, res.cpus, res.gpus, log)
     url = dashboard_url()
     log(
