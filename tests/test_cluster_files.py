@@ -1,10 +1,13 @@
-"""The cluster deployment files: cluster/aws.yaml (Ray cluster launcher) and cluster/kuberay.yaml
-(KubeRay RayJob). Pure file checks, no cloud and no Ray cluster: well under a second."""
+"""The cluster deployment files: cluster/Dockerfile + cluster/constraints.txt (the one project
+image), cluster/aws.yaml (Ray cluster launcher), cluster/kuberay.yaml (KubeRay RayJob) and
+cluster/kuberay-serviceaccount.yaml (its IRSA ServiceAccount). Pure file checks, no cloud, no
+Docker and no Ray cluster: about a second."""
 
 from __future__ import annotations
 
+import ast
+import fnmatch
 import json
-import os
 import re
 import shlex
 from pathlib import Path
@@ -12,11 +15,21 @@ from pathlib import Path
 import pytest
 import tomllib
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-AWS_YAML = ROOT / "cluster" / "aws.yaml"
-KUBERAY_YAML = ROOT / "cluster" / "kuberay.yaml"
+CLUSTER = ROOT / "cluster"
+AWS_YAML = CLUSTER / "aws.yaml"
+KUBERAY_YAML = CLUSTER / "kuberay.yaml"
+SERVICE_ACCOUNT_YAML = CLUSTER / "kuberay-serviceaccount.yaml"
+DOCKERFILE = CLUSTER / "Dockerfile"
+CONSTRAINTS = CLUSTER / "constraints.txt"
+DOCKERIGNORE = ROOT / ".dockerignore"
 PACKAGE_NAMES = {"s4al-ray", "s4al_ray"}
+CREDENTIAL_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+AMI_ID = re.compile(r"ami-(?:[0-9a-f]{8}|[0-9a-f]{17})")
 
 
 def _ray_version() -> str:
@@ -29,6 +42,29 @@ def _major_minor(v: str) -> str:
     return ".".join(v.split(".")[:2])
 
 
+def _trial_resource() -> str:
+    """s4al_ray.sweep.TRIAL_RESOURCE, read from the source (importing it would start Tune)."""
+    tree = ast.parse((ROOT / "s4al_ray" / "sweep.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "TRIAL_RESOURCE" for t in node.targets
+        ):
+            return ast.literal_eval(node.value)
+    raise AssertionError("s4al_ray/sweep.py defines no TRIAL_RESOURCE")
+
+
+def _strings(node):
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            yield from _strings(key)
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
 @pytest.fixture(scope="module")
 def aws() -> dict:
     return yaml.safe_load(AWS_YAML.read_text())
@@ -37,6 +73,134 @@ def aws() -> dict:
 @pytest.fixture(scope="module")
 def rayjob() -> dict:
     return yaml.safe_load(KUBERAY_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def service_account() -> dict:
+    return yaml.safe_load(SERVICE_ACCOUNT_YAML.read_text())
+
+
+@pytest.fixture(scope="module")
+def pins() -> dict[str, str]:
+    """cluster/constraints.txt as canonical name -> version; every line must be name==version."""
+    pinned: dict[str, str] = {}
+    for number, raw in enumerate(CONSTRAINTS.read_text().splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)", line)
+        assert match, f"constraints.txt:{number}: not an exact pin: {raw!r}"
+        name = canonicalize_name(match.group(1))
+        assert name not in pinned, f"constraints.txt:{number}: {name} pinned twice"
+        Version(match.group(2))  # a valid version
+        pinned[name] = match.group(2)
+    return pinned
+
+
+def _project_image(aws) -> str:
+    return aws["docker"]["image"]
+
+
+# -- cluster/constraints.txt and cluster/Dockerfile
+
+
+def test_constraints_pin_every_runtime_dependency(pins):
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        req = Requirement(spec)
+        name = canonicalize_name(req.name)
+        assert name in pins, f"runtime dependency {req.name} is not pinned"
+        assert req.specifier.contains(pins[name], prereleases=True), (spec, pins[name])
+    # Neither the project itself nor its test-only / optional extras.
+    assert not {canonicalize_name(n) for n in PACKAGE_NAMES} & set(pins)
+    for extra, specs in project.get("optional-dependencies", {}).items():
+        for spec in specs:
+            assert canonicalize_name(Requirement(spec).name) not in pins, (extra, spec)
+
+
+def test_constraints_match_tested_torch_and_installed_ray(pins):
+    """The image gets the torch/torchvision that CI tests with, and the Ray this repo runs."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    for name in ("torch", "torchvision"):
+        tested = re.search(rf'"{name}==([^"]+)"', ci)
+        assert tested, f".ci/run does not pin {name}"
+        assert pins[name] == tested.group(1), (name, pins[name], tested.group(1))
+    assert pins["ray"] == _ray_version()
+
+
+def _dockerfile() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    out, pending = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not pending and (not line or line.startswith("#")):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        line, pending = pending + line, ""
+        instr, _, args = line.partition(" ")
+        out.append((instr.upper(), args.strip()))
+    assert not pending, "Dockerfile ends inside a continued line"
+    return out
+
+
+def test_dockerfile_base_image_is_the_pinned_ray(pins):
+    froms = [args for instr, args in _dockerfile() if instr == "FROM"]
+    assert len(froms) == 1, froms
+    assert froms[0] == f"rayproject/ray:{pins['ray']}-py311-gpu", froms[0]
+
+
+def test_dockerfile_installs_the_package_with_the_constraints():
+    runs = [args for instr, args in _dockerfile() if instr == "RUN"]
+    installs = [cmd for cmd in runs if re.search(r"\bpip install\b", cmd)]
+    assert installs
+    for cmd in installs:  # nothing is installed outside the pins
+        assert re.search(r"(-c|-r|--constraint|--requirement)\s+cluster/constraints\.txt", cmd), cmd
+    package = [
+        cmd
+        for cmd in installs
+        for part in cmd.split("&&")
+        if re.search(r"\bpip install\b", part)
+        and "-c cluster/constraints.txt" in part
+        and "." in shlex.split(part)
+    ]
+    assert package, "no `pip install -c cluster/constraints.txt .`"
+    copies = " ".join(args for instr, args in _dockerfile() if instr == "COPY")
+    assert "cluster/constraints.txt" in copies
+
+
+def _docker_ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    ignored = False
+    for pattern in patterns:
+        negated = pattern.startswith("!")
+        pat = pattern[1:] if negated else pattern
+        pat = pat.rstrip("/")
+        if any(fnmatch.fnmatchcase(p, pat) for p in prefixes):
+            ignored = not negated
+    return ignored
+
+
+def test_build_context_has_what_the_image_copies_and_nothing_heavy():
+    patterns = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text().splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    ]
+    sources = []
+    for instr, args in _dockerfile():
+        if instr == "COPY":
+            words = [w for w in shlex.split(args) if not w.startswith("--")]
+            sources += words[:-1]
+    assert sources
+    for src in sources:
+        assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+        assert not _docker_ignored(src, patterns), f"COPY {src}: excluded by .dockerignore"
+    for heavy in (".venv", "runs", "data_cache", "data/cityscapes", ".git"):
+        assert _docker_ignored(heavy, patterns), f"{heavy} would be sent to the Docker build"
 
 
 # -- cluster/aws.yaml
@@ -61,7 +225,6 @@ def test_aws_yaml_core_keys(aws):
         "available_node_types",
         "head_node_type",
         "file_mounts",
-        "setup_commands",
         "head_start_ray_commands",
         "worker_start_ray_commands",
         "idle_timeout_minutes",
@@ -100,39 +263,63 @@ def test_aws_gpu_workers_autoscale(aws):
     assert spot and on_demand, "expected one spot and one on-demand GPU worker type"
 
 
-def test_aws_docker_image_pinned_to_installed_ray(aws):
-    image = aws["docker"]["image"]
-    repo, _, tag = image.partition(":")
-    assert repo == "rayproject/ray", image
+def test_aws_runs_the_project_image(aws):
+    image = _project_image(aws)
+    repo, _, tag = image.rpartition(":")
+    assert repo.rsplit("/", 1)[-1] == "s4al-ray", image
+    assert not repo.startswith("rayproject/"), "the bare Ray image has no torch or package"
     assert tag and tag not in ("latest", "nightly"), image
-    assert tag.startswith(_major_minor(_ray_version()) + "."), (image, _ray_version())
-    assert "gpu" in tag
+    assert f"ray{_ray_version()}" in tag and "gpu" in tag, (image, _ray_version())
+    assert "head_image" not in aws["docker"] and "worker_image" not in aws["docker"]
+    for spec in aws["available_node_types"].values():
+        assert "image" not in spec.get("docker", {}), "a node type overrides the image"
     assert aws["docker"].get("container_name")
     assert any("--shm-size" in opt for opt in aws["docker"]["run_options"])
 
 
-def test_aws_setup_installs_this_package(aws):
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    assert pyproject["project"]["name"] in PACKAGE_NAMES
+def _aws_commands(aws) -> list[str]:
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
+    cmds = [c for k in keys for c in aws.get(k) or []]
+    for spec in aws["available_node_types"].values():
+        for k in ("initialization_commands", "worker_setup_commands"):
+            cmds += spec.get(k) or []
+    return cmds
 
-    mounted = {
-        remote: local
-        for remote, local in aws["file_mounts"].items()
-        if (ROOT / os.path.expanduser(local) / "pyproject.toml").resolve()
-        == (ROOT / "pyproject.toml").resolve()
+
+def test_aws_nodes_install_nothing_at_start(aws):
+    """Everything is in the image: no pip/conda at node start, no project sync to install."""
+    for cmd in _aws_commands(aws):
+        assert not re.search(r"\b(pip3?|conda|uv pip|mamba)\s+install\b", cmd), cmd
+        assert "torch" not in cmd, cmd
+    for remote, local in aws["file_mounts"].items():
+        path = (ROOT / Path(local).expanduser()).resolve()
+        assert not (path.is_dir() and (path / "pyproject.toml").is_file()), (
+            f"file_mounts syncs the project to {remote}"
+        )
+
+
+def test_aws_ami_pinned_and_the_same_on_every_node(aws):
+    ids = {
+        name: spec["node_config"]["ImageId"] for name, spec in aws["available_node_types"].items()
     }
-    assert mounted, "file_mounts does not sync the project directory"
-    installs = [cmd for cmd in aws["setup_commands"] if "pip install" in cmd]
-    assert installs
-    targets = set()
-    for cmd in installs:
-        args = shlex.split(cmd)
-        for i, arg in enumerate(args):
-            if arg in ("-e", "--editable") and i + 1 < len(args):
-                targets.add(args[i + 1])
-    assert targets & set(mounted), (targets, mounted)
-    # Ray itself stays at the image's version.
-    assert any(f"=={_ray_version()}" in cmd for cmd in installs)
+    assert len(set(ids.values())) == 1, f"node types boot different AMIs: {ids}"
+    (ami,) = set(ids.values())
+    assert AMI_ID.fullmatch(ami), f"not a pinned AMI id: {ami!r}"
+    resolved = [s for s in _strings(aws) if s.startswith("resolve:")]
+    assert not resolved, f"resolved at launch (needs ssm:GetParameters, may drift): {resolved}"
+
+
+def test_every_aws_node_type_declares_the_trial_resource(aws):
+    trial = _trial_resource()
+    for name, spec in aws["available_node_types"].items():
+        assert spec["resources"].get(trial, 0) >= 1, f"{name} does not declare {trial}"
 
 
 def test_aws_start_commands(aws):
@@ -165,6 +352,16 @@ def _containers(pod_template: dict) -> list[dict]:
     return containers
 
 
+def _groups(rayjob) -> list[tuple[dict, bool]]:
+    cluster = rayjob["spec"]["rayClusterSpec"]
+    return [(cluster["headGroupSpec"], True)] + [(g, False) for g in cluster["workerGroupSpecs"]]
+
+
+def _all_containers(template: dict) -> list[dict]:
+    spec = template["spec"]
+    return list(spec.get("initContainers", [])) + _containers(template)
+
+
 def test_kuberay_rayjob_required_fields(rayjob):
     assert rayjob["apiVersion"] == "ray.io/v1"
     assert rayjob["kind"] == "RayJob"
@@ -184,7 +381,6 @@ def test_kuberay_rayjob_required_fields(rayjob):
     params = head["rayStartParams"]
     assert params["dashboard-host"] == "0.0.0.0"
     assert params["num-cpus"] == "0"
-    assert all(isinstance(v, str) for v in params.values()), "rayStartParams values are strings"
     _containers(head["template"])
 
     groups = cluster["workerGroupSpecs"]
@@ -198,18 +394,44 @@ def test_kuberay_rayjob_required_fields(rayjob):
             c["resources"]["limits"].get("nvidia.com/gpu") for c in _containers(group["template"])
         ]
         assert any(int(g or 0) >= 1 for g in gpus), group["groupName"]
+    for group, _ in _groups(rayjob):
+        params = group["rayStartParams"]
+        assert all(isinstance(v, str) for v in params.values()), "rayStartParams values are strings"
 
 
-def test_kuberay_images_match_ray_version(rayjob):
+def test_kuberay_token_auth(rayjob):
     cluster = rayjob["spec"]["rayClusterSpec"]
-    templates = [cluster["headGroupSpec"]["template"]] + [
-        g["template"] for g in cluster["workerGroupSpecs"]
-    ]
-    for template in templates:
-        for container in _containers(template):
-            image = container["image"]
-            assert not image.endswith(":latest") and ":" in image, image
-            assert _ray_version() in image.rsplit(":", 1)[1], image
+    assert cluster.get("authOptions", {}).get("mode") == "token", "job API without auth"
+    # authOptions needs Ray >= 2.52 in the image.
+    assert Version(cluster["rayVersion"]) >= Version("2.52.0")
+    for group, _ in _groups(rayjob):
+        for container in _all_containers(group["template"]):
+            for env in container.get("env", []):
+                if env["name"] == "RAY_AUTH_MODE":
+                    assert env.get("value") == "token", "RAY_AUTH_MODE overridden"
+
+
+def test_kuberay_uses_the_same_project_image_as_aws(rayjob, aws):
+    images = {c["image"] for group, _ in _groups(rayjob) for c in _containers(group["template"])}
+    assert images == {_project_image(aws)}, images
+    for image in images:
+        assert not image.endswith(":latest") and ":" in image, image
+        assert _ray_version() in image.rsplit(":", 1)[1], image
+
+
+def test_every_kuberay_group_declares_the_trial_resource(rayjob):
+    """As the KubeRay autoscaler reads the group (its own parser, Ray 2.60)."""
+    from ray.autoscaler._private.kuberay.autoscaling_config import (
+        _get_ray_resources_from_group_spec,
+    )
+
+    trial = _trial_resource()
+    for group, is_head in _groups(rayjob):
+        name = "head" if is_head else group["groupName"]
+        resources = _get_ray_resources_from_group_spec(group, is_head)
+        assert resources.get(trial) == 1, (name, resources)
+        if not is_head:
+            assert resources.get("GPU", 0) >= 1, (name, resources)
 
 
 def test_kuberay_entrypoint_config_exists_or_is_cityscapes(rayjob):
@@ -221,28 +443,41 @@ def test_kuberay_entrypoint_config_exists_or_is_cityscapes(rayjob):
     assert any(a.startswith("storage=s3://") for a in args)
 
 
-def _envs(rayjob) -> list[dict]:
-    cluster = rayjob["spec"]["rayClusterSpec"]
-    templates = [cluster["headGroupSpec"]["template"]] + [
-        g["template"] for g in cluster["workerGroupSpecs"]
-    ]
-    return [env for t in templates for c in _containers(t) for env in c.get("env", [])]
+def test_kuberay_s3_credentials_come_from_the_service_account_role(rayjob, service_account):
+    assert service_account["apiVersion"] == "v1" and service_account["kind"] == "ServiceAccount"
+    sa_meta = service_account["metadata"]
+    assert sa_meta["namespace"] == rayjob["metadata"]["namespace"]
+    role = sa_meta["annotations"]["eks.amazonaws.com/role-arn"]
+    assert re.fullmatch(r"arn:aws:iam::[^:\s]+:role/[\w+=,.@/-]+", role), role
+    for group, is_head in _groups(rayjob):
+        name = "head" if is_head else group["groupName"]
+        spec = group["template"]["spec"]
+        assert spec.get("serviceAccountName") == sa_meta["name"], name
+        assert spec.get("automountServiceAccountToken", True) is not False, name
+        for container in _all_containers(group["template"]):
+            names = {e["name"] for e in container.get("env", [])}
+            assert not names & CREDENTIAL_ENV, (name, container["name"], names & CREDENTIAL_ENV)
+            for source in container.get("envFrom", []):
+                assert "secretRef" not in source, (name, "envFrom a Secret", source)
 
 
-def test_kuberay_s3_settings_come_from_a_secret(rayjob):
-    envs = {e["name"]: e for e in _envs(rayjob)}
-    for name in ("AWS_REGION", "S4AL_S3_ENDPOINT"):
-        assert name in envs, name
-    for env in envs.values():
-        if re.search(r"SECRET|ACCESS_KEY|TOKEN|PASSWORD|ENDPOINT|REGION", env["name"]):
-            assert "value" not in env, env["name"]
-            assert "secretKeyRef" in env["valueFrom"], env["name"]
+def test_kuberay_s3_settings_come_from_references(rayjob):
+    for group, _ in _groups(rayjob):
+        for container in _containers(group["template"]):
+            envs = {e["name"]: e for e in container.get("env", [])}
+            for name in ("AWS_REGION", "S4AL_S3_ENDPOINT"):
+                assert name in envs, (container["name"], name)
+                assert "value" not in envs[name], name
+                ref = envs[name]["valueFrom"]
+                assert "configMapKeyRef" in ref or "secretKeyRef" in ref, name
 
 
-# -- both files
+# -- all files
 
 
-@pytest.mark.parametrize("path", [AWS_YAML, KUBERAY_YAML], ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", [AWS_YAML, KUBERAY_YAML, SERVICE_ACCOUNT_YAML, DOCKERFILE], ids=lambda p: p.name
+)
 def test_no_literal_aws_credentials(path):
     text = path.read_text()
     assert not re.search(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b", text), "AWS access key id in file"
@@ -252,8 +487,10 @@ def test_no_literal_aws_credentials(path):
     assert not re.search(r"(?<![A-Za-z0-9/+=])[A-Za-z0-9/+=]{40}(?![A-Za-z0-9/+=])", text), (
         "40-character secret-key-like string"
     )
-    for doc in [yaml.safe_load(text)]:
-        _assert_no_literal_secret_env(doc)
+    if path.suffix == ".yaml":
+        _assert_no_literal_secret_env(yaml.safe_load(text))
+    else:
+        assert not re.search(r"(?m)^\s*(ENV|ARG)\s+AWS_(SECRET|ACCESS|SESSION)", text)
 
 
 def _assert_no_literal_secret_env(node) -> None:

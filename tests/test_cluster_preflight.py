@@ -7,7 +7,11 @@ import pytest
 from s4al_ray.config import ConfigError, load_config
 from s4al_ray.runtime import ClusterResources, check_cluster_paths
 
-ON_S3 = ["data.root=s3://bucket/data", "data.cache_dir=s3://bucket/cache", "storage=s3://bucket/runs"]
+ON_S3 = [
+    "data.root=s3://bucket/data",
+    "data.cache_dir=s3://bucket/cache",
+    "storage=s3://bucket/runs",
+]
 
 
 def _cfg(*overrides: str):
@@ -39,3 +43,54 @@ def test_s3_paths_shared_mounts_and_single_nodes_pass():
     check_cluster_paths(_cfg(*ON_S3), many)
     check_cluster_paths(_cfg("storage_shared=true"), many)  # NFS/EFS mounted on every node
     check_cluster_paths(_cfg(), ClusterResources(cpus=2, gpus=0, nodes=1))  # a laptop
+
+
+DOCUMENTED = ["README.md", "cluster/README.md", "cluster/aws.yaml", "cluster/kuberay.yaml"]
+
+
+def _submit_commands() -> list[tuple[str, list[str]]]:
+    """Every documented cluster command: the ``python run.py ...`` part of each line with
+    ``ray job submit``, and the KubeRay job's entrypoint."""
+    import os
+    import shlex
+
+    import yaml
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    found = []
+    for name in DOCUMENTED:
+        text = open(os.path.join(root, name)).read()
+        lines = [line for line in text.splitlines() if "ray job submit" in line]
+        if name.endswith("kuberay.yaml"):
+            for doc in yaml.safe_load_all(text):
+                entrypoint = (doc or {}).get("spec", {}).get("entrypoint")
+                if entrypoint:
+                    lines.append(entrypoint)
+        for line in lines:
+            if "python run.py" not in line:
+                continue
+            command = line[line.index("python run.py") :].split("#")[0].strip().strip("`")
+            found.append((name, shlex.split(command)[2:]))
+    return found
+
+
+def test_documented_cluster_commands_are_found():
+    names = {name for name, _ in _submit_commands()}
+    assert {"README.md", "cluster/README.md", "cluster/kuberay.yaml"} <= names
+
+
+@pytest.mark.parametrize("where, argv", _submit_commands())
+def test_every_documented_submit_command_passes_the_cluster_preflight(where, argv):
+    """Each documented command parses into a config whose data, cache and run directory every
+    node of a multi-node cluster can reach."""
+    from s4al_ray.cli import _parser, resolve_config
+
+    command = argv.pop(0) if argv and argv[0] in ("sweep", "prepare", "annotate") else "run"
+    args = _parser(command).parse_intermixed_args(argv)
+    if command == "sweep":  # a sweep file's base config with the command's overrides
+        from s4al_ray.sweep_space import load_sweep
+
+        cfg = load_sweep(resolve_config(args.config), args.overrides).base
+    else:
+        cfg = load_config(resolve_config(args.config), args.overrides)
+    check_cluster_paths(cfg, ClusterResources(cpus=64, gpus=8, nodes=3))
