@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from s4al_ray.acquisition import Candidates
+from s4al_ray.acquisition import Candidates, score_order_key
 
 # A score bin is the top 16 bits of the score's order-preserving integer key (sign, exponent,
 # 7 mantissa bits): 2^-7 relative resolution, so the bin the budget ends in holds well under 1%
@@ -28,12 +28,10 @@ _AREA_BITS = 32  # histogram keys: bin << 32 | area (a region's area is far belo
 
 
 def score_bins(score: np.ndarray) -> np.ndarray:
-    """Bins of float32 scores, monotone: a higher score never lands in a lower bin. NaN gets
-    bin 0, below every number, as the ranking puts it last; -0.0 is 0.0, as they tie there."""
-    score = np.ascontiguousarray(score, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = 0.0
-    bits = score.view(np.uint32)
-    key = np.where(bits >> 31 != 0, ~bits, bits | np.uint32(0x80000000))
-    return np.where(np.isnan(score), 0, key >> (32 - _KEPT_BITS)).astype(np.int64)
+    """Bins of float32 scores, monotone: a higher score never lands in a lower bin. The top bits
+    of the ranking's own key (``acquisition.score_order_key``), so NaN and -0.0 fall where the
+    ranking puts them."""
+    return (score_order_key(score) >> (32 - _KEPT_BITS)).astype(np.int64)
 
 
 @dataclass(frozen=True)
