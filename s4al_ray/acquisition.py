@@ -122,8 +122,9 @@ def _selection_order(c: Candidates) -> np.ndarray:
         return np.empty(0, np.int64)
     span = int(c.region.max()) + 1
     if int(c.image.max()) * span + span <= 2**32:
-        # One 64-bit key (score high, image and region low) sorts ~4x faster than three keys;
-        # built in place, as a round at 10^6 images ranks ~6 million candidates.
+        # One 64-bit key (score high, image and region low) sorts 2-3x faster than three keys
+        # (6M candidates: 0.7-1.25 s against 2.0-2.2 s on the 2-vCPU VM); built in place, as a
+        # round at 10^6 images ranks ~6 million candidates.
         key = (~score_order_key(c.score)).astype(np.uint64)
         key <<= np.uint64(32)
         tie = c.image.astype(np.uint64)
