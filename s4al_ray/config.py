@@ -280,14 +280,20 @@ def _check_score(function: str) -> None:
         raise ConfigError(f"acquisition.function: {function!r} is not one of: {', '.join(SCORES)}")
 
 
-def _check_uris(cfg: ExperimentConfig) -> None:
-    from s4al_ray.storage import uri_problem
-
-    for key, value in (
+def location_settings(cfg: ExperimentConfig) -> tuple[tuple[str, str], ...]:
+    """(key, value) of the settings that say where the run's data and results live: each a
+    local path or an s3:// URI."""
+    return (
         ("storage", cfg.storage),
         ("data.root", cfg.data.root),
         ("data.cache_dir", cfg.data.cache_dir),
-    ):
+    )
+
+
+def _check_uris(cfg: ExperimentConfig) -> None:
+    from s4al_ray.storage import uri_problem
+
+    for key, value in location_settings(cfg):
         problem = uri_problem(value)
         if problem:
             raise ConfigError(f"{key}: {problem}")

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import ray
 
 from s4al_ray import storage
-from s4al_ray.config import ConfigError, ExperimentConfig
+from s4al_ray.config import ConfigError, ExperimentConfig, location_settings
 
 
 @dataclass
@@ -202,11 +202,7 @@ def check_cluster_paths(cfg: ExperimentConfig, res: ClusterResources) -> None:
     if (res.nodes <= 1 and not cfg.ray.autoscale) or cfg.storage_shared:
         return
     shape = f"{res.nodes} nodes" if res.nodes > 1 else "an autoscaling cluster (ray.autoscale)"
-    for key, value in (
-        ("data.root", cfg.data.root),
-        ("data.cache_dir", cfg.data.cache_dir),
-        ("storage", cfg.storage),
-    ):
+    for key, value in location_settings(cfg):
         if not storage.is_s3(value):
             raise ConfigError(
                 f"{key}: {value!r} is a path on this node, and the Ray cluster has {shape}: the "
