@@ -8,8 +8,8 @@ area, a few thousand numbers); the driver sums them (:class:`HistogramSum`), der
 sum the lowest score bin each region area could still be chosen from
 (:meth:`CandidateHistogram.cutoff`), and the candidates are filtered against that
 (:meth:`Cutoff.keep`) where they lie, so only about the budget's worth (plus one score bin)
-reaches the driver. The selection stays exactly that of one
-global ranking: the cut-off only drops regions the greedy fill could not take.
+reaches the driver. The selection stays exactly that of one global ranking: the cut-off only
+drops regions the greedy fill could not take.
 """
 
 from __future__ import annotations

@@ -125,7 +125,9 @@ class RegionIndex:
         self.heights, self.widths = sizes.heights, sizes.widths
         self.num_regions = self.rows * self.cols
         self.byte_start = np.concatenate([[0], np.cumsum((self.num_regions + 7) // 8)])
-        self._cut_edges: np.ndarray | None = None
+        # Per image: whether the region size leaves cut regions at its bottom or right edge.
+        size = self.region_size
+        self.cut_edges = (self.heights % size != 0) | (self.widths % size != 0)
 
     @property
     def num_bytes(self) -> int:
@@ -152,14 +154,6 @@ class RegionIndex:
         if not cut.any():
             return full
         return full + int(self.areas(images[cut], regions[cut]).sum())
-
-    @property
-    def cut_edges(self) -> np.ndarray:
-        """Per image: whether the region size leaves cut regions at its bottom or right edge."""
-        if self._cut_edges is None:
-            size = self.region_size
-            self._cut_edges = (self.heights % size != 0) | (self.widths % size != 0)
-        return self._cut_edges
 
 
 class AcquiredRegions(Mapping):
