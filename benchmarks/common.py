@@ -308,13 +308,13 @@ class TeacherCall:
 def teacher_call(exp, round_index: int, state: PoolState, checkpoint: str) -> TeacherCall:
     """Run the round loop's own teacher stage (``Experiment.teach``) once, and return its inputs
     as built by the public functions ``teach`` builds them with (``jobs.teacher_job``,
-    ``jobs.teacher_rows``, ``RunLayout.teacher``, ``runtime.teacher_actors``), on the same
+    ``jobs.teacher_rows``, ``RunLayout.teacher``, ``runtime.teacher_workers``), on the same
     config, dataset, pool state, round and checkpoint, for the benchmarks to rerun."""
     from s4al_ray.jobs import teacher_job, teacher_rows
-    from s4al_ray.runtime import teacher_actors
+    from s4al_ray.runtime import teacher_workers
 
     job = teacher_job(
-        exp.cfg, exp.data, state, round_index, checkpoint, teacher_actors(exp.cfg, exp.resources)
+        exp.cfg, exp.data, state, round_index, checkpoint, teacher_workers(exp.cfg, exp.cluster())
     )
     rows = teacher_rows(exp.data, state)
     result = exp.teach(round_index, state, checkpoint)

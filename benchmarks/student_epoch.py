@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     common.header("Student epoch: Ray Train vs plain PyTorch", args.quick)
     from s4al_ray.layout import RunLayout
-    from s4al_ray.student import fit_student
+    from s4al_ray.student_trainer import fit_student
 
     cfg = common.bench_config(args.overrides, name="bench-student")
     res, _ = common.connect(cfg)

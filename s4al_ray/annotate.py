@@ -21,7 +21,7 @@ def import_annotations(
     actor. Raises AnnotationError (nothing committed) when a mask is missing or incomplete."""
     experiment = Experiment(cfg, log=log)
     experiment.preflight()
-    experiment.resources = connect(cfg, address)
+    connect(cfg, address)
     with hold_run_lock(experiment.layout, cfg.name):  # never beside a running driver
         return _commit_answers(experiment, folder, log)
 

@@ -246,8 +246,7 @@ def _run(cfg, address: str | None, dry_run: bool = False) -> int:
         res = connect(cfg, address)
         url = dashboard_url()
         print(f"[ray] {res.cpus} CPU, {res.gpus} GPU" + (f", dashboard {url}" if url else ""))
-        experiment.resources = res
-        experiment.run()
+        experiment.run()  # sized before each stage for the cluster as it is then
     except (ConfigError, DatasetError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -325,11 +325,17 @@ def validate(cfg: ExperimentConfig) -> None:
                 "choose a region of at most "
                 f"{min(syn.height, syn.width)} px"
             )
-    if cfg.ray.autoscale and cfg.train.use_gpu and cfg.teacher.num_actors == 0:
+    train = cfg.train
+    if train.max_workers and train.max_workers < train.num_workers:
         raise ConfigError(
-            "teacher.num_actors: on an autoscaling GPU cluster (ray.autoscale) set it to the most "
-            "GPU actors the cluster can grow to (and teacher.min_actors to what it starts with): "
-            "sized from the GPUs present at start, the pool could never grow"
+            f"train.max_workers ({train.max_workers}) is below train.num_workers "
+            f"({train.num_workers}): set it to the largest group (elastic training), or 0 for a "
+            "fixed group"
+        )
+    t = cfg.teacher
+    if t.num_actors and t.min_actors > t.num_actors:
+        raise ConfigError(
+            f"teacher.min_actors ({t.min_actors}) exceeds teacher.num_actors ({t.num_actors})"
         )
     if any(s <= 0 or s > 4 for s in cfg.teacher.scales) or not cfg.teacher.scales:
         raise ConfigError(f"teacher.scales: {cfg.teacher.scales} must be 1-4 factors in (0, 4]")

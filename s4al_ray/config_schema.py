@@ -82,7 +82,19 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    num_workers: int = setting(1, lo=1, hi=4096, doc="Ray Train workers (DDP processes)")
+    num_workers: int = setting(
+        1, lo=1, hi=4096, doc="Ray Train workers (DDP processes); elastic: the smallest group"
+    )
+    max_workers: int = setting(
+        0,
+        lo=0,
+        hi=4096,
+        doc="elastic training: the largest group, grown into as nodes join (Ray Train restarts "
+        "the group from its last epoch checkpoint); 0 = a fixed group of num_workers",
+    )
+    elastic_check_s: float = setting(
+        60.0, lo=1.0, doc="elastic training: how often Ray Train looks for room to grow"
+    )
     cpus_per_worker: int = setting(
         2, lo=1, doc="CPUs per train worker (torch threads, data loading)"
     )

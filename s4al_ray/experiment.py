@@ -50,15 +50,18 @@ from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.state import PoolState
 from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
 from s4al_ray.run_lock import hold_run_lock
-from s4al_ray.runtime import ClusterResources, check_fits, teacher_actors
+from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers
 from s4al_ray.runtime import resources as cluster_resources
-from s4al_ray.student import StudentResult, fit_student
+from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
 
 # Keys that may change between a run and its resumption without mixing incompatible results.
 RESUMABLE_KEYS = (
     "ray.",
     "train.num_workers",
+    "train.max_workers",
+    "train.elastic_check_s",
+    "train.max_failures",
     "train.cpus_per_worker",
     "train.use_gpu",
     "teacher.num_actors",
@@ -81,7 +84,9 @@ class TeacherResult:
 @dataclass
 class Experiment:
     cfg: ExperimentConfig
-    resources: ClusterResources | None = None  # filled from the connected cluster when None
+    # Fixed resources (a sweep trial's share of the cluster); None = the connected cluster as it
+    # is before each stage, which an autoscaler grows and shrinks while the experiment runs.
+    resources: ClusterResources | None = None
     log: Callable[[str], None] = print
     # Called with (record, resumed) after every round; resumed=True for a round found finished.
     on_record: Callable[[dict, bool], None] | None = None
@@ -146,14 +151,16 @@ class Experiment:
 
     def prepare(self) -> None:
         self.preflight()
-        check_fits(self.cfg, self.resources)
+        res = self.cluster()
+        check_fits(self.cfg, res)
         masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
         self.pool = get_pool_actor(
             self.cfg.name, self.layout, initial_pool_state(self.cfg, self.data), masks
         )
         state = pool_snapshot(self.pool)
         if self._teacher_tasks() and self.cfg.loop.rounds > 1:
-            warm_task_workers(teacher_actors(self.cfg, self.resources))
+            present = max(1, res.cpus // self.cfg.teacher.cpus_per_actor)
+            warm_task_workers(min(teacher_workers(self.cfg, res).largest, present))
         self.log(
             f"[pool] {len(state.labeled)} labeled images, {len(state.pool_ids)} "
             f"pool images, {100 * state.labeled_frac:.2f}% of pixels labeled"
@@ -166,6 +173,10 @@ class Experiment:
                 f"acquisition.region_size ({self.cfg.acquisition.region_size}) is "
                 f"larger than the smallest train image side ({smallest} px)"
             )
+
+    def cluster(self) -> ClusterResources:
+        """What the next stage is sized for (see ``resources``)."""
+        return self.resources or cluster_resources()
 
     def _teacher_tasks(self) -> bool:
         return uses_tasks(self.cfg.teacher.reuse_workers, self.cfg.train.use_gpu)
@@ -194,15 +205,23 @@ class Experiment:
         short leaves no summary and is redone from scratch."""
         summary = TeacherSummary.load(self.layout.teacher_summary(r))
         output_uri = self.layout.teacher(r)
-        num_workers = teacher_actors(self.cfg, self.resources)
-        job = teacher_job(self.cfg, self.data, state, r, checkpoint, num_workers)
+        res = self.cluster()
+        workers = teacher_workers(self.cfg, res)
+        job = teacher_job(self.cfg, self.data, state, r, checkpoint, workers)
         if summary is not None:
             self.log(f"[round {r}] teacher reusing the finished pass {output_uri}")
             output = read_teacher_output(output_uri, self.data.num_classes, job)
             return TeacherResult(output.candidates, summary)
+        if self._teacher_tasks():
+            size = f"{workers.largest} task worker(s)"
+        elif workers.smallest < workers.largest:
+            size = f"{workers.smallest}-{workers.largest} actors (grows with the cluster)"
+        else:
+            size = f"{workers.largest} actor(s)"
         self.log(
-            f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, "
-            f"{num_workers} {'task worker(s)' if self._teacher_tasks() else 'actor(s)'} ..."
+            f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, {size}"
+            + (f" on a {res.nodes}-node cluster" if res.nodes > 1 else "")
+            + " ..."
         )
         rows = teacher_rows(self.data, state)
         seconds = run_teacher(job, rows, output_uri)
@@ -292,6 +311,7 @@ class Experiment:
                 for c, v in zip(self.data.classes, ious)
             },
             "train/loss": metrics.get("train/loss_total"),
+            "train/nodes": metrics.get("train/nodes", []),  # the Ray node of each rank
         }
 
     def _report(self, r: int, records: list[dict], after: PoolState) -> None:
@@ -344,8 +364,6 @@ class Experiment:
             self.on_record(record, resumed)
 
     def run(self) -> list[dict]:
-        if self.resources is None:
-            self.resources = cluster_resources()
         self.preflight()  # before the lock: a failed check leaves the run directory untouched
         with hold_run_lock(self.layout, self.cfg.name):
             return self._run_rounds()

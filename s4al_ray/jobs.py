@@ -25,6 +25,7 @@ from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import class_thresholds, kept_fraction
+from s4al_ray.runtime import TeacherWorkers
 from s4al_ray.scores import get_score
 from s4al_ray.student import StudentJob
 from s4al_ray.teacher import TeacherJob, TeacherOutput
@@ -39,6 +40,7 @@ class TeacherSummary:
     seconds: float
     images_per_s: float
     pool_weights: dict[str, float] | None = None  # class-balanced sampling of pool images
+    nodes: dict[str, int] | None = None  # Ray node id -> images its teacher model predicted
 
     def record_fields(self) -> dict:
         return {
@@ -46,6 +48,7 @@ class TeacherSummary:
             "teacher/kept_frac": self.kept_frac,
             "time/teacher_s": self.seconds,
             "teacher/images_per_s": self.images_per_s,
+            "teacher/nodes": self.nodes or {},
         }
 
     def save(self, uri: str) -> None:
@@ -65,6 +68,7 @@ class TeacherSummary:
             data["time/teacher_s"],
             data["teacher/images_per_s"],
             data.get("teacher/pool_weights"),
+            data.get("teacher/nodes"),
         )
 
 
@@ -82,6 +86,7 @@ def summarize_teacher(
         seconds,
         images / max(seconds, 1e-9),
         weights,
+        output.nodes,
     )
 
 
@@ -175,7 +180,7 @@ def teacher_job(
     state: PoolState,
     r: int,
     checkpoint: str,
-    num_workers: int,
+    workers: TeacherWorkers,
 ) -> TeacherJob:
     score = get_score(cfg.acquisition.function)
     weights = None
@@ -197,13 +202,13 @@ def teacher_job(
         use_gpu=cfg.train.use_gpu,
         cpus_per_worker=t.cpus_per_actor,
         reuse_workers=t.reuse_workers,
-        num_workers=num_workers,
+        num_workers=workers.largest,
         batch_size=t.batch_size,
         budget_pixels=acquisition_budget(cfg, state),
         mode=cfg.acquisition.mode,
         top_k=cfg.acquisition.top_k,
         exclude_border=cfg.acquisition.exclude_border,
-        min_workers=min(t.min_actors, num_workers),
+        min_workers=workers.smallest,
     )
 
 

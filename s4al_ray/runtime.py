@@ -17,6 +17,14 @@ class ClusterResources:
     cpus: int
     gpus: int
     nodes: int = 1  # alive Ray nodes
+    # What the cluster can grow to: the autoscaler's node types x their max counts when an
+    # autoscaler reports its config, else what is there now (0 = the same as cpus / gpus).
+    max_cpus: int = 0
+    max_gpus: int = 0
+
+    def __post_init__(self) -> None:
+        self.max_cpus = max(self.max_cpus, self.cpus)
+        self.max_gpus = max(self.max_gpus, self.gpus)
 
 
 # Worker settings measured in BENCHMARKS.md (# Performance). A value in the driver's environment
@@ -135,11 +143,30 @@ def _quiet_ray_data() -> None:
 
 
 def resources() -> ClusterResources:
+    """The connected cluster as it is now, and the most it can grow to. Read again before each
+    stage: an autoscaler adds and removes nodes while an experiment runs."""
     total = ray.cluster_resources()
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    most = _autoscaler_max_resources() or {}
     return ClusterResources(
-        cpus=int(total.get("CPU", 0)), gpus=int(total.get("GPU", 0)), nodes=max(1, nodes)
+        cpus=int(total.get("CPU", 0)),
+        gpus=int(total.get("GPU", 0)),
+        nodes=max(1, nodes),
+        max_cpus=int(min(most.get("CPU", 0), 1 << 20)),
+        max_gpus=int(min(most.get("GPU", 0), 1 << 20)),
     )
+
+
+def _autoscaler_max_resources() -> dict | None:
+    """The cluster's largest size as its autoscaler reports it to the GCS (node types x max
+    counts, capped by the config's max resources), or None without an autoscaler. Ray Train's
+    worker group and Ray Data's shuffle read the same record; Ray has no public API for it yet."""
+    try:
+        from ray._private.state import state
+
+        return state.get_max_resources_from_cluster_config()
+    except Exception:  # noqa: BLE001  (an older GCS, or a private API that moved)
+        return None
 
 
 def dashboard_url() -> str | None:
@@ -147,13 +174,27 @@ def dashboard_url() -> str | None:
     return _DASHBOARD_URL
 
 
-def teacher_actors(cfg: ExperimentConfig, res: ClusterResources) -> int:
-    """Teacher workers (tasks or actors): as configured, else one per GPU or per free CPU slot."""
-    if cfg.teacher.num_actors:
-        return cfg.teacher.num_actors
+@dataclass(frozen=True)
+class TeacherWorkers:
+    smallest: int  # the actor pool's size at start (tasks: = largest)
+    largest: int  # what it may grow to while the autoscaler adds nodes
+
+
+def teacher_workers(cfg: ExperimentConfig, res: ClusterResources) -> TeacherWorkers:
+    """Teacher workers for a pass on the cluster as it is now (``res``, read before the pass).
+
+    GPU actors: from the GPUs there now up to the most the cluster can grow to
+    (``teacher.min_actors`` / ``teacher.num_actors`` when set). CPU tasks: one per CPU slot of the
+    largest cluster; tasks beyond what is there now wait in Ray's queue, which is what asks an
+    autoscaler for nodes."""
+    t = cfg.teacher
     if cfg.train.use_gpu:
-        return max(1, res.gpus)
-    return max(1, res.cpus // cfg.teacher.cpus_per_actor)
+        largest = t.num_actors or max(1, res.max_gpus)
+        smallest = t.min_actors or (largest if t.num_actors else max(1, res.gpus))
+    else:
+        largest = t.num_actors or max(1, res.max_cpus // t.cpus_per_actor)
+        smallest = largest
+    return TeacherWorkers(min(smallest, largest), largest)
 
 
 def target_address(cfg: ExperimentConfig, address: str | None = None) -> str | None:
@@ -180,6 +221,7 @@ def check_fits(cfg: ExperimentConfig, res: ClusterResources) -> None:
     train = cfg.train
     if cfg.ray.autoscale:
         return
+    # An elastic trainer starts with its smallest group (train.num_workers).
     need_cpus = train.num_workers * train.cpus_per_worker
     if need_cpus > res.cpus:
         raise ConfigError(

@@ -1,7 +1,8 @@
-"""Student training with Ray Train: the only place a TorchTrainer is built.
+"""Student training, the worker side: what every Ray Train worker runs.
 
 The driver builds one :class:`StudentJob` per round (``jobs.student_job``; no closures over big
-objects); every worker runs :func:`train_loop` on it: joint mini-batches of labeled images and
+objects) and starts the workers (``student_trainer.fit_student``); every worker runs
+:func:`train_loop` on it: joint mini-batches of labeled images and
 pseudo-labeled pool images through one forward pass (batch norm sees both), cross-entropy + ReCo,
 a checkpoint every epoch, and at the end a validation confusion matrix reduced across workers as
 a sum.
@@ -18,10 +19,8 @@ from dataclasses import dataclass
 import ray.train
 import torch
 import torch.distributed as dist
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train import Checkpoint
 
-from s4al_ray import storage
 from s4al_ray.config import ModelConfig, RecoConfig, TrainConfig
 from s4al_ray.data.augment import strong_augment, weak_augment
 from s4al_ray.data.mixing import mix_batch
@@ -243,6 +242,16 @@ def _all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def _worker_nodes() -> list[str]:
+    """The Ray node id of every rank (rank order): where this round's training ran."""
+    mine = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return [mine]
+    every: list = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return every
+
+
 def init_model(job: StudentJob) -> torch.nn.Module:
     """The round's initial student: the configured weights, or the previous round's student."""
     init = job.init_checkpoint
@@ -334,59 +343,5 @@ def train_loop(config: dict) -> None:
             val_items = read_train_inputs(job.inputs_uri, "val", rank, world)
             confusion = _all_reduce_sum(evaluate_items(model, val_items, job.num_classes, device))
             metrics["val/confusion"] = confusion.tolist()
+        metrics["train/nodes"] = _worker_nodes()  # per epoch: an elastic group changes size
         _report(metrics, model, optimizer, epoch)
-
-
-# -- driver side
-
-
-@dataclass(frozen=True)
-class StudentResult:
-    checkpoint_uri: str  # the round's model file (``{"model": state_dict, ...}``)
-    metrics: dict
-
-
-def _checkpoint_uri(checkpoint: Checkpoint) -> str:
-    import pyarrow.fs as pafs
-
-    if isinstance(checkpoint.filesystem, pafs.S3FileSystem):
-        return "s3://" + checkpoint.path
-    return checkpoint.path
-
-
-def fit_student(job: StudentJob) -> StudentResult:
-    """Train one round's student with a TorchTrainer and publish its weights to
-    ``job.checkpoint_uri``. Rerunning the same round resumes from its last epoch checkpoint
-    because the run name is derived from the experiment and round."""
-    train = job.train
-    storage_path, storage_fs = storage.ray_storage(job.train_dir)
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config={"job": job},
-        scaling_config=ScalingConfig(
-            num_workers=train.num_workers,
-            use_gpu=train.use_gpu,
-            resources_per_worker=_worker_resources(train),
-        ),
-        run_config=RunConfig(
-            name=job.run_name,
-            storage_path=storage_path,
-            storage_filesystem=storage_fs,
-            failure_config=FailureConfig(max_failures=train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-    )
-    result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"round {job.round}: training produced no checkpoint")
-    source = _checkpoint_uri(result.checkpoint)
-    metrics = json.loads(storage.read_text(storage.join(source, METRICS_FILE)))
-    storage.write_bytes(job.checkpoint_uri, storage.read_bytes(storage.join(source, MODEL_FILE)))
-    return StudentResult(job.checkpoint_uri, metrics)
-
-
-def _worker_resources(train: TrainConfig) -> dict:
-    resources = {"CPU": train.cpus_per_worker}
-    if train.use_gpu:
-        resources["GPU"] = 1
-    return resources

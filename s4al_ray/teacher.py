@@ -19,7 +19,8 @@ Two ways to run the model (``teacher.reuse_workers``):
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -121,9 +122,17 @@ class TeacherOutput:
     candidates: Candidates  # the candidates the round's selection could take, merged
     hist: np.ndarray  # (C, LEVELS) confidence histogram over the pool
     class_pixels: dict[str, np.ndarray]  # sample_id -> predicted pixels per class
+    nodes: dict[str, int] = field(default_factory=dict)  # Ray node id -> images its model ran
 
 
-_SUMMARY_COLUMNS = ["sample_id", "class_pixels", "block_hist", "cand_hist_keys", "cand_hist_counts"]
+_SUMMARY_COLUMNS = [
+    "sample_id",
+    "class_pixels",
+    "block_hist",
+    "cand_hist_keys",
+    "cand_hist_counts",
+    "node_id",
+]
 _CANDIDATE_COLUMNS = ["pool_index", "cand_regions", "cand_scores", "cand_areas"]
 # Above this many candidates the cut-off is applied by Ray Data tasks where the files are, not
 # by the driver reading them all (a 10^6-image pool holds ~5 * 10^8 at 1% a round).
@@ -141,7 +150,7 @@ def read_teacher_output(
     fs, path = storage.filesystem(output_uri)
     dataset = pads.dataset(path, filesystem=fs, format="parquet")
     hist = np.zeros(num_classes * LEVELS, dtype=np.int64)
-    counted, class_pixels = HistogramSum(), {}
+    counted, class_pixels, nodes = HistogramSum(), {}, Counter()
     written_by_this_version = "cand_hist_keys" in dataset.schema.names
     summary_columns = [c for c in _SUMMARY_COLUMNS if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=summary_columns):
@@ -151,6 +160,8 @@ def read_teacher_output(
         for block in batch.column("block_hist").to_pylist():
             if block:
                 hist += np.asarray(block, np.int64)
+        if "node_id" in summary_columns:
+            nodes.update(batch.column("node_id").to_pylist())
         if written_by_this_version:
             keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
             counted.add(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))
@@ -172,7 +183,9 @@ def read_teacher_output(
     candidates = Candidates.concat(
         [Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS)) for table in kept]
     )
-    return TeacherOutput(candidates, hist.reshape(num_classes, LEVELS), class_pixels)
+    return TeacherOutput(
+        candidates, hist.reshape(num_classes, LEVELS), class_pixels, dict(sorted(nodes.items()))
+    )
 
 
 def _kept_candidates(batch, cutoff: Cutoff | None) -> pa.Table:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import ray
 import torch
 import torch.nn.functional as F
 
@@ -90,6 +91,8 @@ OUTPUT_SCHEMA = pa.schema(
         # on its first row only, like block_hist.
         ("cand_hist_keys", pa.list_(pa.int64())),
         ("cand_hist_counts", pa.list_(pa.int64())),
+        # The Ray node the model ran on (the round record says where each pass's work went).
+        ("node_id", pa.string()),
     ]
 )
 
@@ -134,6 +137,7 @@ class TeacherModel:
         self.score = get_score(job.score)
         weights = job.class_weights
         self.class_weights = None if weights is None else torch.tensor(weights).to(self.device)
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
     def __call__(self, batch: dict) -> dict:
         images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
@@ -148,6 +152,7 @@ class TeacherModel:
         out["label"] = label.to(torch.uint8).cpu().numpy()
         out["level"] = confidence_levels(confidence.cpu().numpy())
         out["score"] = torch.stack(scores).numpy()
+        out["node_id"] = np.full(len(scores), self.node_id)
         return out
 
 
@@ -187,6 +192,7 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         out["conf_png"].append(encode_png(level))
         out["scores"].append(scores)
         out["class_pixels"].append(counts.reshape(job.num_classes, -1).sum(1))
+        out["node_id"].append(str(batch["node_id"][i]))
         for column in ("block_hist", "cand_hist_keys", "cand_hist_counts"):
             out[column].append(np.zeros(0, np.int64))
     candidates = block_candidates(

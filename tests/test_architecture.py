@@ -52,6 +52,7 @@ LAYERS = [
     # the stages and what sizes them
     (
         "s4al_ray.student",
+        "s4al_ray.student_trainer",
         "s4al_ray.teacher",
         "s4al_ray.teacher_stages",
         "s4al_ray.runtime",

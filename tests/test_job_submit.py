@@ -1,8 +1,17 @@
-"""`ray job submit` against a local Ray cluster started by the test, with data and results on a
-local moto S3 server: the cluster path users take, on loopback only."""
+"""`ray job submit` to a multi-node Ray cluster started by the test (a head and worker nodes, each
+a raylet of its own, as `ray start` makes them on cloud machines), with the dataset, the prepared
+cache, checkpoints and results on a local moto S3 server only: the cluster path users take, on
+loopback. Nodes are added and killed while experiments run.
+
+Why `ray start` per node rather than ``ray.cluster_utils.Cluster`` or the autoscaler's fake
+provider: it is exactly what the cluster launcher and KubeRay run on each machine (own raylet,
+object store, ports and agents; the head scheduling no work with ``--num-cpus=0``), the job goes
+through the real job server, and a node is lost the way a machine is lost (its raylet killed).
+"""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -11,13 +20,18 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import boto3
 import pytest
-from conftest import pids_matching
+from conftest import pids_matching, upload_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+JOB_TIMEOUT_S = 600
+# The smoke images as a folder dataset resized through the prepared cache (which must be on S3,
+# where every node reads it).
+PREPARED = ["data.kind=folder", "data.resize_height=48", "data.resize_width=64"]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -30,8 +44,7 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-def _kill_cluster(marker: str) -> None:
-    """Stop only this test's cluster (``ray stop`` would also stop the session's Ray)."""
+def _kill(marker: str) -> None:
     for pid in pids_matching(marker):
         try:
             os.kill(pid, signal.SIGKILL)
@@ -39,80 +52,272 @@ def _kill_cluster(marker: str) -> None:
             pass
 
 
-@pytest.fixture(scope="module")
-def local_cluster(ray_session, s3_server):
-    """A head node on 127.0.0.1 with its own ports and temp dir; yields the dashboard URL."""
-    temp = tempfile.mkdtemp(prefix="s4rt", dir="/tmp")  # short: Ray's socket paths are long
-    gcs, dash, client, agent, agent_grpc, metrics, renv, node, objm = _free_ports(9)
-    # Jobs run with the cluster's environment: its `python` must be this interpreter.
-    path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-    command = [
-        RAY,
-        "start",
-        "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={gcs}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={dash}",
-        "--num-cpus=2",
-        f"--temp-dir={temp}",
-        f"--ray-client-server-port={client}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={renv}",
-        f"--node-manager-port={node}",
-        f"--object-manager-port={objm}",
-        "--min-worker-port=21000",
-        "--max-worker-port=21999",
-        "--disable-usage-stats",
-    ]
-    started = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    try:
-        assert started.returncode == 0, started.stderr[-2000:]
-        yield f"http://127.0.0.1:{dash}", env
-    finally:
-        _kill_cluster(temp)
+class LocalCluster:
+    """A head (no CPUs: it runs the job drivers and the job server, as recommended for real
+    clusters) and worker nodes of one CPU each, on 127.0.0.1 with their own ports."""
+
+    def __init__(self) -> None:
+        self.temp = tempfile.mkdtemp(prefix="s4rt", dir="/tmp")  # Ray's socket paths are long
+        # Jobs run with the cluster's environment: its `python` must be this interpreter.
+        path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
+        self.env.pop("RAY_ADDRESS", None)
+        self.workers: list[int] = []  # node manager port of each worker node started
+        self.next_worker_port = 21000
+        gcs, dash, client, *self.head_ports = _free_ports(9)
+        self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
+        agent, agent_grpc, metrics, renv, node, objm = self.head_ports
+        self._ray_start(
+            "--head",
+            f"--port={gcs}",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dash}",
+            f"--ray-client-server-port={client}",
+            "--num-cpus=0",
+            *self._node_ports(agent, agent_grpc, metrics, renv, node, objm),
+        )
+
+    def _node_ports(self, agent, agent_grpc, metrics, renv, node, objm) -> list[str]:
+        low = self.next_worker_port
+        self.next_worker_port += 500  # worker processes of different nodes never share a port
+        return [
+            f"--dashboard-agent-listen-port={agent}",
+            f"--dashboard-agent-grpc-port={agent_grpc}",
+            f"--metrics-export-port={metrics}",
+            f"--runtime-env-agent-port={renv}",
+            f"--node-manager-port={node}",
+            f"--object-manager-port={objm}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 499}",
+        ]
+
+    def _ray_start(self, *args: str) -> None:
+        command = [
+            RAY,
+            "start",
+            "--node-ip-address=127.0.0.1",
+            f"--temp-dir={self.temp}",
+            "--object-store-memory=150000000",
+            "--disable-usage-stats",
+            *args,
+        ]
+        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+    def add_worker(self) -> str:
+        """Start a worker node of one CPU; returns its node id once the cluster sees it."""
+        before = {n["node_id"] for n in self.nodes()}
+        ports = _free_ports(6)
+        self._ray_start(f"--address={self.gcs}", "--num-cpus=1", *self._node_ports(*ports))
+        self.workers.append(ports[4])
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            new = [n["node_id"] for n in self.nodes() if n["node_id"] not in before]
+            if new:
+                return new[0]
+            time.sleep(0.5)
+        raise AssertionError("the new worker node never joined")
+
+    def kill_worker(self, node_manager_port: int) -> None:
+        """Lose a node as a machine is lost: its raylet (and with it its workers) killed."""
+        _kill(f"--node_manager_port={node_manager_port}")
+
+    def nodes(self, alive: bool = True) -> list[dict]:
+        listed = self.cli("list", "nodes", "--format", "json", "--limit", "100")
+        return [n for n in json.loads(listed) if n["state"] == "ALIVE" or not alive]
+
+    def head_id(self) -> str:
+        return next(n["node_id"] for n in self.nodes() if n["is_head_node"])
+
+    def cli(self, *args: str) -> str:
+        env = {**self.env, "RAY_ADDRESS": self.dashboard}
+        done = subprocess.run(
+            [RAY, *args], env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        )
+        assert done.returncode == 0, f"ray {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr}"
+        return done.stdout
+
+    def submit(self, overrides: list[str], wait: bool = True) -> tuple[str, str]:
+        """``ray job submit --working-dir <repo> -- python run.py ...``: (submission id, output)."""
+        job_id = f"s4al-{uuid.uuid4().hex[:8]}"
+        command = [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--submission-id",
+            job_id,
+            "--working-dir",
+            REPO,
+            *([] if wait else ["--no-wait"]),
+            "--",
+            "python",
+            "run.py",
+            *overrides,
+        ]
+        # From an empty directory: nothing can be read from where the user submits.
+        cwd = tempfile.mkdtemp(prefix="submit-")
+        done = subprocess.run(
+            command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-4000:]
+        return job_id, output
+
+    def status(self, job_id: str) -> str:
+        out = self.cli("job", "status", job_id).lower()  # "Job '...' was stopped", ...
+        for state in ("succeeded", "failed", "stopped", "running", "pending"):
+            if state in out:
+                return state.upper()
+        return out
+
+    def close(self) -> None:
+        _kill(self.temp)
         time.sleep(1)
-        shutil.rmtree(temp, ignore_errors=True)
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
-def test_ray_job_submit_smoke_experiment_to_s3(
-    local_cluster, s3_server, s3_upload, smoke_data_root
-):
-    address, env = local_cluster
-    data_uri = s3_upload(smoke_data_root, "job-data", "synthetic_smoke")
+@pytest.fixture(scope="module")
+def cluster(ray_session, s3_server):
+    """The head and two worker nodes; tests may add nodes (and kill the ones they added)."""
+    made = LocalCluster()
+    try:
+        made.add_worker()
+        made.add_worker()
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture(scope="module")
+def on_s3(cluster, s3_server, smoke_data_root):
+    """The smoke experiment's overrides with every location on S3, and an S3 client."""
+    data_uri = upload_tree(s3_server, smoke_data_root, "job-data", "synthetic_smoke")
     client = boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1")
     client.create_bucket(Bucket="job-runs")
-    submit = [
-        RAY,
-        "job",
-        "submit",
-        "--address",
-        address,
-        "--working-dir",
-        REPO,
-        "--",
-        "python",
-        "run.py",
+    overrides = [
         "--config",
         "configs/smoke.yaml",
-        "name=job",
         "storage=s3://job-runs/experiments",
         f"data.root={data_uri}",
-        "data.kind=folder",
+        *PREPARED,
+        "data.cache_dir=s3://job-runs/cache",
     ]
-    result = subprocess.run(submit, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-3000:]
+    return overrides, client
+
+
+def _keys(client, prefix: str) -> set[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket="job-runs", Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
+def _record(client, name: str, r: int) -> dict:
+    key = f"experiments/{name}/rounds/round_{r:03d}.json"
+    return json.loads(client.get_object(Bucket="job-runs", Key=key)["Body"].read())
+
+
+def _ledger(name: str, smoke_data_root: str, cache: str) -> list:
+    """The run's pool ledger on S3: (round, selection, pixels) per acquisition."""
+    from s4al_ray.config import load_config
+    from s4al_ray.data.registry import load_dataset
+    from s4al_ray.layout import RunLayout
+    from s4al_ray.pool.actor import load_state
+    from s4al_ray.pool.index import ImageSizes
+
+    cfg = load_config(
+        os.path.join(REPO, "configs", "smoke.yaml"),
+        [f"data.root={smoke_data_root}", *PREPARED, f"data.cache_dir={cache}"],
+    )
+    sizes = ImageSizes.of_rows(load_dataset(cfg.data, cfg.seed).rows("train"))
+    state = load_state(RunLayout.of("s3://job-runs/experiments", name), sizes)
+    return [(e["round"], dict(e["selection"]), e["pixels"]) for e in state.ledger]
+
+
+@pytest.fixture(scope="module")
+def reference_run(cluster, on_s3) -> str:
+    """The smoke experiment submitted once and left to finish: the job's output."""
+    overrides, _ = on_s3
+    return cluster.submit([*overrides, "name=job"])[1]
+
+
+def test_submitted_experiment_runs_on_worker_nodes_with_everything_on_s3(
+    cluster, on_s3, reference_run
+):
+    _, client = on_s3
+    output = reference_run
     assert "succeeded" in output
     assert "Done in" in output  # the experiment's own closing line, streamed from the job
-    listed = client.list_objects_v2(Bucket="job-runs", Prefix="experiments/job/")["Contents"]
-    keys = {o["Key"] for o in listed}
+    keys = _keys(client, "experiments/job/")
     for expected in ("config.yaml", "rounds.csv", "pool/head.json", "checkpoints/round_001.pt"):
         assert f"experiments/job/{expected}" in keys
+    assert any(k.endswith("/prepared.json") for k in _keys(client, "cache/")), "no cache on S3"
     body = client.get_object(Bucket="job-runs", Key="experiments/job/rounds.csv")["Body"].read()
-    assert body.decode().splitlines()[0].startswith("round,")
     assert len(body.decode().splitlines()) == 3  # header + 2 rounds
+    # Where the work ran: every stage on worker nodes (the head has no CPU to give).
+    workers = {n["node_id"] for n in cluster.nodes() if not n["is_head_node"]}
+    first, last = _record(client, "job", 0), _record(client, "job", 1)
+    assert set(first["train/nodes"]) <= workers and set(last["train/nodes"]) <= workers
+    assert first["teacher/nodes"] and set(first["teacher/nodes"]) <= workers
+    assert sum(first["teacher/nodes"].values()) == 18  # every pool image, once
     assert "testing" not in output  # the test credentials never appear in the job's output
+
+
+def _wait_for_key(cluster, client, job_id: str, prefix: str, part: str) -> None:
+    deadline = time.time() + 300
+    while not any(part in key for key in _keys(client, prefix)):
+        assert cluster.status(job_id) in ("PENDING", "RUNNING"), cluster.cli("job", "logs", job_id)
+        assert time.time() < deadline, f"no {part} under {prefix} after 300 s"
+        time.sleep(0.5)
+
+
+def _wait_for_end(cluster, job_id: str) -> str:
+    deadline = time.time() + JOB_TIMEOUT_S
+    while (state := cluster.status(job_id)) in ("PENDING", "RUNNING"):
+        assert time.time() < deadline, f"job {job_id} still {state}"
+        time.sleep(1)
+    return state
+
+
+def test_job_stopped_mid_round_resumes_to_the_same_pool(
+    cluster, on_s3, reference_run, smoke_data_root, tmp_path
+):
+    overrides, client = on_s3
+    name = "stopped"
+    job_id, _ = cluster.submit([*overrides, f"name={name}"], wait=False)
+    # Stopped while round 0 trains: after its first epoch checkpoint reached S3.
+    _wait_for_key(cluster, client, job_id, f"experiments/{name}/train/", "epoch_000")
+    cluster.cli("job", "stop", job_id)
+    assert _wait_for_end(cluster, job_id) == "STOPPED"
+    assert f"experiments/{name}/rounds/round_000.json" not in _keys(client, "experiments/")
+    _, output = cluster.submit([*overrides, f"name={name}"])
+    assert "succeeded" in output
+    assert _ledger(name, smoke_data_root, str(tmp_path)) == _ledger(
+        "job", smoke_data_root, str(tmp_path)
+    )
+    assert _ledger(name, smoke_data_root, str(tmp_path))  # round 0 acquired regions
+
+
+def test_elastic_student_survives_a_lost_node_and_grows_into_a_new_one(cluster, on_s3):
+    """Train workers 1..3: round 0 starts on the three worker nodes there are; one is lost
+    mid-round (the round completes on the others, from its last epoch checkpoint), another
+    joins, and round 1's student runs on it."""
+    overrides, client = on_s3
+    name = "elastic"
+    lost_id = cluster.add_worker()
+    lost_port = cluster.workers[-1]
+    elastic = ["train.max_workers=3", "train.max_failures=4", "train.epochs=4"]
+    job_id, _ = cluster.submit([*overrides, f"name={name}", *elastic], wait=False)
+    _wait_for_key(cluster, client, job_id, f"experiments/{name}/train/", "epoch_000/metrics")
+    epoch_key = f"experiments/{name}/train/{name}-round000/epoch_000/metrics.json"
+    started = json.loads(client.get_object(Bucket="job-runs", Key=epoch_key)["Body"].read())
+    cluster.kill_worker(lost_port)
+    assert lost_id in started["train/nodes"] and len(set(started["train/nodes"])) == 3
+    joined_id = cluster.add_worker()
+    assert _wait_for_end(cluster, job_id) == "SUCCEEDED", cluster.cli("job", "logs", job_id)
+    first, last = _record(client, name, 0), _record(client, name, 1)
+    assert lost_id not in first["train/nodes"], "the node was lost after round 0 trained"
+    assert len(set(first["train/nodes"])) == len(first["train/nodes"]) >= 2
+    assert lost_id not in last["train/nodes"] and joined_id in last["train/nodes"]
+    assert len(last["train/nodes"]) == 3
+    assert lost_id not in first["teacher/nodes"]
