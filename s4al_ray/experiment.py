@@ -48,9 +48,10 @@ from s4al_ray.layout import RUN_FORMAT, RunLayout
 from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
 from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.state import PoolState
+from s4al_ray.progress import StageProgress
 from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
 from s4al_ray.run_lock import hold_run_lock
-from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers
+from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, worker_storage_errors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
@@ -196,7 +197,13 @@ class Experiment:
             f"labeled {100 * state.labeled_frac:.2f}% of pixels ..."
         )
         previous = TeacherSummary.load(layout.teacher_summary(r - 1)) if r > 0 else None
-        result = fit_student(student_job(self.cfg, self.data, state, layout, r, previous))
+        job = student_job(self.cfg, self.data, state, layout, r, previous)
+        train = self.cfg.train
+        prefix = f"[round {r}] train  "
+        with StageProgress(
+            prefix, train.epochs, "epochs", self.log, None, train.steps_per_epoch
+        ) as q:
+            result = fit_student(job, q)
         storage.write_text(layout.train_metrics(r), json.dumps(result.metrics))
         return result
 
@@ -224,7 +231,8 @@ class Experiment:
             + " ..."
         )
         rows = teacher_rows(self.data, state)
-        seconds = run_teacher(job, rows, output_uri)
+        with StageProgress(f"[round {r}] teacher", len(rows), "images", self.log) as queue:
+            seconds = run_teacher(job, rows, output_uri, queue)
         output = read_teacher_output(output_uri, self.data.num_classes, job)
         summary = summarize_teacher(self.cfg, output, seconds, len(rows))
         summary.save(self.layout.teacher_summary(r))
@@ -266,7 +274,8 @@ class Experiment:
             "time/acquire_s": 0.0,
         }
         t0 = time.perf_counter()
-        student = self.train(r, state)
+        with worker_storage_errors():
+            student = self.train(r, state)
         record.update(self._student_fields(student.metrics))
         record["time/train_s"] = time.perf_counter() - t0
         self.log(
@@ -275,7 +284,8 @@ class Experiment:
         )
         after = state
         if r < self.cfg.loop.rounds - 1 and state.pool_ids:
-            teacher = self.teach(r, state, student.checkpoint_uri)
+            with worker_storage_errors():
+                teacher = self.teach(r, state, student.checkpoint_uri)
             record.update(teacher.summary.record_fields())
             t0 = time.perf_counter()
             # A manual import commits before the rerun that continues the round.

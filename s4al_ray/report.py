@@ -60,7 +60,7 @@ def write_rounds_csv(records: list[dict], uri: str) -> None:
     storage.write_text(uri, buffer.getvalue())
 
 
-def _fmt_duration(seconds: float) -> str:
+def fmt_duration(seconds: float) -> str:
     seconds = max(0, int(round(seconds)))
     if seconds < 60:
         return f"{seconds}s"
@@ -71,7 +71,7 @@ def _fmt_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-def _fmt_estimate(seconds: float) -> str:
+def fmt_estimate(seconds: float) -> str:
     """A rounded duration for an estimate: ~40s, ~4m, ~1h05m."""
     seconds = max(0.0, seconds)
     if seconds < 60:
@@ -93,7 +93,7 @@ def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:
     teacher + acquisition time. Without timings it falls back to elapsed time per round done.
     """
     done = (max(int(r["round"]) for r in records) + 1) if records else 0
-    head = f"round {done}/{total_rounds} done, {_fmt_duration(elapsed_s)} elapsed"
+    head = f"round {done}/{total_rounds} done, {fmt_duration(elapsed_s)} elapsed"
     remaining = list(range(done, total_rounds))
     if not remaining:
         return f"{head}, finished"
@@ -113,4 +113,4 @@ def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:
         estimate = elapsed_s / done * len(remaining)
     else:
         return f"{head}, {len(remaining)} rounds left"
-    return f"{head}, {_fmt_estimate(estimate)} left"
+    return f"{head}, {fmt_estimate(estimate)} left"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 
 import ray
 
 from s4al_ray import storage
 from s4al_ray.config import ConfigError, ExperimentConfig, location_settings
+from s4al_ray.storage import StorageError
 
 
 @dataclass
@@ -252,3 +255,44 @@ def check_cluster_paths(cfg: ExperimentConfig, res: ClusterResources) -> None:
                 "or, when every node mounts it at the same path (NFS, EFS), say so with "
                 "storage_shared=true"
             )
+
+
+def storage_failure(err: BaseException) -> StorageError | None:
+    """The StorageError a worker raised somewhere inside ``err`` (Ray Train's worker-group
+    error, a Ray task error, their causes), as a plain StorageError; None if there is none."""
+    stack: list = [err]
+    seen: set[int] = set()
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        cause = getattr(e, "cause", None)  # RayTaskError: the worker's own exception
+        if isinstance(e, StorageError):
+            if isinstance(cause, StorageError):
+                e = cause
+            return StorageError(str(e.args[0]) if e.args else str(e))
+        stack += [cause, e.__cause__, e.__context__, getattr(e, "controller_failure", None)]
+        stack += list(getattr(e, "worker_failures", {}).values())
+    # Ray Data wraps a task's error in UserCodeException, and the chain to our error does not
+    # survive pickling: only the worker's traceback text, carried in the message, names it.
+    found = _STORAGE_ERROR_LINE.search(str(err))
+    return StorageError(found.group(1).strip()) if found else None
+
+
+_STORAGE_ERROR_LINE = re.compile(r"s4al_ray\.storage\.StorageError: ([^\n]+)")
+
+
+@contextlib.contextmanager
+def worker_storage_errors():
+    """Raise a worker's StorageError (a node that cannot reach S3) in the driver as itself, so
+    the CLI prints its message, naming the node and the fix, instead of a Ray traceback."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as err:  # noqa: BLE001  (anything Ray wraps a worker's error in)
+        found = storage_failure(err)
+        if found is None:
+            raise
+        raise found from None

@@ -214,6 +214,57 @@ def _describe(uri: str, err: Exception) -> str:
     )
 
 
+# Where the AWS SDKs look for credentials, by name (their values never enter a message).
+CREDENTIAL_SOURCES = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_PROFILE",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",  # EKS service accounts (IRSA)
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+_REACHED_BUCKETS: set[tuple[str | None, str]] = set()
+
+
+def check_node_access(uri: str) -> None:
+    """On a Ray worker, before a stage's first read: fail at once, naming this node and what it
+    lacks, when it cannot reach ``uri``'s bucket. Each node has credentials of its own (its
+    role, service account or environment); one without them would otherwise fail deep inside
+    pyarrow with a message that names neither. Checked once per bucket and process."""
+    if not is_s3(uri):
+        return
+    bucket = uri[len(S3_PREFIX) :].split("/", 1)[0]
+    key = (s3_endpoint(), bucket)
+    if key in _REACHED_BUCKETS:
+        return
+    fs, path = filesystem(uri)
+    try:
+        fs.get_file_info(path)
+    except OSError as err:
+        raise StorageError(_node_problem(uri, bucket, err)) from None
+    _REACHED_BUCKETS.add(key)
+
+
+def _node_problem(uri: str, bucket: str, err: Exception) -> str:
+    import ray
+
+    node = "this process"
+    if ray.is_initialized():
+        node_id = ray.get_runtime_context().get_node_id()[:12]
+        node = f"Ray node {node_id} ({ray.util.get_node_ip_address()})"
+    present = [name for name in CREDENTIAL_SOURCES if os.environ.get(name)]
+    if os.path.exists(os.path.expanduser("~/.aws/credentials")):
+        present.append("~/.aws/credentials")
+    has = ", ".join(present) if present else "none of " + ", ".join(CREDENTIAL_SOURCES)
+    return (
+        f"{node} cannot read {uri} (bucket '{bucket}', endpoint "
+        f"{s3_endpoint() or 'AWS S3 (no endpoint override)'}, region {s3_region()}): "
+        f"{str(err).splitlines()[0]}. Every node needs the endpoint (s3_endpoint=..., which the "
+        f"driver passes to its workers) and credentials of its own; this node's environment "
+        f"has {has} (else the instance role). Give the node an instance profile or service "
+        "account role (IRSA), or set AWS_PROFILE / AWS_ACCESS_KEY_ID before `ray start` there"
+    )
+
+
 def ray_storage(uri: str) -> tuple[str, pafs.FileSystem | None]:
     """``(storage_path, storage_filesystem)`` for Ray Train/Tune ``RunConfig``.
 

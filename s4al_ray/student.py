@@ -39,6 +39,7 @@ from s4al_ray.losses.joint import joint_losses
 from s4al_ray.mean_teacher import make_ema_teacher, mean_teacher_batch
 from s4al_ray.model import model_from_config, unwrap
 from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.storage import check_node_access
 
 MODEL_FILE = "model.pt"
 METRICS_FILE = "metrics.json"
@@ -319,6 +320,7 @@ def train_loop(config: dict) -> None:
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.set_num_threads(train.cpus_per_worker)
+    check_node_access(job.inputs_uri)  # a node without S3 access fails here, by name
     torch.manual_seed(job.seed)  # identical initial weights on every rank and every rerun
     device = ray.train.torch.get_device()
     model = init_model(job)

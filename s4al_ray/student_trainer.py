@@ -11,9 +11,11 @@ from dataclasses import dataclass
 
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.util.queue import Queue
 
 from s4al_ray import storage
 from s4al_ray.config import TrainConfig
+from s4al_ray.progress import TrainProgress
 from s4al_ray.student import METRICS_FILE, MODEL_FILE, StudentJob, train_loop
 
 
@@ -31,7 +33,7 @@ def _checkpoint_uri(checkpoint: Checkpoint) -> str:
     return checkpoint.path
 
 
-def fit_student(job: StudentJob) -> StudentResult:
+def fit_student(job: StudentJob, progress: Queue | None = None) -> StudentResult:
     """Train one round's student with a TorchTrainer and publish its weights to
     ``job.checkpoint_uri``. Rerunning the same round resumes from its last epoch checkpoint
     because the run name is derived from the experiment and round."""
@@ -47,6 +49,7 @@ def fit_student(job: StudentJob) -> StudentResult:
             storage_filesystem=storage_fs,
             failure_config=FailureConfig(max_failures=train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[TrainProgress(progress)] if progress is not None else None,
         ),
     )
     result = trainer.fit()

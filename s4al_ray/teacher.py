@@ -84,14 +84,14 @@ def _model_stage(ds: ray.data.Dataset, job: TeacherJob) -> ray.data.Dataset:
     )
 
 
-def _pipeline(rows: list[dict], job: TeacherJob) -> ray.data.Dataset:
+def _pipeline(rows: list[dict], job: TeacherJob, progress=None) -> ray.data.Dataset:
     blocks = max(1, min(len(rows) // job.batch_size, 64))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(decode_images, batch_size=job.batch_size, batch_format="numpy", num_cpus=1)
     ds = _model_stage(ds, job)
     return ds.map_batches(
         summarize_batch,
-        fn_kwargs={"job": job},
+        fn_kwargs={"job": job, "progress": progress},
         batch_size=job.batch_size,
         batch_format="numpy",
         num_cpus=1,
@@ -105,15 +105,16 @@ def size_groups(rows: list[dict]) -> list[list[dict]]:
     return [[r for r in rows if (r["height"], r["width"]) == size] for size in sizes]
 
 
-def run_teacher(job: TeacherJob, rows: list[dict], output_uri: str) -> float:
+def run_teacher(job: TeacherJob, rows: list[dict], output_uri: str, progress=None) -> float:
     """Predict ``rows`` (sample_id, pool_index, image_uri, height, width, acquired) and write
-    parquet to ``output_uri`` (replaced). Returns the seconds spent."""
+    parquet to ``output_uri`` (replaced); images done are posted to ``progress`` (a
+    ``progress.StageProgress`` queue). Returns the seconds spent."""
     started = time.perf_counter()
     storage.delete_dir(output_uri)
     fs, path = storage.filesystem(output_uri)
     for index, subset in enumerate(size_groups(rows)):
         # One sub-directory per size group: a pass never touches another's files.
-        _pipeline(subset, job).write_parquet(f"{path}/size_{index:02d}", filesystem=fs)
+        _pipeline(subset, job, progress).write_parquet(f"{path}/size_{index:02d}", filesystem=fs)
     return time.perf_counter() - started
 
 

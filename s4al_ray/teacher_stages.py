@@ -21,6 +21,7 @@ import pyarrow as pa
 import ray
 import torch
 import torch.nn.functional as F
+from ray.util.queue import Queue
 
 from s4al_ray.acquisition import block_candidates, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
@@ -29,9 +30,11 @@ from s4al_ray.data.io import encode_png, load_image
 from s4al_ray.data.training import normalize
 from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.progress import post_images
 from s4al_ray.pseudo_labels import confidence_histogram, confidence_levels
 from s4al_ray.regions import RegionGrid
 from s4al_ray.scores import get_score
+from s4al_ray.storage import check_node_access
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ OUTPUT_SCHEMA = pa.schema(
 
 def decode_images(batch: dict) -> dict:
     """Stage 1: the batch's images as one (B, H, W, 3) uint8 array (one size per pass)."""
+    if len(batch["image_uri"]):
+        check_node_access(str(batch["image_uri"][0]))
     return {**batch, "image": np.stack([load_image(str(uri)) for uri in batch["image_uri"]])}
 
 
@@ -132,6 +137,7 @@ class TeacherModel:
         self.job = job
         self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
         model = model_from_config(job.model, job.num_classes, pretrained="none")
+        check_node_access(job.checkpoint_uri)
         load_checkpoint(model, job.checkpoint_uri)
         self.model = model.to(self.device).eval()
         self.score = get_score(job.score)
@@ -172,8 +178,9 @@ def model_batch(batch: dict, job: TeacherJob) -> dict:
     return model(batch)
 
 
-def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
-    """Stage 3: the parquet rows of a block (see OUTPUT_SCHEMA)."""
+def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None) -> pa.Table:
+    """Stage 3: the parquet rows of a block (see OUTPUT_SCHEMA); the images done are posted to
+    ``progress`` (the driver's progress line)."""
     out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
     region_score, grids, acquired, positions = {}, {}, {}, {}
     hist = np.zeros(job.num_classes * 256, dtype=np.int64)
@@ -214,6 +221,7 @@ def summarize_batch(batch: dict, job: TeacherJob) -> pa.Table:
         counted = CandidateHistogram.of(candidates)
         out["block_hist"][0] = hist
         out["cand_hist_keys"][0], out["cand_hist_counts"][0] = counted.keys, counted.counts
+    post_images(progress, len(out["sample_id"]))
     return pa.table(out, schema=OUTPUT_SCHEMA)
 
 

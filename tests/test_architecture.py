@@ -51,6 +51,7 @@ LAYERS = [
     ),
     # the stages and what sizes them
     (
+        "s4al_ray.progress",
         "s4al_ray.student",
         "s4al_ray.student_trainer",
         "s4al_ray.teacher",

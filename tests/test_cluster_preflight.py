@@ -94,3 +94,81 @@ def test_every_documented_submit_command_passes_the_cluster_preflight(where, arg
     else:
         cfg = load_config(resolve_config(args.config), args.overrides)
     check_cluster_paths(cfg, ClusterResources(cpus=64, gpus=8, nodes=3))
+
+
+# -- A node that cannot reach S3: its first stage fails naming the node and what it lacks
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_node_that_cannot_reach_the_bucket_is_named_with_the_settings_to_fix(monkeypatch):
+    from s4al_ray import storage
+
+    endpoint = f"http://127.0.0.1:{_closed_port()}"  # nothing listens: the node's route is gone
+    monkeypatch.setenv(storage.ENDPOINT_ENV, endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with pytest.raises(storage.StorageError) as err:
+        storage.check_node_access("s3://fleet-frames/train/a.png")
+    message = str(err.value)
+    assert "cannot read s3://fleet-frames/train/a.png (bucket 'fleet-frames'" in message
+    assert f"endpoint {endpoint}" in message and "s3_endpoint=" in message
+    assert "has AWS_ACCESS_KEY_ID" in message and "IRSA" in message
+    assert "AKIDSECRETVALUE" not in message  # names of credential sources, never their values
+
+
+def test_a_reachable_bucket_is_checked_once_per_process(s3_server, s3_upload, tmp_path):
+    from s4al_ray import storage
+
+    (tmp_path / "f.txt").write_text("x")
+    uri = s3_upload(str(tmp_path), "node-check")
+    storage.check_node_access(f"{uri}/f.txt")
+    assert (storage.s3_endpoint(), "node-check") in storage._REACHED_BUCKETS
+    storage.check_node_access("runs/local/path")  # local paths: nothing to check
+
+
+def _storage_error_raiser():
+    """A function that raises as a node without S3 access does; nested, so Ray ships it by value
+    (workers cannot import this test module)."""
+
+    def fail(_=None):
+        from s4al_ray.storage import StorageError
+
+        raise StorageError("Ray node abc cannot read s3://b/k: no credentials")
+
+    return fail
+
+
+def test_a_train_workers_storage_error_reaches_the_driver_as_itself(ray_session, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from s4al_ray.runtime import worker_storage_errors
+    from s4al_ray.storage import StorageError
+
+    trainer = TorchTrainer(
+        _storage_error_raiser(),
+        scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
+        run_config=RunConfig(storage_path=str(tmp_path), name="no-s3"),
+    )
+    with pytest.raises(StorageError) as err, worker_storage_errors():
+        trainer.fit()
+    assert type(err.value) is StorageError
+    assert str(err.value) == "Ray node abc cannot read s3://b/k: no credentials"
+
+
+def test_a_ray_data_tasks_storage_error_reaches_the_driver_as_itself(ray_session):
+    import ray
+
+    from s4al_ray.runtime import worker_storage_errors
+    from s4al_ray.storage import StorageError
+
+    with pytest.raises(StorageError) as err, worker_storage_errors():
+        ray.data.range(4).map_batches(_storage_error_raiser()).take_all()
+    assert str(err.value) == "Ray node abc cannot read s3://b/k: no credentials"

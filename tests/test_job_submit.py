@@ -3,179 +3,32 @@ a raylet of its own, as `ray start` makes them on cloud machines), with the data
 cache, checkpoints and results on a local moto S3 server only: the cluster path users take, on
 loopback. Nodes are added and killed while experiments run.
 
-Why `ray start` per node rather than ``ray.cluster_utils.Cluster`` or the autoscaler's fake
-provider: it is exactly what the cluster launcher and KubeRay run on each machine (own raylet,
-object store, ports and agents; the head scheduling no work with ``--num-cpus=0``), the job goes
-through the real job server, and a node is lost the way a machine is lost (its raylet killed).
+Why `ray start` per node (``benchmarks/local_cluster.py``) rather than
+``ray.cluster_utils.Cluster`` or the autoscaler's fake provider: it is exactly what the cluster
+launcher and KubeRay run on each machine (own raylet, object store, ports and agents; the head
+scheduling no work with ``--num-cpus=0``), the job goes through the real job server, and a node
+is lost the way a machine is lost (its raylet killed).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 
 import boto3
 import pytest
-from conftest import pids_matching, upload_tree
+from conftest import upload_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RAY = os.path.join(os.path.dirname(sys.executable), "ray")
-JOB_TIMEOUT_S = 600
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+from local_cluster import LocalCluster  # noqa: E402  (shared with benchmarks/multinode.py)
+
 # The smoke images as a folder dataset resized through the prepared cache (which must be on S3,
 # where every node reads it).
 PREPARED = ["data.kind=folder", "data.resize_height=48", "data.resize_width=64"]
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def _kill(marker: str) -> None:
-    for pid in pids_matching(marker):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-class LocalCluster:
-    """A head (no CPUs: it runs the job drivers and the job server, as recommended for real
-    clusters) and worker nodes of one CPU each, on 127.0.0.1 with their own ports."""
-
-    def __init__(self) -> None:
-        self.temp = tempfile.mkdtemp(prefix="s4rt", dir="/tmp")  # Ray's socket paths are long
-        # Jobs run with the cluster's environment: its `python` must be this interpreter.
-        path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
-        self.env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
-        self.env.pop("RAY_ADDRESS", None)
-        self.workers: list[int] = []  # node manager port of each worker node started
-        self.next_worker_port = 21000
-        gcs, dash, client, *self.head_ports = _free_ports(9)
-        self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
-        agent, agent_grpc, metrics, renv, node, objm = self.head_ports
-        self._ray_start(
-            "--head",
-            f"--port={gcs}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dash}",
-            f"--ray-client-server-port={client}",
-            "--num-cpus=0",
-            *self._node_ports(agent, agent_grpc, metrics, renv, node, objm),
-        )
-
-    def _node_ports(self, agent, agent_grpc, metrics, renv, node, objm) -> list[str]:
-        low = self.next_worker_port
-        self.next_worker_port += 500  # worker processes of different nodes never share a port
-        return [
-            f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--runtime-env-agent-port={renv}",
-            f"--node-manager-port={node}",
-            f"--object-manager-port={objm}",
-            f"--min-worker-port={low}",
-            f"--max-worker-port={low + 499}",
-        ]
-
-    def _ray_start(self, *args: str) -> None:
-        command = [
-            RAY,
-            "start",
-            "--node-ip-address=127.0.0.1",
-            f"--temp-dir={self.temp}",
-            "--object-store-memory=150000000",
-            "--disable-usage-stats",
-            *args,
-        ]
-        done = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=120)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-
-    def add_worker(self) -> str:
-        """Start a worker node of one CPU; returns its node id once the cluster sees it."""
-        before = {n["node_id"] for n in self.nodes()}
-        ports = _free_ports(6)
-        self._ray_start(f"--address={self.gcs}", "--num-cpus=1", *self._node_ports(*ports))
-        self.workers.append(ports[4])
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            new = [n["node_id"] for n in self.nodes() if n["node_id"] not in before]
-            if new:
-                return new[0]
-            time.sleep(0.5)
-        raise AssertionError("the new worker node never joined")
-
-    def kill_worker(self, node_manager_port: int) -> None:
-        """Lose a node as a machine is lost: its raylet (and with it its workers) killed."""
-        _kill(f"--node_manager_port={node_manager_port}")
-
-    def nodes(self, alive: bool = True) -> list[dict]:
-        listed = self.cli("list", "nodes", "--format", "json", "--limit", "100")
-        return [n for n in json.loads(listed) if n["state"] == "ALIVE" or not alive]
-
-    def head_id(self) -> str:
-        return next(n["node_id"] for n in self.nodes() if n["is_head_node"])
-
-    def cli(self, *args: str) -> str:
-        env = {**self.env, "RAY_ADDRESS": self.dashboard}
-        done = subprocess.run(
-            [RAY, *args], env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
-        )
-        assert done.returncode == 0, f"ray {' '.join(args)}:\n{done.stdout[-3000:]}{done.stderr}"
-        return done.stdout
-
-    def submit(self, overrides: list[str], wait: bool = True) -> tuple[str, str]:
-        """``ray job submit --working-dir <repo> -- python run.py ...``: (submission id, output)."""
-        job_id = f"s4al-{uuid.uuid4().hex[:8]}"
-        command = [
-            RAY,
-            "job",
-            "submit",
-            "--address",
-            self.dashboard,
-            "--submission-id",
-            job_id,
-            "--working-dir",
-            REPO,
-            *([] if wait else ["--no-wait"]),
-            "--",
-            "python",
-            "run.py",
-            *overrides,
-        ]
-        # From an empty directory: nothing can be read from where the user submits.
-        cwd = tempfile.mkdtemp(prefix="submit-")
-        done = subprocess.run(
-            command, cwd=cwd, env=self.env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S
-        )
-        output = done.stdout + done.stderr
-        assert done.returncode == 0, output[-4000:]
-        return job_id, output
-
-    def status(self, job_id: str) -> str:
-        out = self.cli("job", "status", job_id).lower()  # "Job '...' was stopped", ...
-        for state in ("succeeded", "failed", "stopped", "running", "pending"):
-            if state in out:
-                return state.upper()
-        return out
-
-    def close(self) -> None:
-        _kill(self.temp)
-        time.sleep(1)
-        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -271,14 +124,6 @@ def _wait_for_key(cluster, client, job_id: str, prefix: str, part: str) -> None:
         time.sleep(0.5)
 
 
-def _wait_for_end(cluster, job_id: str) -> str:
-    deadline = time.time() + JOB_TIMEOUT_S
-    while (state := cluster.status(job_id)) in ("PENDING", "RUNNING"):
-        assert time.time() < deadline, f"job {job_id} still {state}"
-        time.sleep(1)
-    return state
-
-
 def test_job_stopped_mid_round_resumes_to_the_same_pool(
     cluster, on_s3, reference_run, smoke_data_root, tmp_path
 ):
@@ -288,7 +133,7 @@ def test_job_stopped_mid_round_resumes_to_the_same_pool(
     # Stopped while round 0 trains: after its first epoch checkpoint reached S3.
     _wait_for_key(cluster, client, job_id, f"experiments/{name}/train/", "epoch_000")
     cluster.cli("job", "stop", job_id)
-    assert _wait_for_end(cluster, job_id) == "STOPPED"
+    assert cluster.wait_for_end(job_id) == "STOPPED"
     assert f"experiments/{name}/rounds/round_000.json" not in _keys(client, "experiments/")
     _, output = cluster.submit([*overrides, f"name={name}"])
     assert "succeeded" in output
@@ -314,10 +159,51 @@ def test_elastic_student_survives_a_lost_node_and_grows_into_a_new_one(cluster, 
     cluster.kill_worker(lost_port)
     assert lost_id in started["train/nodes"] and len(set(started["train/nodes"])) == 3
     joined_id = cluster.add_worker()
-    assert _wait_for_end(cluster, job_id) == "SUCCEEDED", cluster.cli("job", "logs", job_id)
+    assert cluster.wait_for_end(job_id) == "SUCCEEDED", cluster.cli("job", "logs", job_id)
     first, last = _record(client, name, 0), _record(client, name, 1)
     assert lost_id not in first["train/nodes"], "the node was lost after round 0 trained"
     assert len(set(first["train/nodes"])) == len(first["train/nodes"]) >= 2
     assert lost_id not in last["train/nodes"] and joined_id in last["train/nodes"]
     assert len(last["train/nodes"]) == 3
     assert lost_id not in first["teacher/nodes"]
+
+
+def test_a_large_working_dir_is_named_before_upload(cluster, tmp_path):
+    """A dataset inside the submitted directory: the project's .gitignore keeps data/ (where
+    configs/cityscapes.yaml and camvid.yaml look) out of the package; anything else large gets
+    Ray's warning before the upload, naming .gitignore/.rayignore and excludes (and the job
+    server refuses a package over 512 MiB). The warning threshold (Ray's setting, 256 MiB by
+    default) is lowered to 2 MiB so that a few MB stand for gigabytes."""
+    import shutil
+    import subprocess
+
+    from local_cluster import RAY
+
+    work = tmp_path / "project"
+    work.mkdir()
+    shutil.copy(os.path.join(REPO, ".gitignore"), work / ".gitignore")
+    (work / "run.py").write_text("print('packaged without the dataset')\n")
+    (work / "data" / "cityscapes").mkdir(parents=True)
+    (work / "data" / "cityscapes" / "frames.bin").write_bytes(os.urandom(3_000_000))
+    env = {**cluster.env, "RAY_PACKAGE_SIZE_WARNING_MIB": "2"}
+
+    def submit():
+        command = [RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir"]
+        command += [str(work), "--", "python", "run.py"]
+        done = subprocess.run(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one stream: the order of the messages is kept
+            text=True,
+            timeout=300,
+        )
+        return done.returncode, done.stdout
+
+    code, output = submit()
+    assert code == 0 and "packaged without the dataset" in output, output[-3000:]
+    assert "approaching the maximum upload size" not in output
+    (work / "frames_copy.bin").write_bytes(os.urandom(3_000_000))  # not ignored
+    code, output = submit()
+    assert "approaching the maximum upload size" in output  # from the zip, before it is sent
+    assert "'.gitignore'" in output and "'excludes' option" in output

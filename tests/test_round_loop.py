@@ -81,6 +81,23 @@ def test_artefacts_written(smoke_run):
     assert any("mIoU" in line for line in lines)
 
 
+def test_progress_inside_the_stages_reaches_the_driver_as_lines(smoke_run):
+    """Not a terminal (pytest captures stdout): one line per epoch from Ray Train's reports, and
+    the teacher pass's images, drawn by the driver while worker logs stay off."""
+    cfg, _, _, lines, _ = smoke_run
+    epochs = [line for line in lines if line.startswith("[round 0] train   epoch ")]
+    assert [line.split(":")[0] for line in epochs] == [
+        "[round 0] train   epoch 1/2",
+        "[round 0] train   epoch 2/2",
+    ]
+    assert "loss " in epochs[0] and "(sup " in epochs[0] and "steps/s, lr " in epochs[0]
+    assert "ETA " in epochs[0] and epochs[-1].endswith("ETA 0s")
+    teacher = [
+        line for line in lines if line.startswith("[round 0] teacher ") and "images/s" in line
+    ]
+    assert teacher and teacher[-1].startswith("[round 0] teacher 18/18 images, ")
+
+
 def test_no_checkpoint_copies_left_in_tmp(smoke_run):
     # Ray Train copies each epoch checkpoint into run storage; the staging copy must go (it once
     # leaked a model file per epoch, per round, per trial: tens of GB over a day of runs).
