@@ -49,7 +49,13 @@ from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
 from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.state import PoolState
 from s4al_ray.progress import StageProgress
-from s4al_ray.report import eta_line, format_class_table, format_round_table, write_rounds_csv
+from s4al_ray.report import (
+    eta_line,
+    format_class_table,
+    format_round_table,
+    stage_estimate,
+    write_rounds_csv,
+)
 from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, worker_storage_errors
 from s4al_ray.runtime import resources as cluster_resources
@@ -194,7 +200,8 @@ class Experiment:
         self.log(
             f"[round {r}] train   {self.cfg.train.num_workers} worker(s), "
             f"{self.cfg.train.epochs}x{self.cfg.train.steps_per_epoch} steps, "
-            f"labeled {100 * state.labeled_frac:.2f}% of pixels ..."
+            f"labeled {100 * state.labeled_frac:.2f}% of pixels"
+            f"{stage_estimate(self.records, 'time/train_s')} ..."
         )
         previous = TeacherSummary.load(layout.teacher_summary(r - 1)) if r > 0 else None
         job = student_job(self.cfg, self.data, state, layout, r, previous)
@@ -228,7 +235,7 @@ class Experiment:
         self.log(
             f"[round {r}] teacher Ray Data over {len(state.pool_ids)} pool images, {size}"
             + (f" on a {res.nodes}-node cluster" if res.nodes > 1 else "")
-            + " ..."
+            + f"{stage_estimate(self.records, 'time/teacher_s')} ..."
         )
         rows = teacher_rows(self.data, state)
         with StageProgress(f"[round {r}] teacher", len(rows), "images", self.log) as queue:

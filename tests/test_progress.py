@@ -73,3 +73,12 @@ def test_training_estimates_from_its_epochs_not_its_start_up(monkeypatch):
     )
     assert lines[-1].startswith("[round 1] train   epoch 8/10: loss 0.400 (sup 0.300)")
     assert lines[-1].endswith("ETA 6s")
+
+
+def test_a_stage_opening_line_estimates_from_the_rounds_done():
+    from s4al_ray.report import stage_estimate
+
+    done = [{"time/train_s": 50.0}, {"time/train_s": 70.0, "time/teacher_s": 9.6}]
+    assert stage_estimate(done, "time/train_s") == ", ~1m as before"
+    assert stage_estimate(done, "time/teacher_s") == ", ~10s as before"
+    assert stage_estimate([], "time/train_s") == ""

@@ -96,6 +96,8 @@ def test_progress_inside_the_stages_reaches_the_driver_as_lines(smoke_run):
         line for line in lines if line.startswith("[round 0] teacher ") and "images/s" in line
     ]
     assert teacher and teacher[-1].startswith("[round 0] teacher 18/18 images, ")
+    # Round 1's opening line says what round 0's training took.
+    assert any(line.startswith("[round 1] train ") and " as before ..." in line for line in lines)
 
 
 def test_no_checkpoint_copies_left_in_tmp(smoke_run):
