@@ -245,6 +245,14 @@ def test_resume_does_not_rerun_the_finished_trial(resumed_sweep):
     assert set(_tune_status(r["dir"]).values()) == {"TERMINATED"}
 
 
+def test_the_sweep_driver_prints_no_raylet_start_up_warnings(resumed_sweep):
+    """Raylet warnings about worker start-up concurrency were printed on every sweep (nothing
+    for the user to act on); the local Ray now allows as many starts as workers it keeps."""
+    assert "[sweep]" in resumed_sweep["driver_log"]
+    for text in (resumed_sweep["driver_log"], resumed_sweep["output"]):
+        assert "maximum expected startup concurrency" not in text
+
+
 def test_one_result_per_round_per_trial(resumed_sweep):
     dirs = _tune_trial_dirs(resumed_sweep["dir"])
     assert len(dirs) == 2
