@@ -244,6 +244,12 @@ class ExperimentConfig:
         doc="local paths in storage, data.root and data.cache_dir are on a filesystem every "
         "node mounts at the same path (NFS, EFS): allow them on a multi-node cluster",
     )
+    tracking: list[str] = setting(
+        ["tensorboard"],
+        choices=("tensorboard",),
+        doc="where epoch and round metrics go: tensorboard = event files in <run>/tensorboard/ "
+        "(tensorboard --logdir <run>/tensorboard); [] = none",
+    )
     oracle: str = setting(
         "simulated",
         choices=("simulated", "manual"),

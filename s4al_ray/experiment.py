@@ -25,10 +25,6 @@ from s4al_ray.acquisition import Candidates, select
 from s4al_ray.config import (
     ConfigError,
     ExperimentConfig,
-    changed_keys,
-    flatten,
-    read_yaml,
-    to_dict,
     to_yaml,
 )
 from s4al_ray.data.check import require_clean
@@ -56,30 +52,13 @@ from s4al_ray.report import (
     stage_estimate,
     write_rounds_csv,
 )
+from s4al_ray.resume import check_resumable
 from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, worker_storage_errors
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
-
-# Keys that may change between a run and its resumption without mixing incompatible results.
-RESUMABLE_KEYS = (
-    "ray.",
-    "train.num_workers",
-    "train.max_workers",
-    "train.elastic_check_s",
-    "train.max_failures",
-    "train.cpus_per_worker",
-    "train.use_gpu",
-    "teacher.num_actors",
-    "teacher.min_actors",
-    "teacher.cpus_per_actor",
-    "teacher.batch_size",
-    "loop.rounds",
-    "data.loader_workers",
-    "storage",
-    "s3_endpoint",
-)
+from s4al_ray.tracking import make_trackers
 
 
 @dataclass(frozen=True)
@@ -99,6 +78,7 @@ class Experiment:
     on_record: Callable[[dict, bool], None] | None = None
     data: DatasetInfo | None = None
     records: list[dict] = field(default_factory=list)
+    trackers: list = field(default_factory=list)  # tracking.make_trackers, set by run()
 
     def __post_init__(self) -> None:
         self.layout = RunLayout.of(self.cfg.storage, self.cfg.name)
@@ -109,31 +89,6 @@ class Experiment:
         return self.layout.run_dir
 
     # -- set-up
-    def _check_run_dir(self) -> None:
-        """A rerun must use a compatible config; otherwise results would silently mix."""
-        storage.check_writable(self.run_dir)
-        marker = self.layout.marker
-        if not storage.exists(marker):
-            return
-        try:
-            fmt = json.loads(storage.read_text(marker)).get("format")
-        except (ValueError, AttributeError):
-            fmt = "unreadable"
-        if fmt != RUN_FORMAT:
-            raise ConfigError(
-                f"{self.run_dir} was written by an incompatible s4al-ray "
-                f"(format {fmt}, expected {RUN_FORMAT}); use another name="
-            )
-        saved = flatten(read_yaml(self.layout.config))
-        now = flatten(to_dict(self.cfg))
-        changed = changed_keys(saved, now, RESUMABLE_KEYS)
-        if changed:
-            detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed[:6])
-            raise ConfigError(
-                f"{self.run_dir} holds a run with a different config ({detail}). Resume it "
-                "with the same settings, or start a new experiment with name=<new name>"
-            )
-
     def preflight(self, record: bool = True) -> None:
         """Everything that can fail on bad input, before any Ray work: storage reachable and
         writable, a compatible run directory, a dataset without errors. Nothing is written to
@@ -141,7 +96,7 @@ class Experiment:
         ``record``: a dry run)."""
         if self.data is not None:
             return
-        self._check_run_dir()
+        check_resumable(self.layout, self.cfg)
         t0 = time.perf_counter()
         self.data = load_dataset(self.cfg.data, self.cfg.seed)
         require_clean(self.data, self.log)  # bad files fail here, by name, not mid-round
@@ -207,10 +162,10 @@ class Experiment:
         job = student_job(self.cfg, self.data, state, layout, r, previous)
         train = self.cfg.train
         prefix = f"[round {r}] train  "
-        with StageProgress(
-            prefix, train.epochs, "epochs", self.log, None, train.steps_per_epoch
-        ) as q:
-            result = fit_student(job, q)
+        board = StageProgress(prefix, train.epochs, "epochs", self.log, None, train.steps_per_epoch)
+        board.on_epoch = lambda report: [t.epoch(r, report) for t in self.trackers]
+        with board as queue:
+            result = fit_student(job, queue)
         storage.write_text(layout.train_metrics(r), json.dumps(result.metrics))
         return result
 
@@ -387,6 +342,14 @@ class Experiment:
 
     def _run_rounds(self) -> list[dict]:
         self.prepare()
+        self.trackers = make_trackers(self.cfg.tracking, self.layout, self.cfg.train.epochs)
+        try:
+            return self._rounds()
+        finally:
+            for tracker in self.trackers:
+                tracker.close()
+
+    def _rounds(self) -> list[dict]:
         for r in range(self.cfg.loop.rounds):
             done = self._load_record(r)
             if done is not None and self._ended_early(done):
@@ -405,6 +368,8 @@ class Experiment:
             except AwaitingAnnotation as waiting:
                 self._explain_query(waiting)
                 return self.records
+            for tracker in self.trackers:
+                tracker.round(self.records[-1])
             self._notify(self.records[-1], resumed=False)
             write_rounds_csv(self.records, self.layout.rounds_csv)
             self.log(format_round_table(self.records))

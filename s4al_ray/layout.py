@@ -13,6 +13,7 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     queries/round_XXX/                manual oracle: the package for annotators
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
+    tensorboard/                      TensorBoard event files (tracking: [tensorboard])
 """
 
 from __future__ import annotations
@@ -145,6 +146,10 @@ class RunLayout:
         """The round of an examples-grid file name, None for any other file."""
         match = re.fullmatch(r"examples_round_(\d+)\.png", file_name)
         return int(match.group(1)) if match else None
+
+    @property
+    def tensorboard_dir(self) -> str:
+        return self.path("tensorboard")
 
     # -- scratch space (benchmarks)
     def scratch(self, *parts: str) -> str:

@@ -66,6 +66,7 @@ class StageProgress:
         # round restored from its checkpoint count as work.
         self._first: tuple[float, int] | None = None
         self.lines: list[str] = []  # what was drawn, for tests and the closing line
+        self.on_epoch: Callable[[dict], None] | None = None  # e.g. the run's trackers
         self._stop = threading.Event()
         self._bar = None
 
@@ -121,6 +122,8 @@ class StageProgress:
         return fmt_duration(per_unit * max(0, self.total - self.done))
 
     def _epoch(self, report: dict[str, Any]) -> None:
+        if self.on_epoch is not None:
+            self.on_epoch(report)
         self.done = int(report.get("epoch", self.done)) + 1
         losses = {
             k.removeprefix("train/loss_"): v

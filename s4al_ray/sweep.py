@@ -69,7 +69,7 @@ FALLBACK_TRIAL_MEMORY = 256 * 1024 * 1024
 SWEEP_FILE = "sweep.yaml"
 # Keys of the saved sweep spec that may change between a sweep and its resumption: where the
 # base file lives, concurrency, and what each trial overrides anyway (its name); experiment keys
-# an experiment may resume with (s4al_ray.experiment.RESUMABLE_KEYS) are accepted too.
+# an experiment may resume with (s4al_ray.resume.RESUMABLE_KEYS) are accepted too.
 RESUMABLE_SWEEP_KEYS = ("max_concurrent_trials", "base", "base_config.name")
 
 
@@ -132,7 +132,7 @@ def _saved_spec(sweep: Sweep) -> dict:
 
 
 def _resumable(key: str) -> bool:
-    from s4al_ray.experiment import RESUMABLE_KEYS
+    from s4al_ray.resume import RESUMABLE_KEYS
 
     return key in RESUMABLE_SWEEP_KEYS or key.startswith(
         tuple(f"base_config.{k}" for k in RESUMABLE_KEYS)

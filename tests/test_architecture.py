@@ -47,6 +47,7 @@ LAYERS = [
         "s4al_ray.report_figures",
         "s4al_ray.report_examples",
         "s4al_ray.sweep_report",
+        "s4al_ray.tracking",
         "s4al_ray.mean_teacher",
     ),
     # the stages and what sizes them
@@ -58,6 +59,7 @@ LAYERS = [
         "s4al_ray.teacher_stages",
         "s4al_ray.runtime",
         "s4al_ray.run_lock",
+        "s4al_ray.resume",
         "s4al_ray.visual_report",
     ),
     ("s4al_ray.jobs",),

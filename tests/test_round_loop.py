@@ -100,6 +100,23 @@ def test_progress_inside_the_stages_reaches_the_driver_as_lines(smoke_run):
     assert any(line.startswith("[round 1] train ") and " as before ..." in line for line in lines)
 
 
+def test_tensorboard_events_hold_every_round_and_epoch_once(smoke_run):
+    """Read back with TensorBoard's own reader (before the tests below resume this run): the
+    records' names, step = round; the student's epochs under epoch/, step counted over rounds
+    (2 rounds x 2 epochs)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, run_dir, records, _, _ = smoke_run
+    events = EventAccumulator(os.path.join(run_dir, "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/miou", "pool/labeled_frac", "time/train_s", "val/iou/car"} <= tags
+    assert {"epoch/loss_total", "epoch/loss_sup", "epoch/lr", "epoch/seconds"} <= tags
+    miou = [(e.step, e.value) for e in events.Scalars("val/miou")]
+    assert miou == [(r["round"], pytest.approx(r["val/miou"], rel=1e-6)) for r in records]
+    assert [e.step for e in events.Scalars("epoch/loss_total")] == [0, 1, 2, 3]
+
+
 def test_no_checkpoint_copies_left_in_tmp(smoke_run):
     # Ray Train copies each epoch checkpoint into run storage; the staging copy must go (it once
     # leaked a model file per epoch, per round, per trial: tens of GB over a day of runs).
