@@ -246,9 +246,16 @@ class ExperimentConfig:
     )
     tracking: list[str] = setting(
         ["tensorboard"],
-        choices=("tensorboard",),
-        doc="where epoch and round metrics go: tensorboard = event files in <run>/tensorboard/ "
-        "(tensorboard --logdir <run>/tensorboard); [] = none",
+        choices=("tensorboard", "mlflow"),
+        doc="where the config, epoch and round metrics and reports go: tensorboard = event files "
+        "in <run>/tensorboard/; mlflow = one MLflow run per experiment (pip install mlflow); "
+        "[] = none",
+    )
+    tracking_uri: str = setting(
+        "",
+        doc="MLflow tracking server or store (http://host:5000, sqlite:///mlflow.db); empty = "
+        "MLFLOW_TRACKING_URI or MLflow's local default. Credentials only from the environment "
+        "(MLFLOW_TRACKING_TOKEN, ...)",
     )
     oracle: str = setting(
         "simulated",

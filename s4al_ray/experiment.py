@@ -58,7 +58,7 @@ from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, work
 from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
-from s4al_ray.tracking import make_trackers
+from s4al_ray.tracking import check_trackers, make_trackers
 
 
 @dataclass(frozen=True)
@@ -103,6 +103,7 @@ class Experiment:
         if not self.data.rows("train") or not self.data.rows("val"):
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
         self._check_region_size()
+        check_trackers(self.cfg)
         if record:
             storage.write_text(self.layout.config, to_yaml(self.cfg))
             storage.write_text(self.layout.marker, json.dumps({"format": RUN_FORMAT}))
@@ -342,12 +343,15 @@ class Experiment:
 
     def _run_rounds(self) -> list[dict]:
         self.prepare()
-        self.trackers = make_trackers(self.cfg.tracking, self.layout, self.cfg.train.epochs)
+        self.trackers = make_trackers(self.cfg, self.layout)
+        ok = False
         try:
-            return self._rounds()
+            records = self._rounds()
+            ok = True
+            return records
         finally:
             for tracker in self.trackers:
-                tracker.close()
+                tracker.close(ok)
 
     def _rounds(self) -> list[dict]:
         for r in range(self.cfg.loop.rounds):
@@ -368,10 +372,10 @@ class Experiment:
             except AwaitingAnnotation as waiting:
                 self._explain_query(waiting)
                 return self.records
-            for tracker in self.trackers:
+            write_rounds_csv(self.records, self.layout.rounds_csv)
+            for tracker in self.trackers:  # after rounds.csv: it is one of their artefacts
                 tracker.round(self.records[-1])
             self._notify(self.records[-1], resumed=False)
-            write_rounds_csv(self.records, self.layout.rounds_csv)
             self.log(format_round_table(self.records))
         write_rounds_csv(self.records, self.layout.rounds_csv)
         self.log("\n" + format_class_table(self.records[-1], self.data.classes))

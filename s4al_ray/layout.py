@@ -14,6 +14,7 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
     tensorboard/                      TensorBoard event files (tracking: [tensorboard])
+    tracking.json                     the tracked run's id (MLflow), so a resume continues it
 """
 
 from __future__ import annotations
@@ -146,6 +147,10 @@ class RunLayout:
         """The round of an examples-grid file name, None for any other file."""
         match = re.fullmatch(r"examples_round_(\d+)\.png", file_name)
         return int(match.group(1)) if match else None
+
+    @property
+    def tracking(self) -> str:
+        return self.path("tracking.json")
 
     @property
     def tensorboard_dir(self) -> str:

@@ -35,6 +35,7 @@ RESUMABLE_KEYS = (
     "storage",
     "s3_endpoint",
     "tracking",
+    "tracking_uri",
 )
 
 
