@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+# benchmarks/local_cluster.py: the multi-node cluster and the process helpers tests share with it.
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)
+from local_cluster import pids_matching  # noqa: E402,F401  (re-exported to the tests)
 
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
@@ -150,18 +157,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pids_matching(marker: str) -> list[int]:
-    """PIDs of processes whose command line contains ``marker`` (Ray names its workers
-    ``ray::<ActorClass>...`` and passes its temp dir to its daemons)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmdline = handle.read().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            pids.append(int(entry))
-    return pids
+def kill_driver_when(cmd: list[str], cwd: str, marker, timeout: float = 300) -> None:
+    """Run the driver ``cmd`` and SIGKILL it as soon as ``marker`` (a path) exists, as a lost
+    driver machine would be; fails if it finished first."""
+    import signal
+    import subprocess
+    import time
+
+    driver = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not os.path.exists(marker) and driver.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the driver finished before it could be killed"
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()

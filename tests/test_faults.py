@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
 
 import pytest
-from conftest import pids_matching
+from conftest import kill_driver_when, pids_matching
 
 from s4al_ray.config import load_config
 from s4al_ray.experiment import Experiment
@@ -145,14 +144,8 @@ def test_driver_killed_in_round_1_resumes_to_the_same_pool(ray_session, smoke_da
         f"name={name}",
         *extra,
     ]
-    driver = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     round1_checkpoint = tmp_path / name / "train" / f"{name}-round001" / "epoch_000"
-    deadline = time.time() + 300
-    while not round1_checkpoint.exists() and driver.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert driver.poll() is None, "the driver finished before it could be interrupted"
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    kill_driver_when(cmd, REPO, round1_checkpoint)
     assert not (tmp_path / name / "rounds" / "round_001.json").exists()
     lines: list[str] = []
     Experiment(_smoke(str(tmp_path), smoke_data_root, name, *extra), log=lines.append).run()

@@ -14,17 +14,14 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 
 import boto3
 import pytest
 from conftest import upload_tree
+from local_cluster import LocalCluster  # benchmarks/ (conftest puts it on the path)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-
-from local_cluster import LocalCluster  # noqa: E402  (shared with benchmarks/multinode.py)
 
 # The smoke images as a folder dataset resized through the prepared cache (which must be on S3,
 # where every node reads it).

@@ -13,6 +13,7 @@ import time
 import urllib.request
 
 import pytest
+from conftest import kill_driver_when
 
 from s4al_ray.config import ConfigError, load_config
 from s4al_ray.experiment import Experiment
@@ -70,19 +71,8 @@ def test_killed_and_resumed_run_is_one_mlflow_run_with_each_round_once(
     overrides = _overrides(tmp_path, smoke_data_root, mlflow_server)
     address = ray_session.get_runtime_context().gcs_address
     cmd = [sys.executable, os.path.join(REPO, "run.py"), "--config", "configs/smoke.yaml"]
-    driver = subprocess.Popen(
-        [*cmd, "--address", address, *overrides],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
     round1 = tmp_path / "tracked" / "train" / "tracked-round001" / "epoch_000"
-    deadline = time.time() + 300
-    while not round1.exists() and driver.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert driver.poll() is None, "the driver finished before it could be killed"
-    driver.send_signal(signal.SIGKILL)
-    driver.wait()
+    kill_driver_when([*cmd, "--address", address, *overrides], REPO, round1)
     cfg = load_config("configs/smoke.yaml", overrides)
     records = Experiment(cfg, log=lambda line: None).run()
 
