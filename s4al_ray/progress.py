@@ -65,7 +65,7 @@ class StageProgress:
         # the stage's start-up (Ray Train's worker group, the pipeline) nor the epochs a resumed
         # round restored from its checkpoint count as work.
         self._first: tuple[float, int] | None = None
-        self.lines: list[str] = []  # what was drawn, for tests and the closing line
+        self.lines: list[str] = []  # the lines drawn (not a terminal)
         self.on_epoch: Callable[[dict], None] | None = None  # e.g. the run's trackers
         self._stop = threading.Event()
         self._bar = None
@@ -139,7 +139,7 @@ class StageProgress:
             + (f" ({parts})" if parts else "")
             + f", {rate}lr {report.get('train/lr', 0.0):.2g}, ETA {self._eta(seconds)}"
         )
-        self._draw(line, self.done, force_line=True)
+        self._draw(line, self.done, force_line=True, keep=True)
 
     def _images(self, count: int) -> None:
         self.done += count
@@ -151,8 +151,13 @@ class StageProgress:
         due = time.perf_counter() - self._last_line >= LINE_EVERY_S or self.done >= self.total
         self._draw(line, self.done, force_line=due)
 
-    def _draw(self, line: str, position: int, force_line: bool) -> None:
+    def _draw(self, line: str, position: int, force_line: bool, keep: bool = False) -> None:
+        """A line (not a terminal: when due), or the live bar; ``keep``: an epoch's line is
+        printed above the bar too, so the terminal keeps each epoch's losses."""
         if self._bar is not None:
+            if keep:
+                self._bar.clear()
+                self.log(f"{self.prefix} {line}")
             self._bar.n = min(position, self.total)
             self._bar.set_postfix_str(line.split(": ", 1)[-1], refresh=True)
             return

@@ -82,3 +82,19 @@ def test_a_stage_opening_line_estimates_from_the_rounds_done():
     assert stage_estimate(done, "time/train_s") == ", ~1m as before"
     assert stage_estimate(done, "time/teacher_s") == ", ~10s as before"
     assert stage_estimate([], "time/train_s") == ""
+
+
+def test_on_a_terminal_epochs_stay_as_lines_above_the_live_bar():
+    import io
+
+    from tqdm import tqdm
+
+    lines: list[str] = []
+    board = StageProgress("[round 0] train  ", 4, "epochs", lines.append, True, 2)
+    board.started = board._last_line = time.perf_counter()
+    screen = io.StringIO()
+    board._bar = tqdm(total=4, file=screen)  # what __enter__ opens on a terminal
+    board._epoch({"epoch": 0, "train/loss_total": 0.5, "train/lr": 0.01, "train/seconds": 1.0})
+    board._images(0)  # a teacher-style update only moves the bar
+    assert lines == ["[round 0] train   epoch 1/4: loss 0.500, 2.0 steps/s, lr 0.01, ETA 3s"]
+    assert board._bar.n == 1 and "ETA 3s" in screen.getvalue()
