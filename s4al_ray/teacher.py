@@ -161,8 +161,9 @@ def read_teacher_output(
         for block in batch.column("block_hist").to_pylist():
             if block:
                 hist += np.asarray(block, np.int64)
-        if "node_id" in summary_columns:
-            nodes.update(batch.column("node_id").to_pylist())
+        if "node_id" in summary_columns:  # counted in arrow: a pool can hold 10^6 rows
+            for pair in pc.value_counts(batch.column("node_id")).to_pylist():
+                nodes[pair["values"]] += pair["counts"]
         if written_by_this_version:
             keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
             counted.add(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))

@@ -50,6 +50,11 @@ def test_records_and_labeled_pixels_grow(smoke_run):
     assert [r["round"] for r in records] == [0, 1]
     assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]
     assert records[0]["pool/acquired_pixels"] > 0
+    # Where the work ran: this session's one node, for the student's rank and all 18 pool images.
+    import ray
+
+    here = ray.get_runtime_context().get_node_id()
+    assert records[0]["teacher/nodes"] == {here: 18} and records[0]["train/nodes"] == [here]
     for record in records:
         assert 0.0 <= record["val/miou"] <= 1.0
         assert record["time/train_s"] > 0
