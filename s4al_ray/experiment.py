@@ -163,8 +163,14 @@ class Experiment:
         job = student_job(self.cfg, self.data, state, layout, r, previous)
         train = self.cfg.train
         prefix = f"[round {r}] train  "
-        board = StageProgress(prefix, train.epochs, "epochs", self.log, None, train.steps_per_epoch)
-        board.on_epoch = lambda report: [t.epoch(r, report) for t in self.trackers]
+        board = StageProgress(
+            prefix,
+            train.epochs,
+            "epochs",
+            self.log,
+            steps_per_epoch=train.steps_per_epoch,
+            on_epoch=lambda report: [t.epoch(r, report) for t in self.trackers],
+        )
         with board as queue:
             result = fit_student(job, queue)
         storage.write_text(layout.train_metrics(r), json.dumps(result.metrics))

@@ -56,6 +56,7 @@ class StageProgress:
         log: Callable[[str], None] = print,
         live: bool | None = None,
         steps_per_epoch: int = 0,
+        on_epoch: Callable[[dict], None] | None = None,
     ) -> None:
         self.prefix, self.total, self.unit, self.log = prefix, total, unit, log
         self.steps_per_epoch = steps_per_epoch
@@ -65,8 +66,7 @@ class StageProgress:
         # the stage's start-up (Ray Train's worker group, the pipeline) nor the epochs a resumed
         # round restored from its checkpoint count as work.
         self._first: tuple[float, int] | None = None
-        self.lines: list[str] = []  # the lines drawn (not a terminal)
-        self.on_epoch: Callable[[dict], None] | None = None  # e.g. the run's trackers
+        self.on_epoch = on_epoch  # called with each epoch's report (the run's trackers)
         self._stop = threading.Event()
         self._bar = None
 
@@ -162,6 +162,5 @@ class StageProgress:
             self._bar.set_postfix_str(line.split(": ", 1)[-1], refresh=True)
             return
         if force_line:
-            self.lines.append(line)
             self._last_line = time.perf_counter()
             self.log(f"{self.prefix} {line}")

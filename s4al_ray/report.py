@@ -89,7 +89,7 @@ def stage_estimate(records: list[dict], key: str) -> str:
     """``", ~2m10s as before"``: the mean time of this stage (``time/train_s``) in the rounds
     done, to append to the stage's opening line; empty before any."""
     times = [r[key] for r in records if r.get(key)]
-    return f", ~{fmt_estimate(statistics.fmean(times)).lstrip('~')} as before" if times else ""
+    return f", {fmt_estimate(statistics.fmean(times))} as before" if times else ""
 
 
 def eta_line(records: list[dict], total_rounds: int, elapsed_s: float) -> str:

@@ -8,7 +8,6 @@ old name too, for sweeps started before they lived here).
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Callable
 
@@ -17,15 +16,10 @@ from ray.tune.logger import TBXLoggerCallback
 
 from s4al_ray.sweep_report import short_names
 from s4al_ray.sweep_space import Sweep, plain_value
+from s4al_ray.tracking import scalars
 
-
-def round_metrics(record: dict) -> dict[str, float]:
-    """A round record's scalars (lists such as thresholds and missing IoUs left out)."""
-    return {
-        k: v
-        for k, v in record.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    }
+# A round record's scalars: the same rule for Tune's results as for a run's own trackers.
+round_metrics = scalars
 
 
 def trial_dirname(trial: Any) -> str:

@@ -31,13 +31,31 @@ from s4al_ray.layout import RunLayout
 MLFLOW_EXPERIMENT = "s4al-ray"
 
 
-def scalars(record: dict) -> dict[str, float]:
+def scalars(record: dict) -> dict[str, int | float]:
     """A record's finite numbers (lists, dicts, missing IoUs left out)."""
     return {
-        k: float(v)
+        k: v
         for k, v in record.items()
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
+
+
+def round_scalars(record: dict) -> tuple[int, dict[str, float]]:
+    """(step, values) of a round record: its scalars under their own names, step = round."""
+    values = {k: float(v) for k, v in scalars(record).items() if k != "round"}
+    return int(record["round"]), values
+
+
+def epoch_scalars(r: int, report: dict, epochs_per_round: int) -> tuple[int, dict[str, float]]:
+    """(step, values) of round ``r``'s student epoch report: under ``epoch/`` (``train/``
+    dropped), step = the epoch counted over all rounds."""
+    step = r * epochs_per_round + int(report.get("epoch", 0))
+    values = {
+        f"epoch/{k.removeprefix('train/')}": float(v)
+        for k, v in scalars(report).items()
+        if k != "epoch"
+    }
+    return step, values
 
 
 class RunTensorBoard:
@@ -52,17 +70,15 @@ class RunTensorBoard:
         self.epochs = epochs_per_round
         self.writer = SummaryWriter(logdir=self.local, flush_secs=30)
 
+    def _add(self, step: int, values: dict[str, float]) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
     def epoch(self, r: int, report: dict) -> None:
-        step = r * self.epochs + int(report.get("epoch", 0))
-        for key, value in scalars(report).items():
-            if key != "epoch":
-                self.writer.add_scalar(f"epoch/{key.removeprefix('train/')}", value, step)
+        self._add(*epoch_scalars(r, report, self.epochs))
 
     def round(self, record: dict) -> None:
-        r = int(record["round"])
-        for key, value in scalars(record).items():
-            if key != "round":
-                self.writer.add_scalar(key, value, r)
+        self._add(*round_scalars(record))
         self.writer.flush()
         self._upload()
 
@@ -117,23 +133,21 @@ class RunMLflow:
         for start in range(0, len(params), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=params[start : start + 100])
 
-    def _log(self, values: dict[str, float], step: int, prefix: str = "") -> None:
+    def _log(self, step: int, values: dict[str, float]) -> None:
         import time
 
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        metrics = [Metric(f"{prefix}{k}", v, now, step) for k, v in values.items()]
+        metrics = [Metric(k, v, now, step) for k, v in values.items()]
         for start in range(0, len(metrics), 1000):
             self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
 
     def epoch(self, r: int, report: dict) -> None:
-        values = {k.removeprefix("train/"): v for k, v in scalars(report).items() if k != "epoch"}
-        self._log(values, r * self.epochs + int(report.get("epoch", 0)), prefix="epoch/")
+        self._log(*epoch_scalars(r, report, self.epochs))
 
     def round(self, record: dict) -> None:
-        values = {k: v for k, v in scalars(record).items() if k != "round"}
-        self._log(values, int(record["round"]))
+        self._log(*round_scalars(record))
         with tempfile.TemporaryDirectory(prefix="s4al-mlflow-") as staging:
             for name in self.ARTEFACTS:
                 uri = self.layout.path(*name.split("/"))

@@ -99,18 +99,12 @@ def test_every_documented_submit_command_passes_the_cluster_preflight(where, arg
 # -- A node that cannot reach S3: its first stage fails naming the node and what it lacks
 
 
-def _closed_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_node_that_cannot_reach_the_bucket_is_named_with_the_settings_to_fix(monkeypatch):
+    from conftest import _free_port
+
     from s4al_ray import storage
 
-    endpoint = f"http://127.0.0.1:{_closed_port()}"  # nothing listens: the node's route is gone
+    endpoint = f"http://127.0.0.1:{_free_port()}"  # nothing listens: the node's route is gone
     monkeypatch.setenv(storage.ENDPOINT_ENV, endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIDSECRETVALUE")
     monkeypatch.delenv("AWS_PROFILE", raising=False)

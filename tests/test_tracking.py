@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
 import pytest
-from conftest import kill_driver_when
+from conftest import _free_port, kill_driver_when
 
 from s4al_ray.config import ConfigError, load_config
 from s4al_ray.experiment import Experiment
@@ -25,9 +24,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def mlflow_server(tmp_path_factory):
     pytest.importorskip("mlflow", reason="needs mlflow (pip install mlflow)")
     root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()
     mlflow = os.path.join(os.path.dirname(sys.executable), "mlflow")
     command = [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     command += ["--backend-store-uri", f"sqlite:///{root}/mlflow.db"]
