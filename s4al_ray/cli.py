@@ -19,6 +19,7 @@ COMMANDS = {
     "prepare": "prepare (cache) the dataset and check every sample; no Ray",
     "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
     "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
+    "evaluate": "evaluate --checkpoint ROUND|last|FILE [--split test]: score a checkpoint",
     "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)",
 }
 # configs/ of the checkout, linked as s4al_ray/configs; a wheel installs a copy there.
@@ -30,6 +31,7 @@ EXAMPLES = (
     "  python run.py --dry-run acquisition.region_size=32   # check everything, run nothing\n"
     "  python run.py --help-config train              # every train.* key\n"
     "  python run.py sweep --config configs/sweep_smoke.yaml num_samples=2\n"
+    "  python run.py evaluate --checkpoint last --split val   # score the last round's student\n"
     "  ray job submit -- python run.py --config configs/default.yaml storage=s3://b/p"
 )
 
@@ -83,7 +85,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
             metavar="FILE",
             help="experiment YAML (default: configs/default.yaml)",
         )
-    if command in ("run", "sweep", "annotate"):
+    if command in ("run", "sweep", "annotate", "evaluate"):
         parser.add_argument(
             "--address",
             default=None,
@@ -98,7 +100,24 @@ def _parser(command: str) -> argparse.ArgumentParser:
             metavar="FOLDER",
             help="the folder of returned PNG masks",
         )
-    if command in ("run", "prepare", "annotate"):
+    if command == "evaluate":
+        parser.add_argument(
+            "--checkpoint",
+            default=None,
+            metavar="ROUND|last|FILE",
+            help="a round of this experiment, 'last', or a checkpoint file (local or s3://)",
+        )
+        parser.add_argument(
+            "--split", default="val", help="the dataset split to score (default: val)"
+        )
+        parser.add_argument(
+            "--predictions",
+            type=int,
+            default=8,
+            metavar="N",
+            help="write the predicted label maps of N images as PNGs (default: 8)",
+        )
+    if command in ("run", "prepare", "annotate", "evaluate"):
         parser.add_argument(
             "--print-config", action="store_true", help="print the resolved config as YAML and exit"
         )
@@ -160,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         from s4al_ray.annotate import annotate_command
 
         return annotate_command(cfg, args.import_dir, args.address)
+    if command == "evaluate":
+        from s4al_ray.evaluate_command import evaluate_command
+
+        return evaluate_command(cfg, args.checkpoint, args.split, args.predictions, args.address)
     return _run(cfg, args.address, dry_run=args.dry_run)
 
 

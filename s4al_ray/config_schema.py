@@ -31,6 +31,9 @@ def setting(
 class SyntheticConfig:
     num_train: int = setting(240, lo=4, doc="images in the train split (initial labeled + pool)")
     num_val: int = setting(60, lo=1, doc="images in the val split")
+    num_test: int = setting(
+        0, lo=0, doc="images in the test split (scored by the last round and by evaluate)"
+    )
     height: int = setting(96, lo=32, hi=4096, doc="image height in pixels")
     width: int = setting(128, lo=32, hi=4096, doc="image width in pixels")
     seed: int = setting(0, doc="dataset seed (separate from the experiment seed)")

@@ -39,6 +39,17 @@ def pixel_accuracy(confusion: np.ndarray) -> float:
     return float(np.trace(confusion) / max(confusion.sum(), 1.0))
 
 
+def split_fields(split: str, confusion: np.ndarray, classes: list[str]) -> dict:
+    """A split's scores under the record's names: ``val/miou``, ``val/pixel_acc``,
+    ``val/iou/<class>`` (None where the class has no IoU)."""
+    ious = iou_per_class(confusion)
+    return {
+        f"{split}/miou": mean_iou(confusion),
+        f"{split}/pixel_acc": pixel_accuracy(confusion),
+        **{f"{split}/iou/{c}": (None if np.isnan(v) else float(v)) for c, v in zip(classes, ious)},
+    }
+
+
 @torch.no_grad()
 def evaluate_items(
     model, items: list[dict], num_classes: int, device, batch_size: int = 8
@@ -56,6 +67,13 @@ def evaluate_items(
             y = torch.stack(
                 [torch.from_numpy(load_mask(i["mask_uri"]).astype(np.int64)) for i in chunk]
             )
-            pred = model(normalize(x.to(device)))["logits"].argmax(1).cpu()
-            confusion += confusion_matrix(pred, y, num_classes)
+            confusion += confusion_matrix(predict_labels(model, x, device), y, num_classes)
     return confusion
+
+
+@torch.no_grad()
+def predict_labels(model, images: torch.Tensor, device) -> torch.Tensor:
+    """(B, H, W) arg-max labels (CPU) of ``images`` (B, 3, H, W floats in [0, 1]): the forward
+    the student's validation and ``python run.py evaluate`` share, so both score a checkpoint
+    identically."""
+    return model(normalize(images.to(device)))["logits"].argmax(1).cpu()

@@ -30,11 +30,12 @@ from s4al_ray.config import (
 from s4al_ray.data.check import require_clean
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
-from s4al_ray.evaluate import iou_per_class, mean_iou, pixel_accuracy
+from s4al_ray.evaluate import split_fields
 from s4al_ray.jobs import (
     TeacherSummary,
     acquisition_budget,
     initial_pool_state,
+    scoring_job,
     student_job,
     summarize_teacher,
     teacher_job,
@@ -52,10 +53,12 @@ from s4al_ray.report import (
     stage_estimate,
     write_rounds_csv,
 )
+from s4al_ray.report_figures import class_colors
 from s4al_ray.resume import check_resumable
 from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, worker_storage_errors
 from s4al_ray.runtime import resources as cluster_resources
+from s4al_ray.scoring import score_split, write_score
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
 from s4al_ray.tracking import check_trackers, make_trackers
@@ -211,6 +214,26 @@ class Experiment:
         )
         return TeacherResult(output.candidates, summary)
 
+    def score_test(self, r: int, checkpoint: str) -> dict:
+        """The last round's student on the test split: the record's ``test/...`` fields (apart
+        from val's, which chose nothing but are what the rounds compare), files in
+        ``evaluate/test_round_XXX/``."""
+        rows, classes = self.data.rows("test"), self.data.classes
+        job = scoring_job(
+            self.cfg, self.data, checkpoint, teacher_workers(self.cfg, self.cluster())
+        )
+        self.log(f"[round {r}] test    scoring the student on {len(rows)} test images ...")
+        with StageProgress(f"[round {r}] test   ", len(rows), "images", self.log) as queue:
+            score = score_split(job, rows, queue)
+        folder = self.layout.round_evaluation("test", r)
+        write_score(folder, score, "test", checkpoint, classes, class_colors(self.data))
+        fields = score.fields("test", classes)
+        self.log(
+            f"[round {r}] test    done in {score.seconds:.1f}s: test mIoU "
+            f"{100 * fields['test/miou']:.1f} ({folder}/)"
+        )
+        return {**fields, "time/test_s": score.seconds}
+
     def acquire(self, r: int, state: PoolState, candidates: Candidates) -> dict:
         """Select round ``r``'s regions from the teacher blocks' candidates and commit them;
         returns the ledger entry. A manual oracle writes the query package and stops instead."""
@@ -251,6 +274,9 @@ class Experiment:
             f"[round {r}] train   done in {record['time/train_s']:.1f}s: "
             f"loss {record['train/loss']:.3f}, val mIoU {100 * record['val/miou']:.1f}"
         )
+        if r == self.cfg.loop.rounds - 1 and self.data.rows("test"):
+            with worker_storage_errors():
+                record.update(self.score_test(r, student.checkpoint_uri))
         after = state
         if r < self.cfg.loop.rounds - 1 and state.pool_ids:
             with worker_storage_errors():
@@ -273,22 +299,16 @@ class Experiment:
             )
             after = state.with_entry(entry)
         record["time/round_s"] = sum(
-            record[k] for k in ("time/train_s", "time/teacher_s", "time/acquire_s")
+            record.get(k, 0.0)
+            for k in ("time/train_s", "time/test_s", "time/teacher_s", "time/acquire_s")
         )
         storage.write_text(self.layout.record(r), json.dumps(record, indent=1))
         self._report(r, [*self.records, record], after)
         return record
 
     def _student_fields(self, metrics: dict) -> dict:
-        confusion = np.asarray(metrics["val/confusion"])
-        ious = iou_per_class(confusion)
         return {
-            "val/miou": mean_iou(confusion),
-            "val/pixel_acc": pixel_accuracy(confusion),
-            **{
-                f"val/iou/{c}": (None if np.isnan(v) else float(v))
-                for c, v in zip(self.data.classes, ious)
-            },
+            **split_fields("val", np.asarray(metrics["val/confusion"]), self.data.classes),
             "train/loss": metrics.get("train/loss_total"),
             "train/nodes": metrics.get("train/nodes", []),  # the Ray node of each rank
         }

@@ -3,7 +3,8 @@
 ``student_job`` and ``teacher_job`` turn (config, dataset, pool state, run layout) into the typed
 jobs their workers read; ``summarize_teacher`` turns a teacher pass into what the next round's
 student needs (per-class thresholds, class-balanced pool weights), saved beside the pass as
-``teacher/round_XXX.json``. Nothing else carries data from one round to the next.
+``teacher/round_XXX.json``. Nothing else carries data from one round to the next. ``scoring_job``
+scores a checkpoint on a split (``python run.py evaluate``, the last round's test split).
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import class_thresholds, kept_fraction
 from s4al_ray.runtime import TeacherWorkers
 from s4al_ray.scores import get_score
+from s4al_ray.scoring import ScoringJob
 from s4al_ray.student import StudentJob
-from s4al_ray.teacher import TeacherJob, TeacherOutput
+from s4al_ray.teacher import TeacherJob, TeacherOutput, uses_tasks
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,30 @@ def teacher_job(
         top_k=cfg.acquisition.top_k,
         exclude_border=cfg.acquisition.exclude_border,
         min_workers=workers.smallest,
+    )
+
+
+def scoring_job(
+    cfg: ExperimentConfig,
+    data: DatasetInfo,
+    checkpoint: str,
+    workers: TeacherWorkers,
+    predictions: tuple[str, ...] = (),
+) -> ScoringJob:
+    """Scoring ``checkpoint`` (``scoring.score_split``): on the teacher's workers and batches."""
+    t = cfg.teacher
+    return ScoringJob(
+        model=cfg.model,
+        num_classes=data.num_classes,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        use_gpu=cfg.train.use_gpu,
+        cpus_per_worker=t.cpus_per_actor,
+        uses_tasks=uses_tasks(t.reuse_workers, cfg.train.use_gpu),
+        num_workers=workers.largest,
+        batch_size=t.batch_size,
+        min_workers=workers.smallest,
+        predictions=predictions,
     )
 
 

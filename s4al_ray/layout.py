@@ -13,6 +13,7 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     queries/round_XXX/                manual oracle: the package for annotators
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
+    evaluate/<split>_<checkpoint>/    a checkpoint's scores on a split (python run.py evaluate)
     tensorboard/                      TensorBoard event files (tracking: [tensorboard])
     tracking.json                     the tracked run's id (MLflow), so a resume continues it
 """
@@ -66,6 +67,12 @@ class RunLayout:
     def checkpoint(self, r: int) -> str:
         """The round's published student: ``{"model": state_dict}``."""
         return self.path("checkpoints", f"{_round(r)}.pt")
+
+    def checkpoint_rounds(self) -> list[int]:
+        """The rounds that have a published student, in order."""
+        names = [f.rsplit("/", 1)[-1] for f in storage.list_files(self.path("checkpoints"), ".pt")]
+        found = [re.fullmatch(r"round_(\d+)\.pt", name) for name in names]
+        return sorted(int(m.group(1)) for m in found if m)
 
     def train_metrics(self, r: int) -> str:
         return self.path("checkpoints", f"{_round(r)}.json")
@@ -155,6 +162,14 @@ class RunLayout:
     @property
     def tensorboard_dir(self) -> str:
         return self.path("tensorboard")
+
+    # -- checkpoints scored by ``python run.py evaluate`` (and the last round's test split)
+    def evaluation(self, split: str, checkpoint_label: str) -> str:
+        return self.path("evaluate", f"{split}_{checkpoint_label}")
+
+    def round_evaluation(self, split: str, r: int) -> str:
+        """Round ``r``'s student scored on ``split``."""
+        return self.evaluation(split, _round(r))
 
     # -- scratch space (benchmarks)
     def scratch(self, *parts: str) -> str:

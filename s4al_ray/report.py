@@ -44,9 +44,16 @@ def format_round_table(records: list[dict]) -> str:
     return _table(header, rows)
 
 
-def format_class_table(record: dict, classes: list[str]) -> str:
-    rows = [[name, cell("{:.1%}", record.get(f"val/iou/{name}"))] for name in classes]
-    return f"Per-class IoU %, round {record['round']}:\n" + _table(["class", "IoU %"], rows)
+def format_class_table(record: dict, classes: list[str], title: str | None = None) -> str:
+    """Per-class IoU of every split the record scored (val, and test where it has one), and
+    the mean as the last row."""
+    splits = [s for s in ("val", "test") if f"{s}/miou" in record]
+    rows = [
+        [name, *(cell("{:.1%}", record.get(f"{s}/iou/{name}")) for s in splits)] for name in classes
+    ]
+    rows.append(["mean", *(cell("{:.1%}", record.get(f"{s}/miou")) for s in splits)])
+    title = title or f"Per-class IoU %, round {record['round']}"
+    return f"{title}:\n" + _table(["class", *(f"{s} IoU %" for s in splits)], rows)
 
 
 def write_rounds_csv(records: list[dict], uri: str) -> None:

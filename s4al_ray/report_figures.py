@@ -246,3 +246,69 @@ def draw_acquired_classes(
     ax.legend(loc="best", fontsize=9, frameon=False)
     ax.set_title("Acquired pixels per class vs the pool's class distribution", fontsize=11)
     return png_bytes(fig)
+
+
+# -- A checkpoint's score (python run.py evaluate)
+
+
+CONFUSION_LABELS_PX = 120  # below and left of the matrix: the class names
+
+
+def confusion_size(num_classes: int) -> tuple[int, int]:
+    """(width, height) in pixels of ``confusion.png``."""
+    square = max(320, 34 * num_classes)  # the matrix; room for names, title and colour bar
+    return CONFUSION_LABELS_PX + square + 90, CONFUSION_LABELS_PX + square + 40
+
+
+def confusion_figure(confusion: np.ndarray, classes: list[str]) -> bytes:
+    """The confusion matrix normalised per ground-truth row (each row: where that class's pixels
+    went), percent in each cell when the classes are few enough to read them."""
+    confusion = np.asarray(confusion, dtype=np.float64)
+    totals = confusion.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shares = np.where(totals > 0, confusion / totals, np.nan)
+    width, height = confusion_size(len(classes))
+    fig = figure((width, height))
+    label_px = CONFUSION_LABELS_PX
+    square = height - label_px - 40
+    ax = fig.add_axes((label_px / width, label_px / height, square / width, square / height))
+    image = ax.imshow(100 * np.nan_to_num(shares, nan=0.0), cmap="Blues", vmin=0.0, vmax=100.0)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(ticks, classes, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("ground truth")
+    if len(classes) <= 24:
+        for i in ticks:
+            for j in ticks:
+                if np.isfinite(shares[i, j]) and shares[i, j] >= 0.005:
+                    color = "white" if shares[i, j] > 0.5 else "black"
+                    ax.text(
+                        j,
+                        i,
+                        f"{100 * shares[i, j]:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color=color,
+                    )
+    ax.set_title("confusion, % of each ground-truth class's pixels", fontsize=10)
+    bar = fig.add_axes(
+        ((label_px + square + 20) / width, label_px / height, 18 / width, square / height)
+    )
+    fig.colorbar(image, cax=bar)
+    return png_bytes(fig)
+
+
+def palette_png(label_png: bytes, colors: list[tuple[int, int, int]]) -> bytes:
+    """A label map (grayscale PNG of class ids) as a palette PNG: the same pixel values, shown
+    in the classes' colours (ignore and unknown ids black)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(label_png))
+    labels = np.asarray(image, dtype=np.uint8)
+    out = Image.fromarray(labels, mode="P")
+    out.putpalette(color_lut(colors).flatten().tolist())
+    buffer = io.BytesIO()
+    out.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()

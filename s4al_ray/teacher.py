@@ -38,6 +38,7 @@ from s4al_ray.teacher_stages import (
     TeacherModel,
     decode_images,
     model_batch,
+    model_stage,
     predict_probs,
     summarize_batch,
     uses_tasks,
@@ -65,30 +66,11 @@ def warm_task_workers(count: int) -> None:
         _load_teacher_code.remote()
 
 
-def _model_stage(ds: ray.data.Dataset, job: TeacherJob) -> ray.data.Dataset:
-    resources = {"num_cpus": job.cpus_per_worker, "num_gpus": 1 if job.use_gpu else 0}
-    common = {"batch_size": job.batch_size, "batch_format": "numpy", **resources}
-    if job.uses_tasks:
-        return ds.map_batches(
-            model_batch,
-            fn_kwargs={"job": job},
-            compute=ray.data.TaskPoolStrategy(size=job.num_workers),
-            **common,
-        )
-    smallest = job.min_workers or job.num_workers
-    return ds.map_batches(
-        TeacherModel,
-        fn_constructor_kwargs={"job": job},
-        compute=ray.data.ActorPoolStrategy(min_size=smallest, max_size=job.num_workers),
-        **common,
-    )
-
-
 def _pipeline(rows: list[dict], job: TeacherJob, progress=None) -> ray.data.Dataset:
     blocks = max(1, min(len(rows) // job.batch_size, 64))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(decode_images, batch_size=job.batch_size, batch_format="numpy", num_cpus=1)
-    ds = _model_stage(ds, job)
+    ds = model_stage(ds, job, model_batch, TeacherModel)
     return ds.map_batches(
         summarize_batch,
         fn_kwargs={"job": job, "progress": progress},

@@ -162,20 +162,47 @@ class TeacherModel:
         return out
 
 
-# The teacher model of the current pass in this worker process, keyed by its job (which names
-# the checkpoint and its storage stamp): reused by every later batch of the same pass, replaced
-# when a new round's checkpoint arrives.
-_CACHED_MODEL: dict[str, TeacherModel] = {}
+# The model of the current pass in this worker process, keyed by its job (which names the
+# checkpoint and its storage stamp): reused by every later batch of the same pass, replaced when
+# another pass's job arrives (a new round's teacher, or ``scoring``'s model).
+_CACHED_MODEL: dict[str, object] = {}
+
+
+def cached_in_worker(job, build):
+    """``build(job)``, made once per worker process and job: Ray reuses CPU task workers."""
+    key = repr(job)
+    model = _CACHED_MODEL.get(key)
+    if model is None:
+        _CACHED_MODEL.clear()  # free the previous pass's model first
+        model = _CACHED_MODEL[key] = build(job)
+    return model
 
 
 def model_batch(batch: dict, job: TeacherJob) -> dict:
     """Stage 2 as a Ray Data task function: ``TeacherModel`` cached in this worker process."""
-    key = repr(job)
-    model = _CACHED_MODEL.get(key)
-    if model is None:
-        _CACHED_MODEL.clear()  # free the previous round's model first
-        model = _CACHED_MODEL[key] = TeacherModel(job)
-    return model(batch)
+    return cached_in_worker(job, TeacherModel)(batch)
+
+
+def model_stage(ds: ray.data.Dataset, job, task_fn, actor_class) -> ray.data.Dataset:
+    """The model stage of a pass (the teacher's, or ``scoring``'s): ``task_fn(batch, job)`` as
+    CPU tasks when ``job.uses_tasks``, else ``actor_class(job)`` as an actor pool of
+    ``job.min_workers``..``job.num_workers`` actors (one GPU each with ``job.use_gpu``)."""
+    resources = {"num_cpus": job.cpus_per_worker, "num_gpus": 1 if job.use_gpu else 0}
+    common = {"batch_size": job.batch_size, "batch_format": "numpy", **resources}
+    if job.uses_tasks:
+        return ds.map_batches(
+            task_fn,
+            fn_kwargs={"job": job},
+            compute=ray.data.TaskPoolStrategy(size=job.num_workers),
+            **common,
+        )
+    smallest = job.min_workers or job.num_workers
+    return ds.map_batches(
+        actor_class,
+        fn_constructor_kwargs={"job": job},
+        compute=ray.data.ActorPoolStrategy(min_size=smallest, max_size=job.num_workers),
+        **common,
+    )
 
 
 def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None) -> pa.Table:

@@ -8,6 +8,7 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -16,12 +17,16 @@ from s4al_ray.experiment import Experiment
 from s4al_ray.pool.state import PoolState
 from s4al_ray.runtime import resources
 
+# The smoke dataset with a test split of 6 images, which the last round scores.
+WITH_TEST = "data.synthetic.num_test=6"
+
 
 @pytest.fixture(scope="module")
-def smoke_run(ray_session, smoke_data_root, tmp_path_factory):
+def smoke_run(ray_session, tmp_path_factory):
     storage = str(tmp_path_factory.mktemp("runs"))
+    root = str(tmp_path_factory.mktemp("data") / "synthetic_smoke_test")
     cfg = load_config(
-        "configs/smoke.yaml", [f"storage={storage}", f"data.root={smoke_data_root}", "name=loop"]
+        "configs/smoke.yaml", [f"storage={storage}", f"data.root={root}", "name=loop", WITH_TEST]
     )
     lines: list[str] = []
     before = _tmp_checkpoints()
@@ -135,6 +140,93 @@ def test_rerun_skips_finished_rounds(smoke_run):
     again = Experiment(cfg, resources(), log=lines.append).run()
     assert [r["val/miou"] for r in again] == [r["val/miou"] for r in records]
     assert sum("already done" in line for line in lines) == 2
+
+
+def test_the_last_round_scores_the_test_split_apart_from_val(smoke_run):
+    cfg, run_dir, records, lines, _ = smoke_run
+    assert not any(key.startswith("test/") for key in records[0])  # only the last round
+    last = records[1]
+    assert 0.0 <= last["test/miou"] <= 1.0 and last["time/test_s"] > 0
+    assert {f"test/iou/{c}" for c in ("road", "car")} <= set(last)
+    scores = json.load(open(os.path.join(run_dir, "evaluate", "test_round_001", "scores.json")))
+    assert scores["images"] == 6 and scores["miou"] == pytest.approx(last["test/miou"])
+    assert scores["checkpoint"].endswith("checkpoints/round_001.pt")
+    assert sum(map(sum, scores["confusion"])) > 0.9 * 6 * 64 * 80  # all but ignored pixels
+    with open(os.path.join(run_dir, "rounds.csv")) as handle:
+        assert "test/miou" in next(csv.reader(handle))
+    table = next(line for line in lines if "Per-class IoU" in line).strip().splitlines()
+    assert table[1].split() == ["class", "val", "IoU", "%", "test", "IoU", "%"]
+    assert table[-1].split()[0] == "mean"
+
+
+def _evaluate(cfg, run_dir: str, *options: str) -> tuple[int, str]:
+    """``python run.py evaluate`` on the smoke run (this session's Ray), its exit status and
+    standard output."""
+    import contextlib
+    import io
+
+    from s4al_ray.cli import main
+
+    overrides = [f"storage={cfg.storage}", f"data.root={cfg.data.root}", "name=loop", WITH_TEST]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = main(["evaluate", "--config", "configs/smoke.yaml", *options, *overrides])
+    return status, out.getvalue()
+
+
+def test_evaluate_gives_the_confusion_the_round_recorded(smoke_run):
+    """Scored on Ray Data, round 0's checkpoint gets exactly the val confusion matrix its Ray
+    Train workers computed at the end of training."""
+    from PIL import Image
+
+    cfg, run_dir, _, _, _ = smoke_run
+    status, out = _evaluate(cfg, run_dir, "--checkpoint", "0", "--predictions", "2")
+    assert status == 0, out
+    folder = os.path.join(run_dir, "evaluate", "val_round_000")
+    recorded = json.load(open(os.path.join(run_dir, "checkpoints", "round_000.json")))
+    scores = json.load(open(os.path.join(folder, "scores.json")))
+    assert scores["confusion"] == recorded["val/confusion"]
+    assert f"val mIoU {100 * scores['miou']:.1f}" in out and "Per-class IoU %, val" in out
+    with open(os.path.join(folder, "images.csv")) as handle:
+        images = list(csv.DictReader(handle))
+    assert len(images) == 6 and float(images[0]["miou"]) <= float(images[-1]["miou"])
+    predictions = sorted(os.listdir(os.path.join(folder, "predictions")))
+    assert len(predictions) == 2  # the first two val ids
+    image = Image.open(os.path.join(folder, "predictions", predictions[0]))
+    assert image.mode == "P" and image.size == (80, 64)
+    assert np.asarray(image).max() < len(scores["classes"])  # pixel values are class ids
+    assert Image.open(os.path.join(folder, "confusion.png")).size[0] > 400
+
+
+def test_evaluate_last_on_test_matches_the_last_record(smoke_run):
+    cfg, run_dir, records, _, _ = smoke_run
+    status, out = _evaluate(cfg, run_dir, "--checkpoint", "last", "--split", "test")
+    assert status == 0, out
+    folder = os.path.join(run_dir, "evaluate", "test_round_001")
+    assert json.load(open(os.path.join(folder, "scores.json")))["miou"] == pytest.approx(
+        records[1]["test/miou"]
+    )
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--checkpoint", "7"], "round 7 has no checkpoint in "),
+        (["--checkpoint", "last", "--split", "extra"], "the dataset has no extra images; it has"),
+        (["--checkpoint", "nowhere/model.pt"], "--checkpoint nowhere/model.pt: no such file"),
+        (["--checkpoint", "{bad}"], "cannot be loaded into the configured model"),
+        ([], "evaluate needs --checkpoint"),
+    ],
+)
+def test_evaluate_refuses_bad_input_by_name(smoke_run, tmp_path, capsys, options, message):
+    cfg, run_dir, _, _, _ = smoke_run
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    options = [str(bad) if o == "{bad}" else o for o in options]
+    status, _ = _evaluate(cfg, run_dir, *options)
+    assert status == 2
+    assert message in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(run_dir, "evaluate", "extra_round_001"))
 
 
 def test_mean_teacher_baseline_runs_on_the_same_path(ray_session, smoke_data_root, tmp_path):

@@ -39,6 +39,7 @@ def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInf
             data.root,
             num_train=syn.num_train,
             num_val=syn.num_val,
+            num_test=syn.num_test,
             height=syn.height,
             width=syn.width,
             seed=syn.seed,

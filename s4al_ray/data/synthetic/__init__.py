@@ -91,9 +91,11 @@ def _write_all(root: str, count: int, seed: int, height: int, width: int, worker
         list(pool.map(_write_chunk, chunks))
 
 
-def _params(num_train: int, num_val: int, height: int, width: int, seed: int) -> dict[str, Any]:
+def _params(
+    num_train: int, num_val: int, height: int, width: int, seed: int, num_test: int = 0
+) -> dict[str, Any]:
     # workers is deliberately absent: it does not change a single output byte.
-    return {
+    params = {
         "generator": "s4al_ray.synthetic",
         "version": GENERATOR_VERSION,
         "num_train": int(num_train),
@@ -102,6 +104,9 @@ def _params(num_train: int, num_val: int, height: int, width: int, seed: int) ->
         "width": int(width),
         "seed": int(seed),
     }
+    if num_test:  # only when asked for: datasets generated before num_test keep their marker
+        params["num_test"] = int(num_test)
+    return params
 
 
 def _check_existing(root: str, params: dict[str, Any]) -> bool:
@@ -147,26 +152,35 @@ def generate_synthetic_dataset(
     width: int = 160,
     seed: int = 0,
     workers: int = 1,
+    num_test: int = 0,
 ) -> str:
     """Write the synthetic dataset to ``root`` (idempotent) and return ``root``.
 
-    Samples ``0..num_train-1`` form the train split and the next ``num_val`` the val split.
+    Samples ``0..num_train-1`` form the train split, the next ``num_val`` the val split and the
+    next ``num_test`` the test split.
     """
-    if num_train < 0 or num_val < 0 or num_train + num_val == 0:
-        raise ValueError("num_train and num_val must be >= 0 and not both 0")
+    if num_train < 0 or num_val < 0 or num_test < 0 or num_train + num_val == 0:
+        raise ValueError("num_train, num_val and num_test must be >= 0, train + val not 0")
     if height < 16 or width < 16:
         raise ValueError("height and width must be at least 16 pixels")
-    params = _params(num_train, num_val, height, width, seed)
+    params = _params(num_train, num_val, height, width, seed, num_test)
     if _check_existing(root, params):
         return root
     for sub in ("images", "masks", "splits"):
         os.makedirs(os.path.join(root, sub), exist_ok=True)
     _atomic_write_bytes(os.path.join(root, PARTIAL_FILE), json.dumps(params).encode())
 
-    count = num_train + num_val
+    count = num_train + num_val + num_test
     _write_all(root, count, seed, height, width, workers)
     ids = [sample_id(i) for i in range(count)]
-    for name, part in (("train", ids[:num_train]), ("val", ids[num_train:])):
+    splits = {
+        "train": ids[:num_train],
+        "val": ids[num_train : num_train + num_val],
+        "test": ids[num_train + num_val :],
+    }
+    for name, part in splits.items():
+        if name == "test" and not part:
+            continue  # no empty test.txt: a split listed is a split the dataset has
         text = "".join(f"{s}\n" for s in part)
         _atomic_write_bytes(os.path.join(root, "splits", f"{name}.txt"), text.encode())
     _atomic_write_bytes(os.path.join(root, "classes.yaml"), _classes_yaml().encode())
