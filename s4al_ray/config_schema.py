@@ -249,10 +249,14 @@ class ExperimentConfig:
     )
     tracking: list[str] = setting(
         ["tensorboard"],
-        choices=("tensorboard", "mlflow"),
+        choices=("tensorboard", "mlflow", "wandb"),
         doc="where the config, epoch and round metrics and reports go: tensorboard = event files "
         "in <run>/tensorboard/; mlflow = one MLflow run per experiment (pip install mlflow); "
+        "wandb = one W&B run, offline into <run>/wandb/ without a key (pip install wandb); "
         "[] = none",
+    )
+    tracking_project: str = setting(
+        "s4al-ray", doc="the MLflow experiment and the W&B project runs are logged to"
     )
     tracking_uri: str = setting(
         "",

@@ -61,7 +61,7 @@ from s4al_ray.runtime import resources as cluster_resources
 from s4al_ray.scoring import score_split, write_score
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
-from s4al_ray.tracking import check_trackers, make_trackers
+from s4al_ray.tracking import TrackingParent, check_trackers, make_trackers
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Experiment:
     data: DatasetInfo | None = None
     records: list[dict] = field(default_factory=list)
     trackers: list = field(default_factory=list)  # tracking.make_trackers, set by run()
+    tracking_parent: TrackingParent | None = None  # a sweep trial's parent in the trackers
 
     def __post_init__(self) -> None:
         self.layout = RunLayout.of(self.cfg.storage, self.cfg.name)
@@ -369,7 +370,7 @@ class Experiment:
 
     def _run_rounds(self) -> list[dict]:
         self.prepare()
-        self.trackers = make_trackers(self.cfg, self.layout)
+        self.trackers = make_trackers(self.cfg, self.layout, self.tracking_parent)
         ok = False
         try:
             records = self._rounds()

@@ -8,27 +8,50 @@ loop seconds), step = the epoch counted over all rounds. A resumed run adds even
 same directory (TensorBoard shows them as one run) and never writes a finished round again.
 Runs on S3 write locally and upload the event files after each round.
 
-``mlflow`` logs one MLflow run per experiment run (MLflow experiment ``s4al-ray``, run name =
-the experiment's name) through MLflow's own client: the resolved config as params once, the same
-metrics and steps, and ``rounds.csv`` and the report page as artefacts after each round. The run's
-id is kept in ``<run>/tracking.json``, so a resumed run continues the same MLflow run. The server
-comes from ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else MLflow's local default); its
-credentials only from the environment, read by MLflow itself.
+``mlflow`` logs one MLflow run per experiment run (MLflow experiment ``tracking_project``, run
+name = the experiment's name) through MLflow's own client: the resolved config as params once,
+the same metrics and steps, and ``rounds.csv`` and the report page as artefacts after each round.
+The server comes from ``tracking_uri`` (else ``MLFLOW_TRACKING_URI``, else MLflow's local
+default); its credentials only from the environment, read by MLflow itself.
+
+``wandb`` logs one W&B run per experiment run (project ``tracking_project``) with the same
+config, names and artefacts: rounds on the ``round`` axis, epochs on ``epoch/step``. It runs
+online when a key is present (``WANDB_API_KEY``, or ``wandb login``'s netrc entry), else offline
+into ``<run>/wandb/`` (upload later: ``wandb sync <run>/wandb/offline-run-*``); ``WANDB_MODE``
+overrides. Credentials are read by W&B itself, never by this project.
+
+Each keeps its run's id in ``<run>/tracking.json``, so a resumed run continues the same tracked
+run. In a sweep every trial's MLflow run is a child of one parent run for the sweep
+(``SweepTracking``), and its W&B run is in a group named after the sweep.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import netrc
 import os
 import shutil
 import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlparse
 
 from s4al_ray import storage
 from s4al_ray.config import ExperimentConfig, flatten, to_dict
 from s4al_ray.layout import RunLayout
 
-MLFLOW_EXPERIMENT = "s4al-ray"
+# A run's files every tracker keeps as artefacts, refreshed after each round.
+ARTEFACTS = ("rounds.csv", "report/report.html")
+
+
+@dataclass(frozen=True)
+class TrackingParent:
+    """What ties a sweep's trials together in the trackers."""
+
+    mlflow_run_id: str | None = None  # the sweep's MLflow run: each trial's run is its child
+    group: str = ""  # the W&B group: the sweep's name
 
 
 def scalars(record: dict) -> dict[str, int | float]:
@@ -96,46 +119,60 @@ class RunTensorBoard:
             shutil.rmtree(self.local, ignore_errors=True)
 
 
+def tracked_ids(uri: str) -> dict:
+    """The tracked runs' ids a run (or sweep) directory keeps in ``tracking.json``."""
+    return json.loads(storage.read_text(uri)) if storage.exists(uri) else {}
+
+
+def keep_tracked_id(uri: str, key: str, value: str) -> None:
+    storage.write_text(uri, json.dumps({**tracked_ids(uri), key: value}))
+
+
+def params_of(cfg: ExperimentConfig) -> dict[str, str]:
+    """The resolved config, flattened (``train.epochs``): every tracker's params."""
+    return {k: str(v) for k, v in sorted(flatten(to_dict(cfg)).items())}
+
+
+def local_artefacts(layout: RunLayout, staging: str) -> list[tuple[str, str]]:
+    """(local file, name) of each of ``ARTEFACTS`` the run has: the file itself when the run is
+    local, else a copy under ``staging`` (the trackers' clients upload local files)."""
+    found = []
+    for name in ARTEFACTS:
+        uri = layout.path(*name.split("/"))
+        if not storage.exists(uri):
+            continue
+        if storage.is_s3(uri):
+            local = os.path.join(staging, name)
+            os.makedirs(os.path.dirname(local), exist_ok=True)
+            with open(local, "wb") as handle:
+                handle.write(storage.read_bytes(uri))
+            uri = local
+        found.append((uri, name))
+    return found
+
+
 class RunMLflow:
     """One experiment run as one MLflow run (see the module docstring)."""
 
-    ARTEFACTS = ("rounds.csv", "report/report.html")
-
-    def __init__(self, layout: RunLayout, cfg: ExperimentConfig) -> None:
-        from mlflow import MlflowClient
-
+    def __init__(
+        self, layout: RunLayout, cfg: ExperimentConfig, parent: TrackingParent | None = None
+    ) -> None:
         self.layout, self.epochs = layout, cfg.train.epochs
-        self.client = MlflowClient(tracking_uri=cfg.tracking_uri or None)
-        self.run_id = self._resumed_run_id()
+        self.client = mlflow_client(cfg)
+        self.run_id = tracked_ids(layout.tracking).get("mlflow_run_id")
         if self.run_id is None:
-            experiment = self.client.get_experiment_by_name(MLFLOW_EXPERIMENT)
-            experiment_id = (
-                experiment.experiment_id
-                if experiment is not None
-                else self.client.create_experiment(MLFLOW_EXPERIMENT)
-            )
-            run = self.client.create_run(experiment_id, run_name=cfg.name)
+            tags = {}
+            if parent is not None and parent.mlflow_run_id:
+                tags["mlflow.parentRunId"] = parent.mlflow_run_id  # MLflow's nested runs
+            experiment = mlflow_experiment(self.client, cfg.tracking_project)
+            run = self.client.create_run(experiment, run_name=cfg.name, tags=tags)
             self.run_id = run.info.run_id
-            storage.write_text(layout.tracking, json.dumps({"mlflow_run_id": self.run_id}))
-            self._log_params(cfg)
+            keep_tracked_id(layout.tracking, "mlflow_run_id", self.run_id)
+            log_mlflow_params(self.client, self.run_id, params_of(cfg))
         else:
             self.client.update_run(self.run_id, status="RUNNING")
 
-    def _resumed_run_id(self) -> str | None:
-        if not storage.exists(self.layout.tracking):
-            return None
-        return json.loads(storage.read_text(self.layout.tracking)).get("mlflow_run_id")
-
-    def _log_params(self, cfg: ExperimentConfig) -> None:
-        from mlflow.entities import Param
-
-        params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(to_dict(cfg)).items())]
-        for start in range(0, len(params), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=params[start : start + 100])
-
     def _log(self, step: int, values: dict[str, float]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
@@ -149,17 +186,112 @@ class RunMLflow:
     def round(self, record: dict) -> None:
         self._log(*round_scalars(record))
         with tempfile.TemporaryDirectory(prefix="s4al-mlflow-") as staging:
-            for name in self.ARTEFACTS:
-                uri = self.layout.path(*name.split("/"))
-                if not storage.exists(uri):
-                    continue
-                local = os.path.join(staging, os.path.basename(name))
-                with open(local, "wb") as handle:
-                    handle.write(storage.read_bytes(uri))
+            for local, name in local_artefacts(self.layout, staging):
                 self.client.log_artifact(self.run_id, local, os.path.dirname(name) or None)
 
     def close(self, ok: bool = True) -> None:
         self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
+
+
+def mlflow_client(cfg: ExperimentConfig):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=cfg.tracking_uri or None)
+
+
+def mlflow_experiment(client, name: str) -> str:
+    """The id of MLflow experiment ``name``, created on first use."""
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def log_mlflow_params(client, run_id: str, params: dict[str, str]) -> None:
+    from mlflow.entities import Param
+
+    batch = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(batch), 100):  # MLflow's batch limit
+        client.log_batch(run_id, params=batch[start : start + 100])
+
+
+def wandb_mode() -> str:
+    """``WANDB_MODE`` when set; online when a key is present (``WANDB_API_KEY``, or the netrc
+    entry ``wandb login`` writes for ``WANDB_BASE_URL``'s host); else offline. Only whether a
+    key exists is looked at, never its value."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
+    try:
+        return "online" if netrc.netrc().authenticators(host or "") else "offline"
+    except (OSError, netrc.NetrcParseError):
+        return "offline"
+
+
+class RunWandb:
+    """One experiment run as one W&B run (see the module docstring)."""
+
+    def __init__(
+        self, layout: RunLayout, cfg: ExperimentConfig, parent: TrackingParent | None = None
+    ) -> None:
+        import wandb
+
+        self.layout, self.epochs, self.endpoint = layout, cfg.train.epochs, cfg.s3_endpoint
+        self.target = layout.path("wandb")
+        self.on_s3 = storage.is_s3(layout.run_dir)
+        # W&B writes <dir>/wandb/: on S3 into a local folder, copied up after each round.
+        self.local = tempfile.mkdtemp(prefix="s4al-wandb-") if self.on_s3 else layout.run_dir
+        run_id = tracked_ids(layout.tracking).get("wandb_run_id") or uuid.uuid4().hex[:12]
+        self.run = wandb.init(
+            project=cfg.tracking_project,
+            name=cfg.name,
+            id=run_id,
+            resume="allow",  # a resumed experiment continues its run
+            group=(parent.group or None) if parent is not None else None,
+            dir=self.local,
+            mode=wandb_mode(),
+            config=params_of(cfg),
+            # Quiet (the driver's terminal shows the run's progress), and stdout left alone.
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+            reinit="create_new",  # a process may hold another run (sweep trials, tests)
+        )
+        keep_tracked_id(layout.tracking, "wandb_run_id", run_id)
+        self.run.define_metric("round")
+        self.run.define_metric("epoch/step")
+        self.run.define_metric("epoch/*", step_metric="epoch/step")
+        self.defined: set[str] = set()
+
+    def epoch(self, r: int, report: dict) -> None:
+        step, values = epoch_scalars(r, report, self.epochs)
+        self.run.log({"epoch/step": step, **values})
+
+    def round(self, record: dict) -> None:
+        import wandb
+
+        step, values = round_scalars(record)
+        for key in sorted(values.keys() - self.defined):
+            self.run.define_metric(key, step_metric="round")
+            self.defined.add(key)
+        self.run.log({"round": step, **values})
+        # One artefact version per round; W&B copies the files into its own staging at once.
+        artefact = wandb.Artifact(f"{self.run.name}-report", type="report")
+        with tempfile.TemporaryDirectory(prefix="s4al-wandb-") as staging:
+            for local, name in local_artefacts(self.layout, staging):
+                artefact.add_file(local, name=name)
+            self.run.log_artifact(artefact, aliases=[f"round-{step}"])
+        self._upload()
+
+    def _upload(self) -> None:
+        if self.on_s3:
+            from s4al_ray.transfer import sync
+
+            sync(os.path.join(self.local, "wandb"), self.target, self.endpoint, log=lambda _: None)
+
+    def close(self, ok: bool = True) -> None:
+        self.run.finish(exit_code=0 if ok else 1)
+        self._upload()
+        if self.on_s3:
+            shutil.rmtree(self.local, ignore_errors=True)
 
 
 def check_trackers(cfg: ExperimentConfig) -> None:
@@ -168,22 +300,25 @@ def check_trackers(cfg: ExperimentConfig) -> None:
 
     from s4al_ray.config import ConfigError
 
-    needs = {"tensorboard": ("tensorboardX", "tensorboardX"), "mlflow": ("mlflow", "mlflow")}
     for name in cfg.tracking:
-        module, package = needs[name]
-        if importlib.util.find_spec(module) is None:
+        package = "tensorboardX" if name == "tensorboard" else name
+        if importlib.util.find_spec(package) is None:
             raise ConfigError(
                 f"tracking: {name} needs the {package} package: pip install {package} "
                 f"(or drop it: tracking=[{', '.join(t for t in cfg.tracking if t != name)}])"
             )
 
 
-def make_trackers(cfg: ExperimentConfig, layout: RunLayout) -> list:
-    """The trackers ``cfg.tracking`` names, in its order."""
+def make_trackers(
+    cfg: ExperimentConfig, layout: RunLayout, parent: TrackingParent | None = None
+) -> list:
+    """The trackers ``cfg.tracking`` names, in its order (``parent``: a sweep trial's)."""
     trackers: list = []
     for name in cfg.tracking:
         if name == "tensorboard":
             trackers.append(RunTensorBoard(layout, cfg.train.epochs))
         elif name == "mlflow":
-            trackers.append(RunMLflow(layout, cfg))
+            trackers.append(RunMLflow(layout, cfg, parent))
+        elif name == "wandb":
+            trackers.append(RunWandb(layout, cfg, parent))
     return trackers
