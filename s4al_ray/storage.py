@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shutil
 import uuid
 from functools import lru_cache
 
@@ -191,7 +190,20 @@ def check_writable(uri: str) -> None:
         raise StorageError(_describe(uri, err)) from err
     finally:
         if created:  # a check leaves no trace: the run creates its directory when it writes
-            shutil.rmtree(created, ignore_errors=True)
+            _remove_empty_dirs(absolute(uri), created)
+
+
+def _remove_empty_dirs(path: str, outermost: str) -> None:
+    """``path`` and its parents up to ``outermost``, each only while empty: a run starting
+    beside this one (sweep trials under one new ``trials/``) may have written into them since."""
+    while True:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+        if path == outermost or not path.startswith(outermost):
+            return
+        path = os.path.dirname(path)
 
 
 def _first_missing_dir(path: str) -> str | None:

@@ -41,6 +41,7 @@ from s4al_ray.sweep_report import (
 )
 from s4al_ray.sweep_space import Spec, Sweep, load_sweep, plain_value
 from s4al_ray.sweep_trial import TrialPlan, run_trial
+from s4al_ray.tracking import SweepTracking, TrackingParent
 from s4al_ray.yamlfile import YamlError, dump_yaml, load_yaml
 
 # The sweep's API, with what callers (the CLI, tests) import from here though it lives in
@@ -237,7 +238,9 @@ def _tune_environment() -> Iterator[None]:
                 os.environ.pop(name, None)
 
 
-def _trial_plan(sweep: Sweep, cpus: int, gpus: int, concurrency: int) -> TrialPlan:
+def _trial_plan(
+    sweep: Sweep, cpus: int, gpus: int, concurrency: int, parent: TrackingParent | None
+) -> TrialPlan:
     return TrialPlan(
         sweep=sweep.cfg.name,
         base_tree=to_dict(sweep.base),
@@ -247,7 +250,17 @@ def _trial_plan(sweep: Sweep, cpus: int, gpus: int, concurrency: int) -> TrialPl
         budget=sweep.cfg.budget,
         cpus=max(sweep.need_cpus, cpus // concurrency),
         gpus=gpus // concurrency if sweep.need_gpus else 0,
+        tracking_parent=parent,
     )
+
+
+def _sweep_params(sweep: Sweep) -> dict[str, str]:
+    """The sweep's own settings and search space, as its tracked run's params."""
+    params = {
+        f"sweep.{k}": str(v) for k, v in sorted(to_dict(sweep.cfg).items()) if k != "search_space"
+    }
+    params.update({f"search.{k}": f"{s.kind} {list(s.values)}" for k, s in sweep.space.items()})
+    return params
 
 
 def run_sweep(
@@ -271,14 +284,19 @@ def run_sweep(
         + (f" {sweep.need_gpus} GPU" if sweep.need_gpus else "")
         + (f"; dashboard {url}" if url else "")
     )
-    plan = _trial_plan(sweep, res.cpus, res.gpus, concurrency)
+    tracked = SweepTracking(sweep.base, sweep.cfg.name, sweep.uri, _sweep_params(sweep))
+    plan = _trial_plan(sweep, res.cpus, res.gpus, concurrency, tracked.parent)
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, plan=plan), _trial_resources(log)
     )
     log(f"[sweep] results in {sweep.uri}\n[sweep] dashboards: tensorboard --logdir {sweep.uri}")
     with _tune_environment():
         results = _build_tuner(sweep, trainable, concurrency, log).fit()
-    return write_report(sweep, results, log)
+    outcome = write_report(sweep, results, log)
+    targets = [row.target for row in outcome.rows if math.isfinite(row.target)]
+    best = {"best/target": max(targets)} if targets else {}
+    tracked.close(best, [outcome.report_csv, outcome.curves_png], ok=not results.errors)
+    return outcome
 
 
 def _print_plan(sweep: Sweep, log: Callable[[str], None]) -> None:

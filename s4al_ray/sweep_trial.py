@@ -14,6 +14,7 @@ from s4al_ray.config import ExperimentConfig, from_dict
 from s4al_ray.sweep_callbacks import round_metrics
 from s4al_ray.sweep_report import curve_auc, curve_points, target_value
 from s4al_ray.sweep_space import absolute_paths, plain_value, with_values
+from s4al_ray.tracking import TrackingParent
 
 LEDGER_FILE = "reported.json"
 
@@ -30,6 +31,9 @@ class TrialPlan:
     budget: float
     cpus: int  # this trial's share of the cluster: sizes its teacher pool
     gpus: int
+    # The sweep's parent run and group in the trackers (a default: plans pickled before it
+    # existed restore without it).
+    tracking_parent: TrackingParent | None = None
 
     def experiment_config(self, params: dict, trial_id: str) -> ExperimentConfig:
         values = {k: plain_value(v) for k, v in params.items()}
@@ -86,4 +90,10 @@ def run_trial(config: dict, plan: TrialPlan) -> None:
     def log(line: str) -> None:
         print(f"[{cfg.name}] {line}", flush=True)
 
-    Experiment(cfg, ClusterResources(plan.cpus, plan.gpus), log=log, on_record=on_record).run()
+    Experiment(
+        cfg,
+        ClusterResources(plan.cpus, plan.gpus),
+        log=log,
+        on_record=on_record,
+        tracking_parent=plan.tracking_parent,
+    ).run()

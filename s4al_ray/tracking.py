@@ -215,7 +215,8 @@ def log_mlflow_params(client, run_id: str, params: dict[str, str]) -> None:
 
 def wandb_mode() -> str:
     """``WANDB_MODE`` when set; online when a key is present (``WANDB_API_KEY``, or the netrc
-    entry ``wandb login`` writes for ``WANDB_BASE_URL``'s host); else offline. Only whether a
+    entry ``wandb login`` writes for ``WANDB_BASE_URL``'s host, in ``NETRC`` or ~/.netrc);
+    else offline. Only whether a
     key exists is looked at, never its value."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
@@ -223,7 +224,8 @@ def wandb_mode() -> str:
         return "online"
     host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname
     try:
-        return "online" if netrc.netrc().authenticators(host or "") else "offline"
+        entries = netrc.netrc(os.environ.get("NETRC") or None)  # NETRC: as W&B reads it
+        return "online" if entries.authenticators(host or "") else "offline"
     except (OSError, netrc.NetrcParseError):
         return "offline"
 
@@ -292,6 +294,52 @@ class RunWandb:
         self._upload()
         if self.on_s3:
             shutil.rmtree(self.local, ignore_errors=True)
+
+
+class SweepTracking:
+    """A sweep's own tracked run: with ``mlflow``, the parent MLflow run of its trials' runs
+    (params: the sweep's settings and search space; at the end its best target and the report
+    files); with ``wandb``, the group its trials' runs share. Its id is kept in the sweep
+    directory's ``tracking.json``, so a resumed sweep keeps its parent."""
+
+    def __init__(
+        self, base: ExperimentConfig, name: str, sweep_uri: str, params: dict[str, str]
+    ) -> None:
+        self.ids_uri = storage.join(sweep_uri, "tracking.json")
+        self.client, run_id = None, None
+        if "mlflow" in base.tracking:
+            self.client = mlflow_client(base)
+            run_id = tracked_ids(self.ids_uri).get("mlflow_run_id")
+            if run_id is None:
+                experiment = mlflow_experiment(self.client, base.tracking_project)
+                run = self.client.create_run(experiment, run_name=name, tags={"s4al.sweep": name})
+                run_id = run.info.run_id
+                keep_tracked_id(self.ids_uri, "mlflow_run_id", run_id)
+                log_mlflow_params(self.client, run_id, params)
+            else:
+                self.client.update_run(run_id, status="RUNNING")
+        self.parent = TrackingParent(run_id, name)
+
+    def close(self, best: dict[str, float], files: list[str], ok: bool = True) -> None:
+        """The sweep's best values (``best/target``, ...) and report files, then its status."""
+        if self.client is None:
+            return
+        run_id = self.parent.mlflow_run_id
+        now = int(time.time() * 1000)
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, now, 0) for k, v in best.items() if math.isfinite(v)]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        with tempfile.TemporaryDirectory(prefix="s4al-mlflow-") as staging:
+            for uri in files:
+                if not storage.exists(uri):
+                    continue
+                local = os.path.join(staging, uri.rsplit("/", 1)[-1])
+                with open(local, "wb") as handle:
+                    handle.write(storage.read_bytes(uri))
+                self.client.log_artifact(run_id, local)
+        self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 
 def check_trackers(cfg: ExperimentConfig) -> None:

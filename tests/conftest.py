@@ -162,12 +162,17 @@ def kill_driver_when(cmd: list[str], cwd: str, marker, timeout: float = 300) -> 
     driver machine would be; fails if it finished first."""
     import signal
     import subprocess
+    import tempfile
     import time
 
-    driver = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + timeout
-    while not os.path.exists(marker) and driver.poll() is None and time.time() < deadline:
-        time.sleep(0.2)
-    assert driver.poll() is None, "the driver finished before it could be killed"
+    with tempfile.TemporaryFile() as output:
+        driver = subprocess.Popen(cmd, cwd=cwd, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        while not os.path.exists(marker) and driver.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        if driver.poll() is not None:
+            output.seek(0)
+            tail = output.read().decode(errors="replace")[-3000:]
+            raise AssertionError(f"the driver finished before it could be killed:\n{tail}")
     driver.send_signal(signal.SIGKILL)
     driver.wait()

@@ -80,3 +80,23 @@ def test_a_second_driver_on_an_s3_experiment_is_refused(ray_session):
                 pass
     with hold_run_lock(layout, "s3-exp"):
         pass
+
+
+def test_the_writable_check_leaves_no_trace_but_keeps_what_others_wrote(tmp_path, monkeypatch):
+    """Two sweep trials start at once under a new trials/: one's check must not delete the
+    directory the other has just written into (it once removed it with rmtree)."""
+    from s4al_ray import storage
+
+    storage.check_writable(str(tmp_path / "trials" / "a"))
+    assert not (tmp_path / "trials").exists()  # nothing of the check is left
+
+    real_read = storage.read_bytes
+
+    def read_while_another_trial_writes(uri: str) -> bytes:
+        storage.write_text(str(tmp_path / "trials" / "b" / "config.yaml"), "x")
+        return real_read(uri)
+
+    monkeypatch.setattr(storage, "read_bytes", read_while_another_trial_writes)
+    storage.check_writable(str(tmp_path / "trials" / "a"))
+    assert (tmp_path / "trials" / "b" / "config.yaml").read_text() == "x"
+    assert not (tmp_path / "trials" / "a").exists()

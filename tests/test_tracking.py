@@ -111,3 +111,143 @@ def test_mlflow_without_the_package_is_refused_before_any_work(monkeypatch, tmp_
     cfg = load_config(None, ["tracking=[tensorboard,mlflow]"])
     with pytest.raises(ConfigError, match=r"tracking: mlflow needs the mlflow package"):
         check_trackers(cfg)
+
+
+def test_a_sweep_is_one_parent_mlflow_run_with_a_child_per_trial(
+    ray_session, mlflow_server, smoke_data_root, tmp_path
+):
+    import contextlib
+    import io
+
+    import yaml
+    from mlflow import MlflowClient
+
+    from s4al_ray.sweep import load_sweep, run_sweep
+
+    spec = {
+        "name": "tracked-sweep",
+        "base": os.path.join(REPO, "configs", "smoke.yaml"),
+        "storage": str(tmp_path / "sweeps"),
+        "overrides": {
+            "data.root": smoke_data_root,
+            "loop.rounds": 1,
+            "train.epochs": 1,
+            "tracking": ["mlflow"],
+            "tracking_uri": mlflow_server,
+            "tracking_project": "sweeps",
+        },
+        "search_space": {"acquisition.round_budget": {"grid": [0.03, 0.05]}},
+        "metric": "final_miou",
+    }
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    with contextlib.redirect_stdout(io.StringIO()):
+        outcome = run_sweep(load_sweep(str(path)))
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("sweeps")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(runs) == 3 and len(parents) == 1
+    parent = parents[0]
+    assert parent.info.run_name == "tracked-sweep" and parent.info.status == "FINISHED"
+    assert parent.data.params["search.acquisition.round_budget"] == "grid [0.03, 0.05]"
+    assert parent.data.params["sweep.metric"] == "final_miou"
+    best = max(row.target for row in outcome.rows)
+    assert parent.data.metrics["best/target"] == pytest.approx(best)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {
+        "report.csv",
+        "curves.png",
+    }
+    children = [r for r in runs if r is not parent]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.data.params["acquisition.round_budget"] for r in children} == {"0.03", "0.05"}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.info.run_name.startswith("tracked-sweep-")
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val/miou")] == [0]
+
+
+# -- W&B, offline (no key): its run files read back with W&B's own protobuf schema
+
+
+def _wandb_records(path: str) -> list:
+    """The records of a ``.wandb`` file: W&B's 7-byte header, then LevelDB-log framing (32 KiB
+    blocks; each chunk: CRC (4), length (2), type (1: full, 2: first, 3: middle, 4: last))
+    around ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or (length == 0 and kind == 0):  # the block's zero padding
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def test_wandb_offline_without_a_key_killed_and_resumed_is_one_run(
+    ray_session, smoke_data_root, tmp_path, monkeypatch
+):
+    """No key anywhere: offline into <run>/wandb/. The driver is killed in round 1 and the run
+    resumed: both processes' files carry the same run id, each round is logged once."""
+    import glob
+    import json
+
+    from s4al_ray.tracking import wandb_mode
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no entry from `wandb login`
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    assert wandb_mode() == "offline"
+    overrides = [f"storage={tmp_path}", f"data.root={smoke_data_root}", "name=wb"]
+    overrides += ["tracking=[wandb]", "train.epochs=2"]
+    address = ray_session.get_runtime_context().gcs_address
+    cmd = [sys.executable, os.path.join(REPO, "run.py"), "--config", "configs/smoke.yaml"]
+    round1 = tmp_path / "wb" / "train" / "wb-round001" / "epoch_000"
+    kill_driver_when([*cmd, "--address", address, *overrides], REPO, round1)
+    records = Experiment(load_config("configs/smoke.yaml", overrides), log=print).run()
+
+    run_id = json.load(open(tmp_path / "wb" / "tracking.json"))["wandb_run_id"]
+    files = sorted(glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb")))
+    assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)
+    rounds, epochs, config, artefacts = {}, [], {}, []
+    for record in (r for f in files for r in _wandb_records(f)):
+        kind = record.WhichOneof("record_type")
+        if kind == "run":
+            assert record.run.run_id == run_id and record.run.display_name == "wb"
+            assert record.run.project == "s4al-ray"
+            config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
+        elif kind == "history":
+            row = {
+                i.key or "/".join(i.nested_key): json.loads(i.value_json)
+                for i in record.history.item
+            }
+            if "round" in row:
+                assert row["round"] not in rounds  # each round once over both processes
+                rounds[row["round"]] = row
+            if "epoch/step" in row:
+                epochs.append(row["epoch/step"])
+        elif kind == "artifact":
+            artefacts.append((record.artifact.name, sorted(record.artifact.aliases)))
+    assert config["train.epochs"] == "2" and config["name"] == "wb"
+    assert sorted(rounds) == [0, 1]
+    for r in records:
+        assert rounds[r["round"]]["val/miou"] == pytest.approx(r["val/miou"])
+        assert rounds[r["round"]]["pool/labeled_frac"] == pytest.approx(r["pool/labeled_frac"])
+    # Round 1's first epoch is checkpointed before its report reaches the driver: killed in
+    # between, it is lost to tracking (as with MLflow); never logged twice.
+    assert {0, 1, 3} <= set(epochs) and len(epochs) == len(set(epochs))
+    assert artefacts == [("wb-report", ["latest", "round-0"]), ("wb-report", ["latest", "round-1"])]
