@@ -94,11 +94,9 @@ def evaluate_checkpoint(
     from s4al_ray.data.check import require_clean
     from s4al_ray.data.registry import load_dataset
     from s4al_ray.jobs import scoring_job
-    from s4al_ray.progress import StageProgress
     from s4al_ray.report import format_class_table
-    from s4al_ray.report_figures import class_colors
     from s4al_ray.runtime import connect, resources, teacher_workers
-    from s4al_ray.scoring import score_split, write_score
+    from s4al_ray.scoring import score_to_folder
 
     storage.configure_endpoint(cfg.s3_endpoint)
     layout = RunLayout.of(cfg.storage, cfg.name)
@@ -118,10 +116,8 @@ def evaluate_checkpoint(
         tuple(sorted(r["sample_id"] for r in rows)[:predictions]),
     )
     log(f"[evaluate] {choice.uri} on {len(rows)} {split} images ...")
-    with StageProgress("[evaluate]", len(rows), "images", log) as queue:
-        score = score_split(job, rows, queue)
     folder = layout.evaluation(split, choice.label)
-    write_score(folder, score, split, choice.uri, data.classes, class_colors(data))
+    score = score_to_folder(job, rows, split, folder, data, log, "[evaluate]")
     fields = score.fields(split, data.classes)
     log(format_class_table(fields, data.classes, f"Per-class IoU %, {split}, {choice.label}"))
     log(

@@ -22,11 +22,7 @@ import ray
 
 from s4al_ray import storage
 from s4al_ray.acquisition import Candidates, select
-from s4al_ray.config import (
-    ConfigError,
-    ExperimentConfig,
-    to_yaml,
-)
+from s4al_ray.config import ConfigError, ExperimentConfig, to_yaml
 from s4al_ray.data.check import require_clean
 from s4al_ray.data.manifest import DatasetInfo
 from s4al_ray.data.registry import load_dataset
@@ -53,12 +49,11 @@ from s4al_ray.report import (
     stage_estimate,
     write_rounds_csv,
 )
-from s4al_ray.report_figures import class_colors
 from s4al_ray.resume import check_resumable
 from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import ClusterResources, check_fits, teacher_workers, worker_storage_errors
 from s4al_ray.runtime import resources as cluster_resources
-from s4al_ray.scoring import score_split, write_score
+from s4al_ray.scoring import score_to_folder
 from s4al_ray.student_trainer import StudentResult, fit_student
 from s4al_ray.teacher import read_teacher_output, run_teacher, uses_tasks, warm_task_workers
 from s4al_ray.tracking import TrackingParent, check_trackers, make_trackers
@@ -216,23 +211,18 @@ class Experiment:
         return TeacherResult(output.candidates, summary)
 
     def score_test(self, r: int, checkpoint: str) -> dict:
-        """The last round's student on the test split: the record's ``test/...`` fields (apart
-        from val's, which chose nothing but are what the rounds compare), files in
-        ``evaluate/test_round_XXX/``."""
-        rows, classes = self.data.rows("test"), self.data.classes
+        """The last round's student on the test split: the record's ``test/...`` fields, apart
+        from val's (which the rounds compare), files in ``evaluate/test_round_XXX/``."""
+        rows, folder = self.data.rows("test"), self.layout.round_evaluation("test", r)
         job = scoring_job(
             self.cfg, self.data, checkpoint, teacher_workers(self.cfg, self.cluster())
         )
         self.log(f"[round {r}] test    scoring the student on {len(rows)} test images ...")
-        with StageProgress(f"[round {r}] test   ", len(rows), "images", self.log) as queue:
-            score = score_split(job, rows, queue)
-        folder = self.layout.round_evaluation("test", r)
-        write_score(folder, score, "test", checkpoint, classes, class_colors(self.data))
-        fields = score.fields("test", classes)
-        self.log(
-            f"[round {r}] test    done in {score.seconds:.1f}s: test mIoU "
-            f"{100 * fields['test/miou']:.1f} ({folder}/)"
-        )
+        prefix = f"[round {r}] test   "
+        score = score_to_folder(job, rows, "test", folder, self.data, self.log, prefix)
+        fields = score.fields("test", self.data.classes)
+        miou = 100 * fields["test/miou"]
+        self.log(f"{prefix} done in {score.seconds:.1f}s: test mIoU {miou:.1f} ({folder}/)")
         return {**fields, "time/test_s": score.seconds}
 
     def acquire(self, r: int, state: PoolState, candidates: Candidates) -> dict:

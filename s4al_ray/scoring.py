@@ -180,3 +180,17 @@ def write_score(
     for sample_id, png in score.labels.items():
         name = sample_id.replace("/", "__") + ".png"
         storage.write_bytes(storage.join(folder, "predictions", name), palette_png(png, colors))
+
+
+def score_to_folder(
+    job: ScoringJob, rows: list[dict], split: str, folder: str, data, log, prefix: str
+) -> SplitScore:
+    """``score_split`` with its progress drawn under ``prefix``, then ``write_score`` into
+    ``folder``: the ``evaluate`` command and the last round's test score."""
+    from s4al_ray.progress import StageProgress
+    from s4al_ray.report_figures import class_colors
+
+    with StageProgress(prefix, len(rows), "images", log) as queue:
+        score = score_split(job, rows, queue)
+    write_score(folder, score, split, job.checkpoint_uri, data.classes, class_colors(data))
+    return score

@@ -57,6 +57,7 @@ LAYERS = [
         "s4al_ray.student_trainer",
         "s4al_ray.teacher",
         "s4al_ray.teacher_stages",
+        "s4al_ray.scoring",
         "s4al_ray.runtime",
         "s4al_ray.run_lock",
         "s4al_ray.resume",
@@ -66,6 +67,7 @@ LAYERS = [
     ("s4al_ray.experiment",),
     (
         "s4al_ray.annotate",
+        "s4al_ray.evaluate_command",
         "s4al_ray.sweep_space",
         "s4al_ray.sweep_callbacks",
         "s4al_ray.sweep_trial",

@@ -87,6 +87,21 @@ def test_splits_disjoint_and_complete(small: Path) -> None:
     assert set(train) | set(val) == images
 
 
+def test_a_test_split_follows_val_and_keeps_the_other_splits(small: Path, tmp_path: Path):
+    assert not (small / "splits" / "test.txt").exists()  # none asked for: no test.txt
+    assert "num_test" not in json.loads((small / MARKER_FILE).read_text())  # old markers hold
+    root = _gen(tmp_path / "ds", num_test=3)
+    test = (root / "splits" / "test.txt").read_text().split()
+    assert len(test) == 3 and not set(test) & set((root / "splits" / "val.txt").read_text().split())
+    for split in ("train", "val"):  # the same images as without a test split
+        assert (root / "splits" / f"{split}.txt").read_text() == (
+            small / "splits" / f"{split}.txt"
+        ).read_text()
+    from s4al_ray.data.folder import load_folder_dataset
+
+    assert len(load_folder_dataset(str(root), 0).rows("test")) == 3
+
+
 def test_deterministic_same_seed(small: Path, tmp_path: Path) -> None:
     again = _gen(tmp_path / "again")
     assert _all_files(again) == _all_files(small)
