@@ -95,7 +95,7 @@ def evaluate_checkpoint(
     from s4al_ray.data.registry import load_dataset
     from s4al_ray.jobs import scoring_job
     from s4al_ray.report import format_class_table
-    from s4al_ray.runtime import connect, resources, teacher_workers
+    from s4al_ray.runtime import check_cluster_paths, connect, teacher_workers
     from s4al_ray.scoring import score_to_folder
 
     storage.configure_endpoint(cfg.s3_endpoint)
@@ -103,16 +103,24 @@ def evaluate_checkpoint(
     if predictions < 0:
         raise ConfigError(f"--predictions {predictions}: give 0 or more images")
     choice = resolve_checkpoint(layout, checkpoint)
+    storage.check_writable(layout.run_dir)  # where the scores go: fails now, not after them
     data = load_dataset(cfg.data, cfg.seed)
     rows = split_rows(data, split)
     require_clean(data, log)
     check_checkpoint(cfg, data.num_classes, choice.uri)
-    connect(cfg, address)
+    res = connect(cfg, address)
+    check_cluster_paths(cfg, res)  # the split's images are read where the workers run
+    if res.nodes > 1 and not (storage.is_s3(choice.uri) or cfg.storage_shared):
+        raise ConfigError(
+            f"--checkpoint {choice.uri} is a file on this node, and the Ray cluster has "
+            f"{res.nodes} nodes: put it on S3, or say every node mounts it with "
+            "storage_shared=true"
+        )
     job = scoring_job(
         cfg,
         data,
         choice.uri,
-        teacher_workers(cfg, resources()),
+        teacher_workers(cfg, res),
         tuple(sorted(r["sample_id"] for r in rows)[:predictions]),
     )
     log(f"[evaluate] {choice.uri} on {len(rows)} {split} images ...")
