@@ -1,6 +1,8 @@
 """Tracking against a real MLflow tracking server (the `mlflow` package, sqlite backend, on
-127.0.0.1, a free port; stopped by its PID): the smoke experiment with tracking=[tensorboard,
-mlflow], its driver killed in round 1 and resumed, read back through MLflow's own client."""
+127.0.0.1, a free port; stopped by its PID) and W&B offline: the smoke experiment with
+tracking=[tensorboard,mlflow,wandb], its driver killed in round 1 and resumed, read back through
+MLflow's own client and W&B's run files; a sweep as one parent MLflow run with a child per
+trial."""
 
 from __future__ import annotations
 
@@ -53,18 +55,29 @@ def _overrides(tmp_path, smoke_data_root, url: str) -> list[str]:
         f"storage={tmp_path}",
         f"data.root={smoke_data_root}",
         "name=tracked",
-        "tracking=[tensorboard,mlflow]",
+        "tracking=[tensorboard,mlflow,wandb]",
         f"tracking_uri={url}",
         "train.epochs=3",
         "train.steps_per_epoch=3",
     ]
 
 
-def test_killed_and_resumed_run_is_one_mlflow_run_with_each_round_once(
-    ray_session, mlflow_server, smoke_data_root, tmp_path
+def test_killed_and_resumed_run_is_one_tracked_run_with_each_round_once(
+    ray_session, mlflow_server, smoke_data_root, tmp_path, monkeypatch
 ):
+    """All three trackers at once; the driver is killed in round 1 and the run resumed in this
+    process. MLflow is read back through its client, TensorBoard through its event reader, W&B
+    (offline: no key anywhere) from its run files."""
     from mlflow import MlflowClient
 
+    from s4al_ray.tracking import wandb_mode
+
+    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no entry from `wandb login`
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    assert wandb_mode() == "offline"
     overrides = _overrides(tmp_path, smoke_data_root, mlflow_server)
     address = ray_session.get_runtime_context().gcs_address
     cmd = [sys.executable, os.path.join(REPO, "run.py"), "--config", "configs/smoke.yaml"]
@@ -97,6 +110,7 @@ def test_killed_and_resumed_run_is_one_mlflow_run_with_each_round_once(
     csv_path = client.download_artifacts(run.info.run_id, "rounds.csv", str(tmp_path / "dl"))
     assert len(open(csv_path).read().splitlines()) == 3  # header + both rounds
     assert (tmp_path / "tracked" / "tensorboard").is_dir()
+    _check_wandb_run(tmp_path / "tracked", records, epochs_per_round=3)
 
 
 def test_mlflow_without_the_package_is_refused_before_any_work(monkeypatch, tmp_path):
@@ -196,38 +210,48 @@ def _wandb_records(path: str) -> list:
     return records
 
 
-def test_wandb_offline_without_a_key_killed_and_resumed_is_one_run(
-    ray_session, smoke_data_root, tmp_path, monkeypatch
-):
-    """No key anywhere: offline into <run>/wandb/. The driver is killed in round 1 and the run
-    resumed: both processes' files carry the same run id, each round is logged once."""
+# -- W&B's offline run files, read back with W&B's own protobuf schema
+
+
+def _wandb_records(path: str) -> list:
+    """The records of a ``.wandb`` file: W&B's 7-byte header, then LevelDB-log framing (32 KiB
+    blocks; each chunk: CRC (4), length (2), type (1: full, 2: first, 3: middle, 4: last))
+    around ``wandb_internal_pb2.Record`` messages."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(path, "rb").read()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
+        if left < 7 or (length == 0 and kind == 0):  # the block's zero padding
+            pos += left
+            continue
+        pending += data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            record = pb.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+            pending = b""
+    return records
+
+
+def _check_wandb_run(run_dir, records: list[dict], epochs_per_round: int) -> None:
+    """Both processes' offline files carry the run id kept in tracking.json, the config, each
+    round's record once, and a report artefact version per round."""
     import glob
     import json
 
-    from s4al_ray.tracking import wandb_mode
-
-    for name in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_BASE_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # no entry from `wandb login`
-    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
-    assert wandb_mode() == "offline"
-    overrides = [f"storage={tmp_path}", f"data.root={smoke_data_root}", "name=wb"]
-    overrides += ["tracking=[wandb]", "train.epochs=2"]
-    address = ray_session.get_runtime_context().gcs_address
-    cmd = [sys.executable, os.path.join(REPO, "run.py"), "--config", "configs/smoke.yaml"]
-    round1 = tmp_path / "wb" / "train" / "wb-round001" / "epoch_000"
-    kill_driver_when([*cmd, "--address", address, *overrides], REPO, round1)
-    records = Experiment(load_config("configs/smoke.yaml", overrides), log=print).run()
-
-    run_id = json.load(open(tmp_path / "wb" / "tracking.json"))["wandb_run_id"]
-    files = sorted(glob.glob(str(tmp_path / "wb" / "wandb" / "offline-run-*" / "run-*.wandb")))
+    run_id = json.load(open(run_dir / "tracking.json"))["wandb_run_id"]
+    files = sorted(glob.glob(str(run_dir / "wandb" / "offline-run-*" / "run-*.wandb")))
     assert len(files) == 2 and all(f.endswith(f"run-{run_id}.wandb") for f in files)
     rounds, epochs, config, artefacts = {}, [], {}, []
     for record in (r for f in files for r in _wandb_records(f)):
         kind = record.WhichOneof("record_type")
         if kind == "run":
-            assert record.run.run_id == run_id and record.run.display_name == "wb"
+            assert record.run.run_id == run_id and record.run.display_name == run_dir.name
             assert record.run.project == "s4al-ray"
             config.update({i.key: json.loads(i.value_json) for i in record.run.config.update})
         elif kind == "history":
@@ -242,12 +266,12 @@ def test_wandb_offline_without_a_key_killed_and_resumed_is_one_run(
                 epochs.append(row["epoch/step"])
         elif kind == "artifact":
             artefacts.append((record.artifact.name, sorted(record.artifact.aliases)))
-    assert config["train.epochs"] == "2" and config["name"] == "wb"
-    assert sorted(rounds) == [0, 1]
+    assert config["train.epochs"] == str(epochs_per_round) and config["name"] == run_dir.name
+    assert sorted(rounds) == [r["round"] for r in records]
     for r in records:
         assert rounds[r["round"]]["val/miou"] == pytest.approx(r["val/miou"])
         assert rounds[r["round"]]["pool/labeled_frac"] == pytest.approx(r["pool/labeled_frac"])
-    # Round 1's first epoch is checkpointed before its report reaches the driver: killed in
-    # between, it is lost to tracking (as with MLflow); never logged twice.
-    assert {0, 1, 3} <= set(epochs) and len(epochs) == len(set(epochs))
-    assert artefacts == [("wb-report", ["latest", "round-0"]), ("wb-report", ["latest", "round-1"])]
+    # As with MLflow: round 1's first epoch may be lost to the kill, none is logged twice.
+    assert len(epochs) == len(set(epochs)) and {0, 1, 2, 4, 5} <= set(epochs)
+    name = f"{run_dir.name}-report"
+    assert artefacts == [(name, ["latest", "round-0"]), (name, ["latest", "round-1"])]
