@@ -9,7 +9,7 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     teacher/round_XXX/, .json         the teacher pass (parquet) and its summary
     pool/head.json, head.prev.json    the pool state's head (rounds, counts), its previous version
     pool/labeled.json                 the fully labeled ids, written once
-    pool/rounds/round_XXX.json        one committed round's selection (its delta)
+    pool/rounds/round_XXX.parquet     one committed round's selection (its delta)
     queries/round_XXX/                manual oracle: the package for annotators
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
@@ -112,7 +112,7 @@ class RunLayout:
     @staticmethod
     def pool_round_name(r: int) -> str:
         """Round ``r``'s delta file, relative to ``pool_dir`` (as the head names it)."""
-        return f"rounds/{_round(r)}.json"
+        return f"rounds/{_round(r)}.parquet"
 
     def pool_file(self, name: str) -> str:
         """A file the head names, relative to ``pool_dir``."""

@@ -15,7 +15,7 @@ from s4al_ray.pool.actor import PoolStateHolder, load_state
 from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.selection import RoundSelection, selection_digest
 from s4al_ray.pool.state import PoolState
-from s4al_ray.pool.store import PoolStateError, check_format
+from s4al_ray.pool.store import PoolStateError, check_format, delta_bytes
 from s4al_ray.regions import RegionGrid
 
 REGION = 16
@@ -178,7 +178,11 @@ def test_a_commit_writes_the_head_and_one_delta_whatever_the_pool_size(tmp_path)
         holder.commit(1, {"s00004": [2], "s00007": [0]}, [1, 1, 1])
         after = _files(root)
         changed = {k for k in after if before.get(k) != after[k]}
-        assert changed == {"pool/head.json", "pool/head.prev.json", "pool/rounds/round_001.json"}
+        assert changed == {
+            "pool/head.json",
+            "pool/head.prev.json",
+            "pool/rounds/round_001.parquet",
+        }
         written[n] = {k: after[k] for k in changed}
         assert "s00011" not in after["pool/head.json"].decode()  # no image list in the head
     assert written[20] == written[20000]  # the same bytes for a pool 1000x larger
@@ -195,8 +199,8 @@ def test_a_failed_write_changes_nothing_and_a_stale_delta_is_overwritten(tmp_pat
         holder.state.commit(0, {"s00003": [0]}, [1, 0, 0], persist=crash)
     assert holder.state.committed_rounds == [] and holder.state.acquired == {}
     os.makedirs(os.path.dirname(layout.pool_round(0)))
-    with open(layout.pool_round(0), "w") as handle:  # left by a commit that died before its head
-        handle.write('{"sample_ids": ["s00009"], "counts": [1], "regions": [3]}')
+    with open(layout.pool_round(0), "wb") as handle:  # left by a commit that died before its head
+        handle.write(delta_bytes(RoundSelection.of({"s00009": [3]}), 0))
     assert load_state(layout, _pool().sizes).committed_rounds == []  # not named by any head
     holder.commit(0, {"s00003": [0]}, [1, 0, 0])
     assert load_state(layout, _pool().sizes).acquired == {"s00003": [0]}
@@ -209,10 +213,37 @@ def test_reload_refuses_deltas_that_do_not_fit(tmp_path):
     smaller = ImageSizes([f"s{k:05d}" for k in range(12) if k != 3], [30] * 11, [30] * 11)
     with pytest.raises(PoolStateError, match="does not fit this dataset"):
         load_state(layout, smaller)
-    with open(layout.pool_round(0), "w") as handle:
-        handle.write('{"sample_ids": ["s00004"], "counts": [1], "regions": [0]}')
+    with open(layout.pool_round(0), "wb") as handle:
+        handle.write(delta_bytes(RoundSelection.of({"s00004": [0]}), 0))
     with pytest.raises(PoolStateError, match="not the selection the head committed"):
         load_state(layout, _pool().sizes)
+
+
+def test_json_deltas_of_runs_begun_before_parquet_are_read(tmp_path):
+    """Run format 3 as the previous s4al-ray wrote it: the head names rounds/round_XXX.json,
+    JSON columns. It is continued as is; new rounds are written as parquet beside it."""
+    import json
+
+    layout = RunLayout(str(tmp_path))
+    holder = PoolStateHolder(layout, _pool(), {})
+    holder.commit(0, {"s00003": [0, 2], "s00005": [1]}, [1, 0, 0])
+    expected = holder.state
+    os.remove(layout.pool_round(0))
+    with open(layout.pool_file("rounds/round_000.json"), "w") as handle:
+        json.dump({"version": 2, "round": 0, "sample_ids": ["s00003", "s00005"],
+                   "counts": [2, 1], "regions": [0, 2, 1]}, handle)  # fmt: skip
+    for uri in (layout.pool_head, layout.pool_head_previous):
+        text = open(uri).read().replace("round_000.parquet", "round_000.json")
+        open(uri, "w").write(text)
+    again = PoolStateHolder(layout, _pool(), {})
+    assert again.state == expected
+    again.commit(1, {"s00004": [1]}, [0, 1, 0])
+    assert os.path.exists(layout.pool_round(1)) and layout.pool_round(1).endswith(".parquet")
+    assert load_state(layout, _pool().sizes).acquired == {
+        "s00003": [0, 2],
+        "s00004": [1],
+        "s00005": [1],
+    }
 
 
 def test_before_and_with_entry():
@@ -278,3 +309,21 @@ def test_damaged_last_delta_falls_back_to_the_previous_head(tmp_path, capsys):
     os.remove(layout.pool_labeled)
     with pytest.raises(PoolStateError, match="labeled.json is unreadable"):
         load_state(layout, _pool().sizes, warn=lambda line: None)
+
+
+def test_acquired_bits_set_in_any_order_are_exactly_those_added():
+    """``AcquiredRegions.add`` ORs one byte per run of sorted bits: random, unsorted sets of
+    new bits, sharing bytes, against a plain boolean array."""
+    from s4al_ray.pool.index import AcquiredRegions, RegionIndex
+
+    sizes = ImageSizes(["a", "b", "c"], [64, 40, 64], [64, 64, 30])
+    index = RegionIndex(sizes, 8)
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        acquired, expected = AcquiredRegions.empty(sizes, index), np.zeros(index.num_bytes * 8)
+        for _ in range(2):
+            free = np.flatnonzero(expected == 0)
+            bits = rng.choice(free, int(rng.integers(0, 40)), replace=False)
+            acquired.add(bits, np.empty(0, np.int64), np.empty(0, np.int64))
+            expected[bits] = 1
+        np.testing.assert_array_equal(np.unpackbits(acquired.bits, bitorder="little"), expected)

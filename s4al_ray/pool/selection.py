@@ -2,7 +2,7 @@
 
 A round at 10^6 images selects ~5 million regions: as a dict of lists that is hundreds of MB of
 Python objects and seconds to hash or serialise; as ``ids`` (sorted), ``starts`` and ``regions``
-it is a few arrays, hashed, pickled and written as JSON columns in well under a second.
+it is a few arrays, hashed, pickled and written as one parquet file in well under a second.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ class RoundSelection(Mapping):
 
     @classmethod
     def from_columns(cls, ids: list[str], counts, regions) -> "RoundSelection":
-        """From the JSON columns; regions are sorted again (a file is not trusted to be)."""
+        """From a delta file's columns; regions are sorted again (a file is not trusted to be)."""
         ids = list(ids)
         if any(a >= b for a, b in zip(ids, ids[1:])):
             raise ValueError("selection columns: sample ids not sorted and distinct")
@@ -87,14 +87,6 @@ class RoundSelection(Mapping):
             h.update(self.regions.astype("<i8").tobytes())
             self._digest = h.hexdigest()[:16]
         return self._digest
-
-    def columns(self) -> dict:
-        """The JSON form (what a round's delta file holds)."""
-        return {
-            "sample_ids": self.ids,
-            "counts": self.counts.tolist(),
-            "regions": self.regions.tolist(),
-        }
 
     # -- the Mapping interface, for code that reads a selection as a dict
     def __getitem__(self, sample_id: str) -> list[int]:

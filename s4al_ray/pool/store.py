@@ -1,7 +1,8 @@
 """The pool state on storage: a small head, the labeled ids, one delta file per committed round.
 
     pool/labeled.json            the fully labeled ids, written once when the run starts
-    pool/rounds/round_XXX.json   one round's selection (as columns), written before its head
+    pool/rounds/round_XXX.parquet  one round's selection (a row per image: its id and regions),
+                                 written before its head (runs begun before it: .json columns)
     pool/head.json               version, region size, classes, initial class pixels and, per
                                  committed round, its digest, counts and delta file name
     pool/head.prev.json          the head before the last commit (used if the head is damaged)
@@ -17,6 +18,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from s4al_ray import storage
 from s4al_ray.config import ConfigError
@@ -69,8 +74,15 @@ def labeled_digest(labeled: list[str]) -> str:
     return hashlib.sha256("\n".join(labeled).encode()).hexdigest()[:16]
 
 
-def head_text(layout: RunLayout, state: PoolState, ledger: list[dict] | None = None) -> str:
-    """The head of ``state`` (or of ``state`` with ``ledger`` as its rounds)."""
+def head_text(
+    layout: RunLayout,
+    state: PoolState,
+    ledger: list[dict] | None = None,
+    deltas: dict[int, str] | None = None,
+) -> str:
+    """The head of ``state`` (or of ``state`` with ``ledger`` as its rounds); ``deltas``: the
+    file names of rounds already written (a run begun before parquet deltas has .json ones)."""
+    deltas = deltas or {}
     rounds = [
         {
             "round": e["round"],
@@ -79,7 +91,7 @@ def head_text(layout: RunLayout, state: PoolState, ledger: list[dict] | None = N
             "regions": e["regions"],
             "images": e["images"],
             "class_pixels": e["class_pixels"],
-            "delta": layout.pool_round_name(e["round"]),
+            "delta": deltas.get(e["round"], layout.pool_round_name(e["round"])),
         }
         for e in (state.ledger if ledger is None else ledger)
     ]
@@ -94,13 +106,36 @@ def head_text(layout: RunLayout, state: PoolState, ledger: list[dict] | None = N
     return json.dumps(head, indent=1)
 
 
+def delta_bytes(chosen: RoundSelection, round_index: int) -> bytes:
+    """A round's delta file: parquet, one row per image (``sample_id``, ``regions``), the round
+    and digest in its metadata. A 5-million-region round: ~0.1 s, where JSON took ~0.9 s."""
+    regions = pa.LargeListArray.from_arrays(
+        pa.array(chosen.starts, pa.int64()), pa.array(chosen.regions, pa.int32())
+    )
+    table = pa.table({"sample_id": pa.array(chosen.ids, pa.string()), "regions": regions})
+    meta = {"version": STATE_VERSION, "round": int(round_index), "digest": chosen.digest}
+    table = table.replace_schema_metadata({"s4al": json.dumps(meta)})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
+
+
+def read_delta(uri: str) -> RoundSelection:
+    """A delta file, parquet or (runs begun before it) JSON columns; its regions are sorted
+    again and its ids checked sorted: a file is not trusted."""
+    if uri.endswith(".json"):
+        delta = json.loads(storage.read_text(uri))
+        return RoundSelection.from_columns(delta["sample_ids"], delta["counts"], delta["regions"])
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    regions = table.column("regions").combine_chunks()
+    counts = np.diff(regions.offsets.to_numpy())
+    values = regions.values.to_numpy(zero_copy_only=False)
+    return RoundSelection.from_columns(table.column("sample_id").to_pylist(), counts, values)
+
+
 def _write_delta(layout: RunLayout, entry: dict) -> None:
     chosen = RoundSelection.of(entry["selection"])
-    delta = {"version": STATE_VERSION, "round": entry["round"], "digest": chosen.digest}
-    storage.write_text(
-        layout.pool_round(entry["round"]),
-        json.dumps({**delta, **chosen.columns()}, separators=(",", ":")),
-    )
+    storage.write_bytes(layout.pool_round(entry["round"]), delta_bytes(chosen, entry["round"]))
 
 
 def write_initial(layout: RunLayout, state: PoolState) -> str:
@@ -119,7 +154,8 @@ def write_commit(layout: RunLayout, state: PoolState, entry: dict, previous_head
     """Persist ``entry`` as the next round of ``state``; returns the new head. ``previous_head``
     is the last head known good (not re-read: it may be the damaged one)."""
     _write_delta(layout, entry)
-    head = head_text(layout, state, [*state.ledger, entry])
+    written = {m["round"]: m["delta"] for m in json.loads(previous_head)["rounds"]}
+    head = head_text(layout, state, [*state.ledger, entry], written)
     storage.write_text(layout.pool_head_previous, previous_head)
     storage.write_text(layout.pool_head, head)
     return head
@@ -196,11 +232,8 @@ def _build(layout: RunLayout, head: dict, sizes: ImageSizes) -> PoolState:
     for meta in head["rounds"]:
         uri = layout.pool_file(meta["delta"])
         try:
-            delta = json.loads(storage.read_text(uri))
-            chosen = RoundSelection.from_columns(
-                delta["sample_ids"], delta["counts"], delta["regions"]
-            )
-        except (ValueError, KeyError, TypeError, FileNotFoundError) as err:
+            chosen = read_delta(uri)
+        except (ValueError, KeyError, TypeError, FileNotFoundError, pa.ArrowException) as err:
             raise DamagedPoolFile(
                 f"{uri}: round {meta['round']}'s selection is unreadable ({str(err)[:80]})"
             ) from err
