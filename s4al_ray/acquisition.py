@@ -238,8 +238,10 @@ def select(
         pos += int(smaller[0])
     chosen = np.concatenate(taken) if taken else np.empty(0, np.int64)
     span = int(candidates.region.max(initial=0)) + 1
-    chosen = chosen[np.argsort(candidates.image[chosen] * span + candidates.region[chosen])]
-    images, regions = candidates.image[chosen], candidates.region[chosen]  # by id, then region
+    # By id, then region: the (image, region) keys are distinct, so sorting the keys themselves
+    # (5M at 10^6 images: ~0.35 s, against ~0.95 s for an argsort) gives both columns back.
+    keys = np.sort(candidates.image[chosen].astype(np.int64) * span + candidates.region[chosen])
+    images, regions = np.divmod(keys, span)
     starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]]) if images.size else []
     names = [ids[k] for k in images[starts].tolist()]
     return RoundSelection(names, np.r_[starts, images.size], regions.astype(np.int32))

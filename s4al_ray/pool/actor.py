@@ -15,7 +15,13 @@ from s4al_ray.layout import RunLayout
 from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.oracle import SimulatedOracle
 from s4al_ray.pool.state import PoolState, Selection
-from s4al_ray.pool.store import check_format, read_state, write_commit, write_initial
+from s4al_ray.pool.store import (
+    check_format,
+    read_state,
+    warm_parquet_writer,
+    write_commit,
+    write_initial,
+)
 
 NAMESPACE = "s4al_ray"
 
@@ -41,6 +47,7 @@ class PoolStateHolder:
         else:
             self.state, self._head = loaded
         self.oracle = SimulatedOracle(mask_uris, self.state.num_classes)
+        warm_parquet_writer()
 
     def snapshot(self) -> PoolState:
         """The committed state. Through Ray the caller gets a copy (Ray pickles it); a caller

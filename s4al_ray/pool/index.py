@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import ItemsView, Iterable, Iterator, Mapping
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 # Images whose bits are unpacked at once when all acquired regions are listed (bounds the
 # temporary: ~512 regions an image, so ~32 MB of booleans).
@@ -62,9 +64,6 @@ class ImageSizes(Mapping):
         """Positions of ``sample_ids``; KeyError names the first that is not a train image.
         One hashed lookup in arrow (a round's ~10^6 ids: ~0.1 s, against 0.6 s through the
         dict), which needs no id -> position dict in this process at all."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
         if self._arrow_ids is None:
             self._arrow_ids = pa.array(self.ids, pa.string())
         found = pc.index_in(pa.array(sample_ids, pa.string()), value_set=self._arrow_ids)

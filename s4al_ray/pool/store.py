@@ -120,6 +120,12 @@ def delta_bytes(chosen: RoundSelection, round_index: int) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def warm_parquet_writer() -> None:
+    """The first parquet write of a process sets the writer up (~0.3 s here): done when the
+    pool actor starts, so round 0's commit does not pay it."""
+    pq.write_table(pa.table({"warm": pa.array([], pa.int8())}), pa.BufferOutputStream())
+
+
 def read_delta(uri: str) -> RoundSelection:
     """A delta file, parquet or (runs begun before it) JSON columns; its regions are sorted
     again and its ids checked sorted: a file is not trusted."""
