@@ -31,12 +31,10 @@ from s4al_ray.evaluate import (
     predict_labels,
     split_fields,
 )
-from s4al_ray.model import model_from_config
-from s4al_ray.model.weights import load_checkpoint
 from s4al_ray.progress import post_images
 from s4al_ray.storage import check_node_access
 from s4al_ray.teacher import size_groups
-from s4al_ray.teacher_stages import cached_in_worker, model_stage
+from s4al_ray.teacher_stages import cached_in_worker, load_pass_model, model_stage
 
 
 @dataclass(frozen=True)
@@ -71,13 +69,8 @@ class ScoringModel:
     """Stage 2: the checkpoint, loaded once per actor (or per task process)."""
 
     def __init__(self, job: ScoringJob) -> None:
-        torch.set_num_threads(job.cpus_per_worker)
         self.job = job
-        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-        model = model_from_config(job.model, job.num_classes, pretrained="none")
-        check_node_access(job.checkpoint_uri)
-        load_checkpoint(model, job.checkpoint_uri)
-        self.model = model.to(self.device).eval()
+        self.model, self.device = load_pass_model(job)
         self.keep = set(job.predictions)
 
     def __call__(self, batch: dict) -> dict:

@@ -129,17 +129,24 @@ def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) 
     return total / (len(scales) * (2 if flip else 1))
 
 
+def load_pass_model(job) -> tuple[torch.nn.Module, torch.device]:
+    """A pass's model stage set-up (the teacher's, or ``scoring``'s): its CPU threads, its
+    device, and ``job.checkpoint_uri`` loaded in eval mode (a node without access fails by
+    name)."""
+    torch.set_num_threads(job.cpus_per_worker)
+    device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
+    model = model_from_config(job.model, job.num_classes, pretrained="none")
+    check_node_access(job.checkpoint_uri)
+    load_checkpoint(model, job.checkpoint_uri)
+    return model.to(device).eval(), device
+
+
 class TeacherModel:
     """Stage 2: the round's student as teacher, loaded once per actor (or per task process)."""
 
     def __init__(self, job: TeacherJob) -> None:
-        torch.set_num_threads(job.cpus_per_worker)
         self.job = job
-        self.device = torch.device("cuda" if job.use_gpu and torch.cuda.is_available() else "cpu")
-        model = model_from_config(job.model, job.num_classes, pretrained="none")
-        check_node_access(job.checkpoint_uri)
-        load_checkpoint(model, job.checkpoint_uri)
-        self.model = model.to(self.device).eval()
+        self.model, self.device = load_pass_model(job)
         self.score = get_score(job.score)
         weights = job.class_weights
         self.class_weights = None if weights is None else torch.tensor(weights).to(self.device)

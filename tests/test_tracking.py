@@ -182,34 +182,6 @@ def test_a_sweep_is_one_parent_mlflow_run_with_a_child_per_trial(
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val/miou")] == [0]
 
 
-# -- W&B, offline (no key): its run files read back with W&B's own protobuf schema
-
-
-def _wandb_records(path: str) -> list:
-    """The records of a ``.wandb`` file: W&B's 7-byte header, then LevelDB-log framing (32 KiB
-    blocks; each chunk: CRC (4), length (2), type (1: full, 2: first, 3: middle, 4: last))
-    around ``wandb_internal_pb2.Record`` messages."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = open(path, "rb").read()
-    assert data[:4] == b":W&B"
-    block, pos, pending, records = 32768, 7, b"", []
-    while pos + 7 <= len(data):
-        left = block - pos % block
-        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
-        if left < 7 or (length == 0 and kind == 0):  # the block's zero padding
-            pos += left
-            continue
-        pending += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending)
-            records.append(record)
-            pending = b""
-    return records
-
-
 # -- W&B's offline run files, read back with W&B's own protobuf schema
 
 
