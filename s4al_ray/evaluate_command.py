@@ -41,7 +41,7 @@ def resolve_checkpoint(layout: RunLayout, value: str) -> CheckpointChoice:
                 f"--checkpoint {value}: round {r} has no checkpoint in {layout.run_dir}; "
                 f"rounds with one: {listed} (or last)"
             )
-        return CheckpointChoice(layout.checkpoint(r), f"round_{r:03d}")
+        return CheckpointChoice(layout.checkpoint(r), layout.round_label(r))
     uri = value if value.startswith("s3://") else storage.absolute(value)
     if storage.is_dir(uri):  # a Ray Train checkpoint directory
         from s4al_ray.student import MODEL_FILE

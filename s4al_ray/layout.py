@@ -15,7 +15,8 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     report/                           report.html and its figures
     evaluate/<split>_<checkpoint>/    a checkpoint's scores on a split (python run.py evaluate)
     tensorboard/                      TensorBoard event files (tracking: [tensorboard])
-    tracking.json                     the tracked run's id (MLflow), so a resume continues it
+    wandb/                            W&B's run files (tracking: [wandb], offline without a key)
+    tracking.json                     the tracked runs' ids (MLflow, W&B): a resume continues them
 """
 
 from __future__ import annotations
@@ -163,13 +164,23 @@ class RunLayout:
     def tensorboard_dir(self) -> str:
         return self.path("tensorboard")
 
+    @property
+    def wandb_dir(self) -> str:
+        """W&B's ``wandb/`` folder (offline runs, ``tracking: [wandb]``)."""
+        return self.path("wandb")
+
     # -- checkpoints scored by ``python run.py evaluate`` (and the last round's test split)
     def evaluation(self, split: str, checkpoint_label: str) -> str:
         return self.path("evaluate", f"{split}_{checkpoint_label}")
 
     def round_evaluation(self, split: str, r: int) -> str:
         """Round ``r``'s student scored on ``split``."""
-        return self.evaluation(split, _round(r))
+        return self.evaluation(split, self.round_label(r))
+
+    @staticmethod
+    def round_label(r: int) -> str:
+        """``round_003``: how a round is named in the run directory's files."""
+        return _round(r)
 
     # -- scratch space (benchmarks)
     def scratch(self, *parts: str) -> str:

@@ -133,22 +133,22 @@ def params_of(cfg: ExperimentConfig) -> dict[str, str]:
     return {k: str(v) for k, v in sorted(flatten(to_dict(cfg)).items())}
 
 
+def local_file(uri: str, staging: str, name: str) -> str:
+    """A local path of ``uri`` for a tracker's client (they upload local files): ``uri`` itself
+    when it is local, else a copy at ``staging``/``name``."""
+    if not storage.is_s3(uri):
+        return uri
+    local = os.path.join(staging, name)
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with open(local, "wb") as handle:
+        handle.write(storage.read_bytes(uri))
+    return local
+
+
 def local_artefacts(layout: RunLayout, staging: str) -> list[tuple[str, str]]:
-    """(local file, name) of each of ``ARTEFACTS`` the run has: the file itself when the run is
-    local, else a copy under ``staging`` (the trackers' clients upload local files)."""
-    found = []
-    for name in ARTEFACTS:
-        uri = layout.path(*name.split("/"))
-        if not storage.exists(uri):
-            continue
-        if storage.is_s3(uri):
-            local = os.path.join(staging, name)
-            os.makedirs(os.path.dirname(local), exist_ok=True)
-            with open(local, "wb") as handle:
-                handle.write(storage.read_bytes(uri))
-            uri = local
-        found.append((uri, name))
-    return found
+    """(local file, name) of each of ``ARTEFACTS`` the run has (``local_file``)."""
+    uris = [(layout.path(*name.split("/")), name) for name in ARTEFACTS]
+    return [(local_file(uri, staging, name), name) for uri, name in uris if storage.exists(uri)]
 
 
 class RunMLflow:
@@ -159,32 +159,18 @@ class RunMLflow:
     ) -> None:
         self.layout, self.epochs = layout, cfg.train.epochs
         self.client = mlflow_client(cfg)
-        self.run_id = tracked_ids(layout.tracking).get("mlflow_run_id")
-        if self.run_id is None:
-            tags = {}
-            if parent is not None and parent.mlflow_run_id:
-                tags["mlflow.parentRunId"] = parent.mlflow_run_id  # MLflow's nested runs
-            experiment = mlflow_experiment(self.client, cfg.tracking_project)
-            run = self.client.create_run(experiment, run_name=cfg.name, tags=tags)
-            self.run_id = run.info.run_id
-            keep_tracked_id(layout.tracking, "mlflow_run_id", self.run_id)
-            log_mlflow_params(self.client, self.run_id, params_of(cfg))
-        else:
-            self.client.update_run(self.run_id, status="RUNNING")
-
-    def _log(self, step: int, values: dict[str, float]) -> None:
-        from mlflow.entities import Metric
-
-        now = int(time.time() * 1000)
-        metrics = [Metric(k, v, now, step) for k, v in values.items()]
-        for start in range(0, len(metrics), 1000):
-            self.client.log_batch(self.run_id, metrics=metrics[start : start + 1000])
+        tags = {}
+        if parent is not None and parent.mlflow_run_id:
+            tags["mlflow.parentRunId"] = parent.mlflow_run_id  # MLflow's nested runs
+        self.run_id = open_mlflow_run(
+            self.client, layout.tracking, cfg.tracking_project, cfg.name, tags, params_of(cfg)
+        )
 
     def epoch(self, r: int, report: dict) -> None:
-        self._log(*epoch_scalars(r, report, self.epochs))
+        log_mlflow_metrics(self.client, self.run_id, *epoch_scalars(r, report, self.epochs))
 
     def round(self, record: dict) -> None:
-        self._log(*round_scalars(record))
+        log_mlflow_metrics(self.client, self.run_id, *round_scalars(record))
         with tempfile.TemporaryDirectory(prefix="s4al-mlflow-") as staging:
             for local, name in local_artefacts(self.layout, staging):
                 self.client.log_artifact(self.run_id, local, os.path.dirname(name) or None)
@@ -205,6 +191,30 @@ def mlflow_experiment(client, name: str) -> str:
     return experiment.experiment_id if experiment is not None else client.create_experiment(name)
 
 
+def open_mlflow_run(
+    client, ids_uri: str, project: str, name: str, tags: dict, params: dict[str, str]
+) -> str:
+    """The id of the MLflow run kept in ``ids_uri`` (``tracking.json``), set running again; or
+    of a new run in experiment ``project`` with these tags and params, kept there."""
+    run_id = tracked_ids(ids_uri).get("mlflow_run_id")
+    if run_id is not None:
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    run = client.create_run(mlflow_experiment(client, project), run_name=name, tags=tags)
+    keep_tracked_id(ids_uri, "mlflow_run_id", run.info.run_id)
+    log_mlflow_params(client, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_mlflow_metrics(client, run_id: str, step: int, values: dict[str, float]) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, v, now, step) for k, v in values.items()]
+    for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+
+
 def log_mlflow_params(client, run_id: str, params: dict[str, str]) -> None:
     from mlflow.entities import Param
 
@@ -216,8 +226,7 @@ def log_mlflow_params(client, run_id: str, params: dict[str, str]) -> None:
 def wandb_mode() -> str:
     """``WANDB_MODE`` when set; online when a key is present (``WANDB_API_KEY``, or the netrc
     entry ``wandb login`` writes for ``WANDB_BASE_URL``'s host, in ``NETRC`` or ~/.netrc);
-    else offline. Only whether a
-    key exists is looked at, never its value."""
+    else offline. Only whether a key exists is looked at, never its value."""
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     if os.environ.get("WANDB_API_KEY"):
@@ -239,7 +248,7 @@ class RunWandb:
         import wandb
 
         self.layout, self.epochs, self.endpoint = layout, cfg.train.epochs, cfg.s3_endpoint
-        self.target = layout.path("wandb")
+        self.target = layout.wandb_dir
         self.on_s3 = storage.is_s3(layout.run_dir)
         # W&B writes <dir>/wandb/: on S3 into a local folder, copied up after each round.
         self.local = tempfile.mkdtemp(prefix="s4al-wandb-") if self.on_s3 else layout.run_dir
@@ -305,19 +314,14 @@ class SweepTracking:
     def __init__(
         self, base: ExperimentConfig, name: str, sweep_uri: str, params: dict[str, str]
     ) -> None:
-        self.ids_uri = storage.join(sweep_uri, "tracking.json")
         self.client, run_id = None, None
         if "mlflow" in base.tracking:
             self.client = mlflow_client(base)
-            run_id = tracked_ids(self.ids_uri).get("mlflow_run_id")
-            if run_id is None:
-                experiment = mlflow_experiment(self.client, base.tracking_project)
-                run = self.client.create_run(experiment, run_name=name, tags={"s4al.sweep": name})
-                run_id = run.info.run_id
-                keep_tracked_id(self.ids_uri, "mlflow_run_id", run_id)
-                log_mlflow_params(self.client, run_id, params)
-            else:
-                self.client.update_run(run_id, status="RUNNING")
+            ids_uri = storage.join(sweep_uri, "tracking.json")
+            tags = {"s4al.sweep": name}
+            run_id = open_mlflow_run(
+                self.client, ids_uri, base.tracking_project, name, tags, params
+            )
         self.parent = TrackingParent(run_id, name)
 
     def close(self, best: dict[str, float], files: list[str], ok: bool = True) -> None:
@@ -325,20 +329,12 @@ class SweepTracking:
         if self.client is None:
             return
         run_id = self.parent.mlflow_run_id
-        now = int(time.time() * 1000)
-        from mlflow.entities import Metric
-
-        metrics = [Metric(k, v, now, 0) for k, v in best.items() if math.isfinite(v)]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        finite = {k: v for k, v in best.items() if math.isfinite(v)}
+        log_mlflow_metrics(self.client, run_id, 0, finite)
         with tempfile.TemporaryDirectory(prefix="s4al-mlflow-") as staging:
-            for uri in files:
-                if not storage.exists(uri):
-                    continue
-                local = os.path.join(staging, uri.rsplit("/", 1)[-1])
-                with open(local, "wb") as handle:
-                    handle.write(storage.read_bytes(uri))
-                self.client.log_artifact(run_id, local)
+            for uri in filter(storage.exists, files):
+                name = uri.rsplit("/", 1)[-1]
+                self.client.log_artifact(run_id, local_file(uri, staging, name))
         self.client.set_terminated(run_id, "FINISHED" if ok else "FAILED")
 
 

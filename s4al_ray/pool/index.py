@@ -190,7 +190,8 @@ class AcquiredRegions(Mapping):
         if bits.size == 0:
             return
         if not (bits[1:] > bits[:-1]).all():
-            bits = np.sort(bits)  # ordered by id, not by position: a selection is sorted anyway
+            # A selection's regions come in id order, which need not be the sizes' order.
+            bits = np.sort(bits)
         byte = bits >> 3
         first = np.flatnonzero(np.concatenate([[True], byte[1:] != byte[:-1]]))
         # One OR per byte touched (ufunc.at, one per bit, took 0.3 s for a 5M-region round).
