@@ -1,4 +1,5 @@
-"""``python run.py annotate --import <folder>``: commit human annotations of a query package."""
+"""``python run.py annotate --import <source>``: commit human annotations of a query package
+(a folder of PNG masks, a Label Studio JSON export or a CVAT for images 1.1 export)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import sys
 
 import ray
 
+from s4al_ray import storage
 from s4al_ray.config import ConfigError, ExperimentConfig
 from s4al_ray.experiment import Experiment
 from s4al_ray.pool.actor import pool_snapshot
@@ -15,25 +17,33 @@ from s4al_ray.runtime import connect
 
 
 def import_annotations(
-    cfg: ExperimentConfig, folder: str, address: str | None = None, log=print
+    cfg: ExperimentConfig, source: str, address: str | None = None, log=print
 ) -> dict:
-    """Check the masks in ``folder`` against the pending query and commit them through the pool
-    actor. Raises AnnotationError (nothing committed) when a mask is missing or incomplete."""
+    """Check the answers in ``source`` against the pending query and commit them through the
+    pool actor. Raises AnnotationError (nothing committed) when an answer is missing or
+    incomplete. Once a round is committed, importing again changes nothing."""
     experiment = Experiment(cfg, log=log)
     experiment.preflight()
     connect(cfg, address)
     with hold_run_lock(experiment.layout, cfg.name):  # never beside a running driver
-        return _commit_answers(experiment, folder, log)
+        return _commit_answers(experiment, source, log)
 
 
-def _commit_answers(experiment: Experiment, folder: str, log) -> dict:
+def _commit_answers(experiment: Experiment, source: str, log) -> dict:
     experiment.prepare()
     state = pool_snapshot(experiment.pool)
     round_index = pending_round(experiment.layout, state)
     if round_index is None:
-        raise AnnotationError(f"{experiment.run_dir} has no query waiting for annotations")
+        asked = [e for e in state.ledger if storage.exists(experiment.layout.queries(e["round"]))]
+        if not asked:
+            raise AnnotationError(f"{experiment.run_dir} has no query waiting for annotations")
+        log(
+            f"[annotate] round {asked[-1]['round']}'s annotations are already committed: nothing "
+            "changed. Continue with: python run.py <same config and options>"
+        )
+        return asked[-1]
     selection, class_pixels, masks = read_answers(
-        experiment.layout, round_index, folder, experiment.data.num_classes
+        experiment.layout, round_index, source, experiment.data.num_classes
     )
     store_labels(experiment.layout, state, masks, selection)
     entry = ray.get(experiment.pool.commit.remote(round_index, selection, class_pixels))
@@ -45,15 +55,19 @@ def _commit_answers(experiment: Experiment, folder: str, log) -> dict:
     return entry
 
 
-def annotate_command(cfg: ExperimentConfig, folder: str | None, address: str | None) -> int:
-    if not folder:
-        print("error: annotate needs --import <folder of PNG masks>", file=sys.stderr)
+def annotate_command(cfg: ExperimentConfig, source: str | None, address: str | None) -> int:
+    if not source:
+        print(
+            "error: annotate needs --import <folder of PNG masks | Label Studio .json export | "
+            "CVAT .xml/.zip export>",
+            file=sys.stderr,
+        )
         return 2
     from s4al_ray.data.folder import DatasetError
     from s4al_ray.storage import StorageError
 
     try:
-        import_annotations(cfg, folder, address)
+        import_annotations(cfg, source, address)
     except (AnnotationError, ConfigError, DatasetError, StorageError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ COMMANDS = {
     "run": "the active semi-supervised round loop (default)",
     "prepare": "prepare (cache) the dataset and check every sample; no Ray",
     "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
-    "annotate": "annotate --import FOLDER: commit annotators' masks (oracle: manual)",
+    "annotate": "annotate --import SOURCE: commit annotators' answers (oracle: manual)",
     "evaluate": "evaluate --checkpoint ROUND|last|FILE [--split test]: score a checkpoint",
     "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)",
 }
@@ -97,8 +97,9 @@ def _parser(command: str) -> argparse.ArgumentParser:
             "--import",
             dest="import_dir",
             default=None,
-            metavar="FOLDER",
-            help="the folder of returned PNG masks",
+            metavar="SOURCE",
+            help="the annotators' answers: a folder of PNG masks, a Label Studio JSON export "
+            "(.json) or a CVAT for images 1.1 export (.xml, or the .zip CVAT downloads)",
         )
     if command == "evaluate":
         parser.add_argument(

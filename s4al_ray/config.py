@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from s4al_ray.config_schema import (
     AcquisitionConfig,
+    AnnotationConfig,
     DataConfig,
     ExperimentConfig,
     LoopConfig,
@@ -42,6 +43,7 @@ __all__ = [
     "RecoConfig",
     "TeacherConfig",
     "AcquisitionConfig",
+    "AnnotationConfig",
     "LoopConfig",
     "RayConfig",
     "ExperimentConfig",

@@ -221,6 +221,22 @@ class LoopConfig:
 
 
 @dataclass
+class AnnotationConfig:
+    tool: str = setting(
+        "folder",
+        choices=("folder", "label_studio", "cvat"),
+        doc="oracle=manual: the query package's format. folder = PNG masks painted by hand; "
+        "label_studio = a task import + labeling config with the teacher's pseudo-labels as "
+        "predictions; cvat = images + CVAT for images 1.1 XML with them as pre-annotations",
+    )
+    local_files_root: str = setting(
+        "/",
+        doc="label_studio with a local run: the directory Label Studio serves local files "
+        "from (its LOCAL_FILES_DOCUMENT_ROOT); task image URLs are relative to it",
+    )
+
+
+@dataclass
 class RayConfig:
     address: str = setting("", doc="cluster address; empty = RAY_ADDRESS or a new local Ray")
     num_cpus: int = setting(0, lo=0, doc="local Ray only; 0 = all cores")
@@ -277,4 +293,5 @@ class ExperimentConfig:
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
+    annotation: AnnotationConfig = field(default_factory=AnnotationConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -1,4 +1,5 @@
-"""The manual oracle: stop with a query package, refuse bad masks, commit good ones, continue."""
+"""The manual oracle: stop with a query package, refuse bad masks, commit good ones, continue.
+The run writes a Label Studio import beside it, and the good answers come back as its export."""
 
 from __future__ import annotations
 
@@ -28,6 +29,26 @@ def _answer(run_dir: str, folder, data_root: str, edit=None) -> dict:
     return query
 
 
+def _label_studio_export(tasks: list[dict], query: dict, data_root: str) -> list[dict]:
+    """A Label Studio export of ``tasks`` after an annotator painted each requested region's
+    ground truth with the brush (one brush region per class, in Label Studio's RLE)."""
+    from s4al_ray.pool.label_studio import brush_result
+
+    exported = []
+    for number, (t, image) in enumerate(zip(tasks, query["images"]), start=1):
+        truth = np.array(Image.open(os.path.join(data_root, "masks", f"{image['sample_id']}.png")))
+        inside = np.zeros(truth.shape, dtype=bool)
+        for region in image["regions"]:
+            y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
+            inside[y0:y1, x0:x1] = True
+        result = [
+            brush_result(inside & (truth == c), query["classes"][c])
+            for c in np.unique(truth[inside])
+        ]
+        exported.append({**t, "id": number, "annotations": [{"id": number, "result": result}]})
+    return exported
+
+
 def _state_of(cfg) -> PoolState:
     """The pool state as a rerun driver loads it from the run directory."""
     from s4al_ray.data.registry import load_dataset
@@ -42,7 +63,14 @@ def _state_of(cfg) -> PoolState:
 def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
     cfg = load_config(
         "configs/smoke.yaml",
-        [f"storage={tmp_path}", f"data.root={smoke_data_root}", "name=manual", "oracle=manual"],
+        [
+            f"storage={tmp_path}",
+            f"data.root={smoke_data_root}",
+            "name=manual",
+            "oracle=manual",
+            "annotation.tool=label_studio",
+            f"annotation.local_files_root={smoke_data_root}",
+        ],
     )
     run_dir = str(tmp_path / "manual")
     lines: list[str] = []
@@ -76,9 +104,19 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
             import_annotations(cfg, str(folder), log=lambda line: None)
         assert _state_of(cfg).ledger == before.ledger  # refused: the pool is unchanged
 
-    good = tmp_path / "good"
-    _answer(run_dir, good, smoke_data_root)
-    entry = import_annotations(cfg, str(good), log=lambda line: None)
+    # The tasks carry the round's pseudo-labels inside the requested regions; the annotator
+    # replaces them with the ground truth and Label Studio exports the project.
+    tasks = json.load(open(os.path.join(package, "label_studio", "tasks.json")))
+    assert [t["data"]["sample_id"] for t in tasks] == [i["sample_id"] for i in query["images"]]
+    assert all(t["data"]["image"].startswith("/data/local-files/?d=images/") for t in tasks)
+    assert all(t["predictions"][0]["model_version"] == "round_000" for t in tasks)
+    assert any(r["type"] == "brushlabels" for t in tasks for r in t["predictions"][0]["result"])
+    export = tmp_path / "project-1-export.json"
+    export.write_text(json.dumps(_label_studio_export(tasks, query, smoke_data_root)))
+    entry = import_annotations(cfg, str(export), log=lambda line: None)
+    again = []
+    assert import_annotations(cfg, str(export), log=again.append) == entry  # a no-op
+    assert "already committed: nothing changed" in again[-1]
     after = _state_of(cfg)
     requested = sum(
         int(after.grid(i["sample_id"]).areas[[r["index"] for r in i["regions"]]].sum())

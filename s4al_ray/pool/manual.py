@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -53,8 +53,9 @@ def write_query_package(
     state: PoolState,
     items: dict[str, dict],
     classes: list[str],
+    tool: ToolPackage | None = None,
 ) -> str:
-    """Write the package for ``selection``; returns its URI."""
+    """Write the package for ``selection`` (and ``tool``'s files beside it); returns its URI."""
     package = layout.queries(round_index)
     images = []
     for sample_id, regions in sorted(selection.items()):
@@ -84,7 +85,42 @@ def write_query_package(
     }
     storage.write_text(storage.join(package, "README.txt"), _instructions(classes))
     storage.write_text(storage.join(package, "query.json"), json.dumps(query, indent=1))
+    if tool is not None:
+        tool.write(package, query)
     return package
+
+
+@dataclass
+class ToolPackage:
+    """An annotation tool's import written beside the query package: the tool, the dataset's
+    colours, and the teacher's pseudo-label of each queried image (its pre-annotation)."""
+
+    tool: str  # label_studio | cvat
+    colors: list[tuple[int, int, int]]
+    pseudo_labels: dict[str, np.ndarray]
+    local_files_root: str = "/"
+
+    def write(self, package: str, query: dict) -> None:
+        if self.tool == "cvat":
+            from s4al_ray.pool import cvat
+
+            cvat.write_task_package(package, query, self.colors, self.pseudo_labels)
+            return
+        from s4al_ray.pool import label_studio
+
+        model = f"round_{query['round']:03d}"
+        tasks = [
+            label_studio.task(
+                image,
+                label_studio.image_url(image["image_uri"], self.local_files_root),
+                query["classes"],
+                self.pseudo_labels.get(image["sample_id"]),
+                model,
+            )
+            for image in query["images"]
+        ]
+        config = label_studio.labeling_config(query["classes"], self.colors)
+        label_studio.write_tasks(package, tasks, config)
 
 
 def _instructions(classes: list[str]) -> str:
@@ -118,33 +154,75 @@ def _dirs(uri: str) -> list[str]:
 
 
 def read_answers(
-    layout: RunLayout, round_index: int, folder: str, num_classes: int
+    layout: RunLayout, round_index: int, source: str, num_classes: int
 ) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
-    """Check the returned masks against the query; returns (selection, class pixels, masks).
+    """Check the returned annotations against the query; returns (selection, class pixels,
+    masks). ``source`` is a folder of PNG masks, a Label Studio JSON export (``.json``) or a
+    CVAT for images 1.1 export (``.xml`` or its ``.zip``).
 
-    Raises AnnotationError listing every problem (missing files, wrong sizes, unlabeled or
-    invalid pixels inside a requested region); nothing is committed then.
+    Raises AnnotationError listing every problem (missing images, wrong sizes, labels outside
+    the classes, unlabeled or invalid pixels inside a requested region); nothing is committed.
     """
     query = json.loads(storage.read_text(storage.join(layout.queries(round_index), "query.json")))
-    problems: list[str] = []
+    masks, problems = answer_masks(source, query)
+    return check_answers(query, source, masks, problems, num_classes)
+
+
+def answer_masks(source: str, query: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Each answered image's class-id mask, decoded from ``source``'s format; (masks, problems)."""
+    if not storage.exists(source):
+        raise AnnotationError(f"{source}: no such file or folder")
+    if storage.is_dir(source):
+        return _folder_masks(source, query)
+    if source.endswith(".json"):
+        from s4al_ray.pool import label_studio
+
+        return label_studio.export_masks(storage.read_text(source), source, query)
+    if source.endswith((".xml", ".zip")):
+        from s4al_ray.pool import cvat
+
+        try:
+            return cvat.export_masks(cvat.read_export(source), source, query)
+        except (ValueError, OSError) as err:
+            raise AnnotationError(f"{source}: {err}") from err
+    raise AnnotationError(
+        f"{source}: expected a folder of PNG masks, a Label Studio JSON export (.json) or a "
+        "CVAT for images 1.1 export (.xml or .zip)"
+    )
+
+
+def _folder_masks(folder: str, query: dict) -> tuple[dict[str, np.ndarray], list[str]]:
+    masks, problems = {}, []
+    for image in query["images"]:
+        path = storage.join(folder, f"{image['sample_id']}.png")
+        if not storage.exists(path):
+            continue  # reported as missing by the query check
+        try:
+            masks[image["sample_id"]] = decode_mask(storage.read_bytes(path))
+        except (OSError, ValueError) as err:
+            problems.append(f"{path}: not a readable single-channel PNG ({err})")
+    return masks, problems
+
+
+def check_answers(
+    query: dict, source: str, masks: dict[str, np.ndarray], problems: list[str], num_classes: int
+) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
+    """The one rule for every format: each queried image answered at its size, and every pixel
+    of each requested region labeled with a class (pixels outside the regions are not read)."""
+    problems = list(problems)
     selection: Selection = {}
-    masks: dict[str, np.ndarray] = {}
     counts = np.zeros(num_classes, dtype=np.int64)
     for image in query["images"]:
         sample_id = image["sample_id"]
-        path = os.path.join(folder, f"{sample_id}.png")
-        if not os.path.exists(path):
-            problems.append(f"{path}: missing (requested {len(image['regions'])} regions)")
-            continue
-        try:
-            with open(path, "rb") as handle:
-                mask = decode_mask(handle.read())
-        except (OSError, ValueError) as err:
-            problems.append(f"{path}: not a readable single-channel PNG ({err})")
+        indices = [r["index"] for r in image["regions"]]
+        where = f"{source}: {sample_id}"
+        mask = masks.get(sample_id)
+        if mask is None:
+            problems.append(f"{where}: missing (requested regions {indices})")
             continue
         if mask.shape != (image["height"], image["width"]):
             problems.append(
-                f"{path}: size {mask.shape[1]}x{mask.shape[0]}, expected "
+                f"{where}: size {mask.shape[1]}x{mask.shape[0]}, expected "
                 f"{image['width']}x{image['height']}"
             )
             continue
@@ -155,15 +233,15 @@ def read_answers(
             if bad:
                 what = "unlabeled (255)" if bad == [IGNORE_INDEX] else f"invalid values {bad}"
                 problems.append(
-                    f"{path}: region {region['index']} (box y {y0}-{y1}, x {x0}-{x1})"
+                    f"{where}: region {region['index']} (box y {y0}-{y1}, x {x0}-{x1})"
                     f" has {what}; classes are 0..{num_classes - 1}"
                 )
             counts += class_histogram(values, num_classes)
-        selection[sample_id] = [r["index"] for r in image["regions"]]
+        selection[sample_id] = indices
         masks[sample_id] = mask
     if problems:
         raise AnnotationError("annotations refused, nothing committed:\n  " + "\n  ".join(problems))
-    return selection, counts.tolist(), masks
+    return selection, counts.tolist(), {sid: masks[sid] for sid in selection}
 
 
 def store_labels(
