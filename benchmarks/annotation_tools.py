@@ -6,7 +6,8 @@ annotators' answers decoded and checked. No Ray: the driver-side cost of the rou
 
 Each image asks for ``--regions`` regions of 64 px (Cityscapes at 1% of pixels per round is ~5).
 The first Label Studio call imports label-studio-sdk (~7 s of it on this 2-vCPU machine: its
-converter imports nltk). Prints seconds per stage and per image; writes benchmarks/results/annotation_tools.json.
+converter imports nltk). Prints seconds per stage and per image; writes
+benchmarks/results/annotation_tools.json.
 """
 
 from __future__ import annotations

@@ -38,8 +38,9 @@ from s4al_ray.jobs import (
     teacher_rows,
 )
 from s4al_ray.layout import RUN_FORMAT, RunLayout
+from s4al_ray.pool import manual
 from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
-from s4al_ray.pool.manual import AwaitingAnnotation, ToolPackage, write_query_package
+from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.state import PoolState
 from s4al_ray.progress import StageProgress
 from s4al_ray.report import (
@@ -238,27 +239,13 @@ class Experiment:
         )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}
+            teacher = self.layout.teacher(r)  # the pass that ranked the regions: pre-annotations
+            tool = manual.tool_package(self.cfg.annotation, teacher, selection, self.data)
             package = write_query_package(
-                self.layout, r, selection, state, by_id, self.data.classes, self._tool(r, selection)
+                self.layout, r, selection, state, by_id, self.data.classes, tool
             )
             raise AwaitingAnnotation(r, package)
         return ray.get(self.pool.commit.remote(r, selection))
-
-    def _tool(self, r: int, selection: dict) -> ToolPackage | None:
-        """The annotation tool's import for round ``r``'s query, pre-annotated with the round's
-        pseudo-labels (the teacher's pass that ranked the regions)."""
-        settings = self.cfg.annotation
-        if settings.tool == "folder":
-            return None
-        from s4al_ray.data.io import decode_mask
-        from s4al_ray.data.training import read_pseudo_labels
-        from s4al_ray.report_figures import class_colors
-
-        stored = read_pseudo_labels(self.layout.teacher(r), set(selection))
-        labels = {sid: decode_mask(label) for sid, (label, _) in stored.items()}
-        return ToolPackage(
-            settings.tool, class_colors(self.data), labels, settings.local_files_root
-        )
 
     def run_round(self, r: int) -> dict:
         committed = pool_snapshot(self.pool)  # once per round
@@ -355,30 +342,8 @@ class Experiment:
             return None
 
     def _explain_query(self, waiting: AwaitingAnnotation) -> None:
-        tool = self.cfg.annotation.tool
-        written, answers = {
-            "folder": ("", "<folder of masks>"),
-            "label_studio": (
-                ", label_studio/tasks.json + labeling_config.xml: create a project with that "
-                "config and import the tasks",
-                "<Label Studio JSON export>",
-            ),
-            "cvat": (
-                ', cvat/: cvat-cli task create <name> --labels "$(cat cvat/labels.json)" '
-                '--annotation_path cvat/annotations.xml --annotation_format "CVAT 1.1" '
-                "local cvat/images/*",
-                "<CVAT for images 1.1 export, .xml or .zip>",
-            ),
-        }[tool]
-        self.log(
-            f"[round {waiting.round_index}] acquire: query package for annotators written to "
-            f"{waiting.package}/ (query.json, images/, README.txt{written})"
-        )
-        self.log(
-            "Stopped: annotate the requested regions, then run\n"
-            f"  python run.py annotate --import {answers} <same config and options>\n"
-            "  python run.py <same config and options>      # continues this experiment"
-        )
+        for line in manual.query_instructions(waiting, self.cfg.annotation.tool):
+            self.log(line)
 
     def _notify(self, record: dict, resumed: bool) -> None:
         if self.on_record is not None:

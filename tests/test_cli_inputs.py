@@ -49,7 +49,7 @@ def test_version_and_subcommand_help(capsys):
     code, out, _ = run_cli(capsys, "sweep", "--help")
     assert code == 0 and "SWEEP_FILE" in out and "keys of the sweep file" in out
     code, out, _ = run_cli(capsys, "annotate", "--help")
-    assert code == 0 and "--import FOLDER" in out
+    assert code == 0 and "--import SOURCE" in out
 
 
 def test_help_config_documents_every_key(capsys):

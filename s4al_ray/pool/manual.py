@@ -123,6 +123,45 @@ class ToolPackage:
         label_studio.write_tasks(package, tasks, config)
 
 
+def tool_package(settings, teacher_uri: str, selection: Selection, data) -> ToolPackage | None:
+    """``settings.tool``'s import for a query (None for PNG folders), pre-annotated with the
+    pseudo-labels of the teacher pass at ``teacher_uri`` (only the queried images are read)."""
+    from s4al_ray.data.training import read_pseudo_labels
+    from s4al_ray.report_figures import class_colors
+
+    if settings.tool == "folder":
+        return None
+    stored = read_pseudo_labels(teacher_uri, set(selection))
+    labels = {sid: decode_mask(label) for sid, (label, _) in stored.items()}
+    return ToolPackage(settings.tool, class_colors(data), labels, settings.local_files_root)
+
+
+def query_instructions(waiting: AwaitingAnnotation, tool: str) -> list[str]:
+    """What the driver prints when it stops for annotators: where the package is, how to
+    answer it in ``tool``, and how to continue."""
+    written, answers = {
+        "folder": ("", "<folder of masks>"),
+        "label_studio": (
+            ", label_studio/tasks.json + labeling_config.xml: create a project with that "
+            "config and import the tasks",
+            "<Label Studio JSON export>",
+        ),
+        "cvat": (
+            ', cvat/: cvat-cli task create <name> --labels "$(cat cvat/labels.json)" '
+            '--annotation_path cvat/annotations.xml --annotation_format "CVAT 1.1" '
+            "local cvat/images/*",
+            "<CVAT for images 1.1 export, .xml or .zip>",
+        ),
+    }[tool]
+    return [
+        f"[round {waiting.round_index}] acquire: query package for annotators written to "
+        f"{waiting.package}/ (query.json, images/, README.txt{written})",
+        "Stopped: annotate the requested regions, then run\n"
+        f"  python run.py annotate --import {answers} <same config and options>\n"
+        "  python run.py <same config and options>      # continues this experiment",
+    ]
+
+
 def _instructions(classes: list[str]) -> str:
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(classes))
     return (
