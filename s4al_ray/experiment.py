@@ -104,6 +104,7 @@ class Experiment:
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
         self._check_region_size()
         check_trackers(self.cfg)
+        manual.check_tool_settings(self.cfg.annotation, self.cfg.data.root)
         if record:
             storage.write_text(self.layout.config, to_yaml(self.cfg))
             storage.write_text(self.layout.marker, json.dumps({"format": RUN_FORMAT}))

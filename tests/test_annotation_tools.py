@@ -249,3 +249,49 @@ def test_cvat_bad_exports_are_refused_by_name(query, tmp_path):
         handle.write(buffer.getvalue())
     with pytest.raises(AnnotationError, match="no annotations.xml"):
         answer_masks(str(tmp_path / "bad.zip"), made)
+
+
+def test_damaged_exports_are_refused_not_crashed(query, tmp_path):
+    made, truth, pseudo = query
+    package = str(tmp_path / "package")
+    ToolPackage("label_studio", COLORS, pseudo, local_files_root=str(tmp_path)).write(package, made)
+    tasks = json.load(open(os.path.join(package, "label_studio", "tasks.json")))
+    assert all(t["data"]["round"] == 3 for t in tasks)
+    source = str(tmp_path / "damaged.json")
+
+    def cut_rle(exported):
+        exported[0]["annotations"][0]["result"][0]["value"]["rle"] = [1, 2]
+
+    def earlier_round_task(exported):  # one project kept across rounds: skipped, not refused
+        old = {"sample_id": "old_frame", "round": 2, "image": "x"}
+        exported.append({**exported[0], "id": 99, "data": old})
+
+    _refused(made, source, _label_studio_export(tasks, made, truth, cut_rle), "RLE unreadable")
+    with open(source, "w") as handle:
+        handle.write(_label_studio_export(tasks, made, truth, earlier_round_task))
+    masks, problems = answer_masks(source, made)
+    assert set(check_answers(made, source, masks, problems, len(CLASSES))[0]) == set(truth)
+    _refused(made, source, json.dumps([3]), "not a Label Studio task")
+    good = cvat.annotations_xml(made, COLORS, truth)
+    _refused(made, str(tmp_path / "d.xml"), good.replace(' left="', ' lft="', 1), "unreadable")
+    with open(tmp_path / "cut.zip", "wb") as handle:
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("annotations.xml", good)
+        data = bytearray(buffer.getvalue())
+        data[40:200] = bytes(160)  # the compressed stream damaged, the directory intact
+        handle.write(bytes(data))
+    with pytest.raises(AnnotationError, match="cut.zip"):
+        answer_masks(str(tmp_path / "cut.zip"), made)
+
+
+def test_local_images_outside_the_served_root_are_refused_up_front(tmp_path):
+    from s4al_ray.config import ConfigError
+    from s4al_ray.config_schema import AnnotationConfig
+    from s4al_ray.pool.manual import check_tool_settings
+
+    served = AnnotationConfig(tool="label_studio", local_files_root=str(tmp_path / "served"))
+    check_tool_settings(served, str(tmp_path / "served" / "dataset"))
+    check_tool_settings(served, "s3://bucket/dataset")  # presigned URLs: no root needed
+    with pytest.raises(ConfigError, match="annotation.local_files_root=.*outside it"):
+        check_tool_settings(served, str(tmp_path / "elsewhere"))

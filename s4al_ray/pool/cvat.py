@@ -136,7 +136,7 @@ def export_masks(data: bytes, source: str, query: dict) -> tuple[dict[str, np.nd
     problems: list[str] = []
     for node in root.iter("image"):
         name = node.get("name", "")
-        image = by_name.get(name)
+        image = by_name.get(name) or by_name.get(os.path.basename(name))
         if image is None:
             problems.append(f"{source}: image {name!r} is not in this round's query")
             continue
@@ -157,7 +157,7 @@ def export_masks(data: bytes, source: str, query: dict) -> tuple[dict[str, np.nd
                 continue
             try:
                 painted = _painted(shape, height, width, decode_mask)
-            except ValueError as err:
+            except (ValueError, TypeError) as err:
                 problems.append(f"{where}: {shape.tag} of {label!r} unreadable ({err})")
                 continue
             mask[painted] = classes.index(label)

@@ -111,7 +111,11 @@ def rectangle_result(box: list[int], height: int, width: int) -> dict:
 
 
 def task(
-    query_image: dict, url: str, classes: list[str], pseudo_label: np.ndarray | None, model: str
+    query_image: dict,
+    url: str,
+    classes: list[str],
+    pseudo_label: np.ndarray | None,
+    round_index: int,
 ) -> dict:
     """The task of one queried image; the pseudo-label's classes inside its regions as the
     prediction (annotators correct it instead of painting from nothing)."""
@@ -125,7 +129,8 @@ def task(
         for c in np.unique(pseudo_label[inside]):
             if c < len(classes):
                 result.append(brush_result(inside & (pseudo_label == c), classes[int(c)]))
-    data = {"image": url, "sample_id": query_image["sample_id"]}
+    data = {"image": url, "sample_id": query_image["sample_id"], "round": round_index}
+    model = f"round_{round_index:03d}"
     return {"data": data, "predictions": [{"model_version": model, "result": result}]}
 
 
@@ -150,8 +155,13 @@ def export_masks(text: str, source: str, query: dict) -> tuple[dict[str, np.ndar
     masks: dict[str, np.ndarray] = {}
     problems: list[str] = []
     for t in tasks:
-        sample_id = (t.get("data") or {}).get("sample_id")
+        if not isinstance(t, dict) or not isinstance(t.get("data"), dict):
+            problems.append(f"{source}: an entry that is not a Label Studio task: {str(t)[:80]}")
+            continue
+        sample_id = t["data"].get("sample_id")
         where = f"{source}: task {t.get('id')}"
+        if t["data"].get("round", query["round"]) != query["round"]:
+            continue  # an earlier round's task of the same project: already committed
         if sample_id not in shapes:
             problems.append(f"{where}: image {sample_id!r} is not in this round's query")
             continue
@@ -179,7 +189,11 @@ def export_masks(text: str, source: str, query: dict) -> tuple[dict[str, np.ndar
                     f"{width}x{height}"
                 )
                 continue
-            flat = decode_rle(value.get("rle") or [])
+            try:
+                flat = decode_rle(value.get("rle") or [])
+            except (ValueError, IndexError, TypeError, OverflowError) as err:
+                problems.append(f"{where} ({sample_id}): brush RLE unreadable ({err!r})")
+                continue
             if flat.size != height * width * 4:
                 problems.append(f"{where} ({sample_id}): brush RLE does not fit {width}x{height}")
                 continue

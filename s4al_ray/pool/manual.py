@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,10 +85,10 @@ def write_query_package(
         "ignore_index": IGNORE_INDEX,
         "images": images,
     }
+    if tool is not None:  # before query.json, which completes the package
+        tool.write(package, query)
     storage.write_text(storage.join(package, "README.txt"), _instructions(classes))
     storage.write_text(storage.join(package, "query.json"), json.dumps(query, indent=1))
-    if tool is not None:
-        tool.write(package, query)
     return package
 
 
@@ -108,14 +110,13 @@ class ToolPackage:
             return
         from s4al_ray.pool import label_studio
 
-        model = f"round_{query['round']:03d}"
         tasks = [
             label_studio.task(
                 image,
                 label_studio.image_url(image["image_uri"], self.local_files_root),
                 query["classes"],
                 self.pseudo_labels.get(image["sample_id"]),
-                model,
+                query["round"],
             )
             for image in query["images"]
         ]
@@ -134,6 +135,24 @@ def tool_package(settings, teacher_uri: str, selection: Selection, data) -> Tool
     stored = read_pseudo_labels(teacher_uri, set(selection))
     labels = {sid: decode_mask(label) for sid, (label, _) in stored.items()}
     return ToolPackage(settings.tool, class_colors(data), labels, settings.local_files_root)
+
+
+def check_tool_settings(settings, data_root: str) -> None:
+    """Refuse, before any work, a Label Studio package whose local images Label Studio could
+    not serve (outside ``annotation.local_files_root``)."""
+    import os
+
+    from s4al_ray.config import ConfigError
+
+    if settings.tool != "label_studio" or "://" in data_root:
+        return
+    inside = os.path.relpath(os.path.abspath(data_root), os.path.abspath(settings.local_files_root))
+    if inside.startswith(".."):
+        raise ConfigError(
+            f"annotation.local_files_root={settings.local_files_root}: the dataset {data_root} "
+            "is outside it, so Label Studio could not serve its images; set it to a directory "
+            "above the dataset (and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT to the same)"
+        )
 
 
 def query_instructions(waiting: AwaitingAnnotation, tool: str) -> list[str]:
@@ -216,13 +235,16 @@ def answer_masks(source: str, query: dict) -> tuple[dict[str, np.ndarray], list[
     if source.endswith(".json"):
         from s4al_ray.pool import label_studio
 
-        return label_studio.export_masks(storage.read_text(source), source, query)
+        try:
+            return label_studio.export_masks(storage.read_text(source), source, query)
+        except (ValueError, OSError, AttributeError, TypeError) as err:
+            raise AnnotationError(f"{source}: not a Label Studio JSON export ({err})") from err
     if source.endswith((".xml", ".zip")):
         from s4al_ray.pool import cvat
 
         try:
             return cvat.export_masks(cvat.read_export(source), source, query)
-        except (ValueError, OSError) as err:
+        except (ValueError, OSError, zipfile.BadZipFile, zlib.error) as err:
             raise AnnotationError(f"{source}: {err}") from err
     raise AnnotationError(
         f"{source}: expected a folder of PNG masks, a Label Studio JSON export (.json) or a "
