@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.report_figures import hex_color
 
 REGION_LABEL = "label this region"
 
@@ -47,7 +48,7 @@ def annotations_xml(
     for name, color, kind in [*kinds, (REGION_LABEL, (255, 255, 0), "rectangle")]:
         label = ET.SubElement(labels, "label")
         ET.SubElement(label, "name").text = name
-        ET.SubElement(label, "color").text = _hex(color)
+        ET.SubElement(label, "color").text = hex_color(color)
         ET.SubElement(label, "type").text = kind
         ET.SubElement(label, "attributes")
     for index, image in enumerate(query["images"]):
@@ -80,10 +81,6 @@ def annotations_xml(
     return ET.tostring(root, encoding="unicode", xml_declaration=True)
 
 
-def _hex(color) -> str:
-    return "#" + "".join(f"{int(v):02x}" for v in color)
-
-
 def _shape(source: str = "manual") -> dict[str, str]:
     return {"source": source, "occluded": "0", "z_order": "0"}
 
@@ -104,7 +101,7 @@ def write_task_package(
     )
     # cvat-cli's --labels: the task's labels must exist before the annotations are uploaded.
     labels = [
-        {"name": n, "type": "mask", "color": _hex(c)} for n, c in zip(query["classes"], colors)
+        {"name": n, "type": "mask", "color": hex_color(c)} for n, c in zip(query["classes"], colors)
     ]
     labels.append({"name": REGION_LABEL, "type": "rectangle", "color": "#ffff00"})
     storage.write_text(storage.join(folder, "labels.json"), json.dumps(labels))

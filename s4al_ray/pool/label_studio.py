@@ -16,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.report_figures import hex_color
 
 BRUSH = "label"  # the BrushLabels control: what annotators paint
 REGIONS = "region"  # the RectangleLabels control: the regions to label
@@ -24,7 +25,7 @@ REGION_LABEL = "label this region"
 
 def labeling_config(classes: list[str], colors: list[tuple[int, int, int]]) -> str:
     labels = "\n".join(
-        f"    <Label value={quoteattr(name)} background={quoteattr(_hex(color))}/>"
+        f"    <Label value={quoteattr(name)} background={quoteattr(hex_color(color))}/>"
         for name, color in zip(classes, colors)
     )
     return (
@@ -38,8 +39,12 @@ def labeling_config(classes: list[str], colors: list[tuple[int, int, int]]) -> s
     )
 
 
-def _hex(color: tuple[int, int, int]) -> str:
-    return "#" + "".join(f"{int(c):02x}" for c in color)
+def served_path(path: str, local_files_root: str) -> str | None:
+    """``path`` relative to Label Studio's local-files root, None when it is outside."""
+    import os
+
+    inside = os.path.relpath(os.path.abspath(path), os.path.abspath(local_files_root))
+    return None if inside.startswith("..") else inside
 
 
 def image_url(uri: str, local_files_root: str) -> str:
@@ -57,10 +62,8 @@ def image_url(uri: str, local_files_root: str) -> str:
         return client.generate_presigned_url(
             "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=7 * 24 * 3600
         )
-    import os
-
-    path = os.path.relpath(os.path.abspath(uri), os.path.abspath(local_files_root))
-    if path.startswith(".."):
+    path = served_path(uri, local_files_root)
+    if path is None:
         raise ValueError(
             f"{uri} is outside annotation.local_files_root={local_files_root}: set it to a "
             "directory above the dataset (and Label Studio's LOCAL_FILES_DOCUMENT_ROOT to the same)"

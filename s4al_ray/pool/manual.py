@@ -140,14 +140,12 @@ def tool_package(settings, teacher_uri: str, selection: Selection, data) -> Tool
 def check_tool_settings(settings, data_root: str) -> None:
     """Refuse, before any work, a Label Studio package whose local images Label Studio could
     not serve (outside ``annotation.local_files_root``)."""
-    import os
-
     from s4al_ray.config import ConfigError
+    from s4al_ray.pool.label_studio import served_path
 
     if settings.tool != "label_studio" or "://" in data_root:
         return
-    inside = os.path.relpath(os.path.abspath(data_root), os.path.abspath(settings.local_files_root))
-    if inside.startswith(".."):
+    if served_path(data_root, settings.local_files_root) is None:
         raise ConfigError(
             f"annotation.local_files_root={settings.local_files_root}: the dataset {data_root} "
             "is outside it, so Label Studio could not serve its images; set it to a directory "
