@@ -11,6 +11,7 @@ from s4al_ray import storage
 from s4al_ray.config import ConfigError, ExperimentConfig
 from s4al_ray.experiment import Experiment
 from s4al_ray.pool.actor import pool_snapshot
+from s4al_ray.pool.label_studio_server import EXPORT_SOURCE, fetch_export, project_title
 from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
 from s4al_ray.run_lock import hold_run_lock
 from s4al_ray.runtime import connect
@@ -42,6 +43,8 @@ def _commit_answers(experiment: Experiment, source: str, log) -> dict:
             "changed. Continue with: python run.py <same config and options>"
         )
         return asked[-1]
+    if source == EXPORT_SOURCE:
+        source = _fetch_export(experiment, round_index, log)
     selection, class_pixels, masks = read_answers(
         experiment.layout, round_index, source, experiment.data.num_classes
     )
@@ -55,11 +58,31 @@ def _commit_answers(experiment: Experiment, source: str, log) -> dict:
     return entry
 
 
+def _fetch_export(experiment: Experiment, round_index: int, log) -> str:
+    """The run's Label Studio project exported from ``annotation.url`` and kept in the round's
+    query package (the record of what was committed); returns its URI."""
+    url = experiment.cfg.annotation.url
+    if not url:
+        raise AnnotationError(
+            f"--import {EXPORT_SOURCE} needs annotation.url (the Label Studio server the round "
+            "was pushed to); or pass the path of a JSON export"
+        )
+    title = project_title(experiment.cfg.name)
+    try:
+        text = fetch_export(url, title)
+    except Exception as err:  # the SDK's ApiError or httpx's connection errors
+        raise AnnotationError(f"{url}: could not export project {title!r} ({err})") from None
+    uri = storage.join(experiment.layout.queries(round_index), "label_studio", "export.json")
+    storage.write_text(uri, text)
+    log(f"[annotate] exported project {title!r} from {url} to {uri}")
+    return uri
+
+
 def annotate_command(cfg: ExperimentConfig, source: str | None, address: str | None) -> int:
     if not source:
         print(
             "error: annotate needs --import <folder of PNG masks | Label Studio .json export | "
-            "CVAT .xml/.zip export>",
+            f"CVAT .xml/.zip export | {EXPORT_SOURCE} (fetched from annotation.url)>",
             file=sys.stderr,
         )
         return 2

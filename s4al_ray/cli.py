@@ -99,7 +99,8 @@ def _parser(command: str) -> argparse.ArgumentParser:
             default=None,
             metavar="SOURCE",
             help="the annotators' answers: a folder of PNG masks, a Label Studio JSON export "
-            "(.json) or a CVAT for images 1.1 export (.xml, or the .zip CVAT downloads)",
+            "(.json), a CVAT for images 1.1 export (.xml, or the .zip CVAT downloads), or "
+            "label-studio: export the run's project from annotation.url",
         )
     if command == "evaluate":
         parser.add_argument(

@@ -234,6 +234,13 @@ class AnnotationConfig:
         doc="label_studio with a local run: the directory Label Studio serves local files "
         "from (its LOCAL_FILES_DOCUMENT_ROOT); task image URLs are relative to it",
     )
+    url: str = setting(
+        "",
+        doc="label_studio: a Label Studio server (e.g. http://127.0.0.1:8080) to push each "
+        "round's tasks to, into the project 's4al-ray: <name>'; its access token comes from "
+        "LABEL_STUDIO_API_KEY (never logged). annotate --import label-studio then fetches the "
+        "export from it",
+    )
 
 
 @dataclass

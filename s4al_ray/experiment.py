@@ -241,7 +241,8 @@ class Experiment:
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}
             teacher = self.layout.teacher(r)  # the pass that ranked the regions: pre-annotations
-            tool = manual.tool_package(self.cfg.annotation, teacher, selection, self.data)
+            settings = self.cfg.annotation
+            tool = manual.tool_package(settings, teacher, selection, self.data, self.cfg.name)
             package = write_query_package(
                 self.layout, r, selection, state, by_id, self.data.classes, tool
             )
@@ -343,7 +344,7 @@ class Experiment:
             return None
 
     def _explain_query(self, waiting: AwaitingAnnotation) -> None:
-        for line in manual.query_instructions(waiting, self.cfg.annotation.tool):
+        for line in manual.query_instructions(waiting, self.cfg.annotation, self.cfg.name):
             self.log(line)
 
     def _notify(self, record: dict, resumed: bool) -> None:

@@ -61,7 +61,7 @@ def _wait_until_up(url: str, proc, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with status {proc.returncode}")
+            raise RuntimeError(f"{proc.args[0]} exited with status {proc.returncode}")
         try:
             urllib.request.urlopen(url, timeout=1).close()
             return
@@ -69,7 +69,19 @@ def _wait_until_up(url: str, proc, timeout_s: float = 30.0) -> None:
             return  # any HTTP answer means it is serving
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"moto_server did not answer at {url} within {timeout_s}s")
+    raise RuntimeError(f"{proc.args[0]} did not answer at {url} within {timeout_s}s")
+
+
+def _stop(proc, timeout_s: float) -> None:
+    """Stop a server a fixture started: this PID only, killed if it does not exit in time."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -103,17 +115,67 @@ def s3_server():
         os.environ.update(env)
         yield url
     finally:
-        proc.terminate()  # this PID only: the server we started
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        _stop(proc, timeout_s=10)
         for name, value in saved.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+
+
+# -- A real Label Studio server (its own venv: .ci/run builds .label-studio-venv). Loopback only.
+
+LABEL_STUDIO_BIN = os.environ.get(
+    "S4AL_LABEL_STUDIO",
+    os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        ".label-studio-venv",
+        "bin",
+        "label-studio",
+    ),
+)
+
+
+@pytest.fixture(scope="session")
+def label_studio_server(tmp_path_factory, smoke_data_root):
+    """(URL, access token) of a Label Studio server with its own sqlite data dir, serving the
+    smoke dataset's images as local files. Label Studio pins Django and friends that Ray's venv
+    does not want, so it lives in a venv of its own (S4AL_LABEL_STUDIO names another binary)."""
+    import secrets
+    import subprocess
+
+    if not os.access(LABEL_STUDIO_BIN, os.X_OK):
+        pytest.skip(
+            f"no Label Studio at {LABEL_STUDIO_BIN}: build it with python3 -m venv "
+            '.label-studio-venv && .label-studio-venv/bin/pip install "label-studio==1.23.2" '
+            "(as .ci/run does)"
+        )
+    data_dir = str(tmp_path_factory.mktemp("label_studio"))
+    port, token = _free_port(), secrets.token_hex(20)
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": data_dir,
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": smoke_data_root,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",  # --user-token's kind of token
+        "DJANGO_DB": "sqlite",
+    }
+    log = open(os.path.join(data_dir, "server.log"), "wb")
+    proc = subprocess.Popen(
+        [LABEL_STUDIO_BIN, "start", "--host", "127.0.0.1", "--port", str(port), "--no-browser"]
+        + ["--data-dir", data_dir, "--username", "annotator@example.com"]
+        + ["--password", secrets.token_hex(8), "--user-token", token],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(f"{url}/health", proc, timeout_s=180)  # migrations on first start
+        yield url, token
+    finally:
+        _stop(proc, timeout_s=20)
+        log.close()
 
 
 def upload_tree(endpoint: str, local_dir: str, bucket: str, prefix: str = "") -> str:

@@ -295,3 +295,23 @@ def test_local_images_outside_the_served_root_are_refused_up_front(tmp_path):
     check_tool_settings(served, "s3://bucket/dataset")  # presigned URLs: no root needed
     with pytest.raises(ConfigError, match="annotation.local_files_root=.*outside it"):
         check_tool_settings(served, str(tmp_path / "elsewhere"))
+
+
+def test_a_label_studio_server_without_token_or_answer_is_refused_up_front(tmp_path, monkeypatch):
+    import socket
+
+    from s4al_ray.config import ConfigError
+    from s4al_ray.config_schema import AnnotationConfig
+    from s4al_ray.pool.manual import check_tool_settings
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    settings = AnnotationConfig(tool="label_studio", local_files_root=str(tmp_path), url=url)
+    monkeypatch.delenv("LABEL_STUDIO_API_KEY", raising=False)
+    with pytest.raises(ConfigError, match=f"annotation.url={url}: set LABEL_STUDIO_API_KEY"):
+        check_tool_settings(settings, str(tmp_path))
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "not-a-real-token-0123")
+    with pytest.raises(ConfigError, match="no Label Studio server answered") as refused:
+        check_tool_settings(settings, str(tmp_path))
+    assert "not-a-real-token" not in str(refused.value)  # the token is never echoed

@@ -8,12 +8,13 @@ import os
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from s4al_ray.annotate import import_annotations
-from s4al_ray.config import load_config
+from s4al_ray.config import ConfigError, load_config
 from s4al_ray.experiment import Experiment
-from s4al_ray.pool.manual import AnnotationError
+from s4al_ray.pool.manual import AnnotationError, check_tool_settings
 from s4al_ray.pool.state import PoolState
 
 
@@ -29,24 +30,18 @@ def _answer(run_dir: str, folder, data_root: str, edit=None) -> dict:
     return query
 
 
-def _label_studio_export(tasks: list[dict], query: dict, data_root: str) -> list[dict]:
-    """A Label Studio export of ``tasks`` after an annotator painted each requested region's
-    ground truth with the brush (one brush region per class, in Label Studio's RLE)."""
+def _paint_ground_truth(client, task, image: dict, classes: list[str], data_root: str) -> None:
+    """Annotate ``task`` in Label Studio as an annotator would: the brush paints each requested
+    region's ground truth (one brush region per class, in Label Studio's RLE)."""
     from s4al_ray.pool.label_studio import brush_result
 
-    exported = []
-    for number, (t, image) in enumerate(zip(tasks, query["images"]), start=1):
-        truth = np.array(Image.open(os.path.join(data_root, "masks", f"{image['sample_id']}.png")))
-        inside = np.zeros(truth.shape, dtype=bool)
-        for region in image["regions"]:
-            y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
-            inside[y0:y1, x0:x1] = True
-        result = [
-            brush_result(inside & (truth == c), query["classes"][c])
-            for c in np.unique(truth[inside])
-        ]
-        exported.append({**t, "id": number, "annotations": [{"id": number, "result": result}]})
-    return exported
+    truth = np.array(Image.open(os.path.join(data_root, "masks", f"{image['sample_id']}.png")))
+    inside = np.zeros(truth.shape, dtype=bool)
+    for region in image["regions"]:
+        y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
+        inside[y0:y1, x0:x1] = True
+    result = [brush_result(inside & (truth == c), classes[c]) for c in np.unique(truth[inside])]
+    client.annotations.create(task.id, result=result)
 
 
 def _state_of(cfg) -> PoolState:
@@ -60,7 +55,11 @@ def _state_of(cfg) -> PoolState:
     return load_state(RunLayout.of(cfg.storage, cfg.name), ImageSizes.of_rows(rows))
 
 
-def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
+def test_manual_round_trip(
+    ray_session, smoke_data_root, label_studio_server, tmp_path, monkeypatch
+):
+    url, token = label_studio_server
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
     cfg = load_config(
         "configs/smoke.yaml",
         [
@@ -70,6 +69,7 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
             "oracle=manual",
             "annotation.tool=label_studio",
             f"annotation.local_files_root={smoke_data_root}",
+            f"annotation.url={url}",
         ],
     )
     run_dir = str(tmp_path / "manual")
@@ -104,19 +104,52 @@ def test_manual_round_trip(ray_session, smoke_data_root, tmp_path):
             import_annotations(cfg, str(folder), log=lambda line: None)
         assert _state_of(cfg).ledger == before.ledger  # refused: the pool is unchanged
 
-    # The tasks carry the round's pseudo-labels inside the requested regions; the annotator
-    # replaces them with the ground truth and Label Studio exports the project.
-    tasks = json.load(open(os.path.join(package, "label_studio", "tasks.json")))
-    assert [t["data"]["sample_id"] for t in tasks] == [i["sample_id"] for i in query["images"]]
-    assert all(t["data"]["image"].startswith("/data/local-files/?d=images/") for t in tasks)
-    assert all(t["predictions"][0]["model_version"] == "round_000" for t in tasks)
-    assert any(r["type"] == "brushlabels" for t in tasks for r in t["predictions"][0]["result"])
-    export = tmp_path / "project-1-export.json"
-    export.write_text(json.dumps(_label_studio_export(tasks, query, smoke_data_root)))
-    entry = import_annotations(cfg, str(export), log=lambda line: None)
+    # The run pushed its tasks (the round's pseudo-labels inside the requested regions as
+    # predictions) into the run's project; Label Studio serves their images from the dataset.
+    from label_studio_sdk import LabelStudio
+
+    from s4al_ray.pool.oracle import SimulatedOracle
+
+    client = LabelStudio(base_url=url, api_key=token)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", "0" * 40)
+    with pytest.raises(ConfigError, match="the token was refused"):
+        check_tool_settings(cfg.annotation, smoke_data_root)
+    monkeypatch.setenv("LABEL_STUDIO_API_KEY", token)
+    (project,) = [p for p in client.projects.list() if p.title == "s4al-ray: manual"]
+    tasks = {t.data["sample_id"]: t for t in client.tasks.list(project=project.id)}
+    assert sorted(tasks) == [i["sample_id"] for i in query["images"]]
+    assert all(t.data["round"] == 0 for t in tasks.values())
+    first = tasks[query["images"][0]["sample_id"]]
+    assert first.data["image"].startswith("/data/local-files/?d=images/")
+    served = requests.get(url + first.data["image"], headers={"Authorization": f"Token {token}"})
+    assert served.status_code == 200 and served.content.startswith(b"\x89PNG")
+    predictions = client.predictions.list(task=first.id)
+    assert predictions and predictions[0].model_version == "round_000"
+    assert any(r["type"] == "brushlabels" for r in predictions[0].result)
+    assert any("pushed to" in line for line in lines)
+
+    # Incomplete: one image not annotated yet; refused by name, nothing committed.
+    for image in query["images"][1:]:
+        _paint_ground_truth(
+            client, tasks[image["sample_id"]], image, query["classes"], smoke_data_root
+        )
+    with pytest.raises(AnnotationError, match=f"{query['images'][0]['sample_id']}: missing"):
+        import_annotations(cfg, "label-studio", log=lambda line: None)
+    assert _state_of(cfg).ledger == before.ledger
+    _paint_ground_truth(client, first, query["images"][0], query["classes"], smoke_data_root)
+    entry = import_annotations(cfg, "label-studio", log=lambda line: None)
     again = []
-    assert import_annotations(cfg, str(export), log=again.append) == entry  # a no-op
+    assert import_annotations(cfg, "label-studio", log=again.append) == entry  # a no-op
     assert "already committed: nothing changed" in again[-1]
+    # The same ledger as the simulated oracle's for the same selection.
+    selection = {i["sample_id"]: [r["index"] for r in i["regions"]] for i in query["images"]}
+    masks = {
+        i["sample_id"]: os.path.join(smoke_data_root, "masks", f"{i['sample_id']}.png")
+        for i in query["images"]
+    }
+    assert entry["class_pixels"] == SimulatedOracle(masks, len(query["classes"])).reveal(
+        before, selection
+    )
     after = _state_of(cfg)
     requested = sum(
         int(after.grid(i["sample_id"]).areas[[r["index"] for r in i["regions"]]].sum())

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -101,6 +102,8 @@ class ToolPackage:
     colors: list[tuple[int, int, int]]
     pseudo_labels: dict[str, np.ndarray]
     local_files_root: str = "/"
+    url: str = ""  # a Label Studio server to push the tasks to
+    project: str = ""  # its project's title
 
     def write(self, package: str, query: dict) -> None:
         if self.tool == "cvat":
@@ -122,28 +125,51 @@ class ToolPackage:
         ]
         config = label_studio.labeling_config(query["classes"], self.colors)
         label_studio.write_tasks(package, tasks, config)
+        if self.url:
+            from s4al_ray.pool.label_studio_server import push_tasks
+
+            local = [i["image_uri"] for i in query["images"] if "://" not in i["image_uri"]]
+            dirs = [os.path.dirname(os.path.abspath(uri)) for uri in local]
+            push_tasks(self.url, self.project, tasks, config, dirs)
 
 
-def tool_package(settings, teacher_uri: str, selection: Selection, data) -> ToolPackage | None:
+def tool_package(
+    settings, teacher_uri: str, selection: Selection, data, run_name: str
+) -> ToolPackage | None:
     """``settings.tool``'s import for a query (None for PNG folders), pre-annotated with the
     pseudo-labels of the teacher pass at ``teacher_uri`` (only the queried images are read)."""
     from s4al_ray.data.training import read_pseudo_labels
+    from s4al_ray.pool.label_studio_server import project_title
     from s4al_ray.report_figures import class_colors
 
     if settings.tool == "folder":
         return None
     stored = read_pseudo_labels(teacher_uri, set(selection))
     labels = {sid: decode_mask(label) for sid, (label, _) in stored.items()}
-    return ToolPackage(settings.tool, class_colors(data), labels, settings.local_files_root)
+    return ToolPackage(
+        settings.tool,
+        class_colors(data),
+        labels,
+        settings.local_files_root,
+        settings.url if settings.tool == "label_studio" else "",
+        project_title(run_name),
+    )
 
 
 def check_tool_settings(settings, data_root: str) -> None:
     """Refuse, before any work, a Label Studio package whose local images Label Studio could
-    not serve (outside ``annotation.local_files_root``)."""
+    not serve (outside ``annotation.local_files_root``), and a server that does not answer or
+    refuses the token."""
     from s4al_ray.config import ConfigError
     from s4al_ray.pool.label_studio import served_path
 
-    if settings.tool != "label_studio" or "://" in data_root:
+    if settings.tool != "label_studio":
+        return
+    if settings.url:
+        from s4al_ray.pool.label_studio_server import check_server
+
+        check_server(settings.url)
+    if "://" in data_root:
         return
     if served_path(data_root, settings.local_files_root) is None:
         raise ConfigError(
@@ -153,9 +179,21 @@ def check_tool_settings(settings, data_root: str) -> None:
         )
 
 
-def query_instructions(waiting: AwaitingAnnotation, tool: str) -> list[str]:
+def query_instructions(waiting: AwaitingAnnotation, settings, run_name: str) -> list[str]:
     """What the driver prints when it stops for annotators: where the package is, how to
-    answer it in ``tool``, and how to continue."""
+    answer it in ``settings.tool``, and how to continue."""
+    from s4al_ray.pool.label_studio_server import EXPORT_SOURCE, project_title
+
+    tool = settings.tool
+    if tool == "label_studio" and settings.url:
+        return [
+            f"[round {waiting.round_index}] acquire: query package for annotators written to "
+            f"{waiting.package}/ and its tasks pushed to {settings.url} (project "
+            f"{project_title(run_name)!r})",
+            "Stopped: annotate the requested regions there, then run\n"
+            f"  python run.py annotate --import {EXPORT_SOURCE} <same config and options>\n"
+            "  python run.py <same config and options>      # continues this experiment",
+        ]
     written, answers = {
         "folder": ("", "<folder of masks>"),
         "label_studio": (
