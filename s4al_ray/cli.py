@@ -20,6 +20,7 @@ COMMANDS = {
     "sweep": "a Ray Tune sweep: --config is a sweep file (configs/sweep_*.yaml)",
     "annotate": "annotate --import SOURCE: commit annotators' answers (oracle: manual)",
     "evaluate": "evaluate --checkpoint ROUND|last|FILE [--split test]: score a checkpoint",
+    "serve-predictions": "a Label Studio ML backend serving the latest round's pseudo-labels",
     "sync": "copy a tree to/from S3: sync SRC DEST [--endpoint URL] (datasets, results)",
 }
 # configs/ of the checkout, linked as s4al_ray/configs; a wheel installs a copy there.
@@ -57,7 +58,7 @@ def _parser(command: str) -> argparse.ArgumentParser:
     description = "S4AL+ active semi-supervised segmentation on Ray."
     if command == "run":
         description += "\n\ncommands:\n" + "\n".join(
-            f"  {name:9s} {text}" for name, text in COMMANDS.items()
+            f"  {name:17s} {text}" for name, text in COMMANDS.items()
         )
     else:
         description = f"{COMMANDS[command]}."
@@ -119,7 +120,12 @@ def _parser(command: str) -> argparse.ArgumentParser:
             metavar="N",
             help="write the predicted label maps of N images as PNGs (default: 8)",
         )
-    if command in ("run", "prepare", "annotate", "evaluate"):
+    if command == "serve-predictions":
+        parser.add_argument(
+            "--host", default="127.0.0.1", help="address to listen on (default: loopback only)"
+        )
+        parser.add_argument("--port", type=int, default=9090, help="port (default: 9090)")
+    if command in ("run", "prepare", "annotate", "evaluate", "serve-predictions"):
         parser.add_argument(
             "--print-config", action="store_true", help="print the resolved config as YAML and exit"
         )
@@ -181,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         from s4al_ray.annotate import annotate_command
 
         return annotate_command(cfg, args.import_dir, args.address)
+    if command == "serve-predictions":
+        from s4al_ray.serve_predictions import serve_command
+
+        return serve_command(cfg, args.host, args.port)
     if command == "evaluate":
         from s4al_ray.evaluate_command import evaluate_command
 

@@ -68,6 +68,7 @@ LAYERS = [
     (
         "s4al_ray.annotate",
         "s4al_ray.evaluate_command",
+        "s4al_ray.serve_predictions",
         "s4al_ray.sweep_space",
         "s4al_ray.sweep_callbacks",
         "s4al_ray.sweep_trial",
