@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.regions import RegionGrid
 from s4al_ray.report_figures import hex_color
 
 REGION_LABEL = "label this region"
@@ -61,10 +62,10 @@ def annotations_xml(
             width=str(width),
             height=str(height),
         )
-        inside = np.zeros((height, width), dtype=bool)
+        indices = [r["index"] for r in image["regions"]]
+        inside = RegionGrid(height, width, query["region_size"]).mask(indices)
         for region in image["regions"]:
             y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
-            inside[y0:y1, x0:x1] = True
             box = dict(xtl=x0, ytl=y0, xbr=x1, ybr=y1)
             ET.SubElement(node, "box", label=REGION_LABEL, **_shape(), **_text(box))
         label_map = pseudo_labels.get(image["sample_id"])

@@ -16,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.regions import RegionGrid
 from s4al_ray.report_figures import hex_color
 
 BRUSH = "label"  # the BrushLabels control: what annotators paint
@@ -119,6 +120,7 @@ def task(
     classes: list[str],
     pseudo_label: np.ndarray | None,
     round_index: int,
+    region_size: int,
 ) -> dict:
     """The task of one queried image; the pseudo-label's classes inside its regions as the
     prediction (annotators correct it instead of painting from nothing)."""
@@ -126,9 +128,8 @@ def task(
     boxes = [r["box_y0_y1_x0_x1"] for r in query_image["regions"]]
     result = [rectangle_result(b, height, width) for b in boxes]
     if pseudo_label is not None:
-        inside = np.zeros((height, width), dtype=bool)
-        for y0, y1, x0, x1 in boxes:
-            inside[y0:y1, x0:x1] = True
+        indices = [r["index"] for r in query_image["regions"]]
+        inside = RegionGrid(height, width, region_size).mask(indices)
         for c in np.unique(pseudo_label[inside]):
             if c < len(classes):
                 result.append(brush_result(inside & (pseudo_label == c), classes[int(c)]))

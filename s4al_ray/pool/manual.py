@@ -120,6 +120,7 @@ class ToolPackage:
                 query["classes"],
                 self.pseudo_labels.get(image["sample_id"]),
                 query["round"],
+                query["region_size"],
             )
             for image in query["images"]
         ]
