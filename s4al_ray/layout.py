@@ -32,7 +32,8 @@ from s4al_ray import storage
 RUN_FORMAT = 3
 
 
-def _round(r: int) -> str:
+def round_name(r: int) -> str:
+    """A round's name: its folders and files here, and its model version in annotation tools."""
     return f"round_{r:03d}"
 
 
@@ -62,12 +63,12 @@ class RunLayout:
         return self.path("rounds.csv")
 
     def record(self, r: int) -> str:
-        return self.path("rounds", f"{_round(r)}.json")
+        return self.path("rounds", f"{round_name(r)}.json")
 
     # -- the student
     def checkpoint(self, r: int) -> str:
         """The round's published student: ``{"model": state_dict}``."""
-        return self.path("checkpoints", f"{_round(r)}.pt")
+        return self.path("checkpoints", f"{round_name(r)}.pt")
 
     def checkpoint_rounds(self) -> list[int]:
         """The rounds that have a published student, in order."""
@@ -76,11 +77,11 @@ class RunLayout:
         return sorted(int(m.group(1)) for m in found if m)
 
     def train_metrics(self, r: int) -> str:
-        return self.path("checkpoints", f"{_round(r)}.json")
+        return self.path("checkpoints", f"{round_name(r)}.json")
 
     def train_inputs(self, r: int) -> str:
         """The rows round ``r``'s workers read (labeled, pool shards, val)."""
-        return self.path("train_inputs", f"{_round(r)}.parquet")
+        return self.path("train_inputs", f"{round_name(r)}.parquet")
 
     @property
     def train_dir(self) -> str:
@@ -88,10 +89,10 @@ class RunLayout:
 
     # -- the teacher
     def teacher(self, r: int) -> str:
-        return self.path("teacher", _round(r))
+        return self.path("teacher", round_name(r))
 
     def teacher_summary(self, r: int) -> str:
-        return self.path("teacher", f"{_round(r)}.json")
+        return self.path("teacher", f"{round_name(r)}.json")
 
     # -- the pool and its oracle
     @property
@@ -113,7 +114,7 @@ class RunLayout:
     @staticmethod
     def pool_round_name(r: int) -> str:
         """Round ``r``'s delta file, relative to ``pool_dir`` (as the head names it)."""
-        return f"rounds/{_round(r)}.parquet"
+        return f"rounds/{round_name(r)}.parquet"
 
     def pool_file(self, name: str) -> str:
         """A file the head names, relative to ``pool_dir``."""
@@ -132,7 +133,7 @@ class RunLayout:
         return self.path("queries")
 
     def queries(self, r: int) -> str:
-        return self.path("queries", _round(r))
+        return self.path("queries", round_name(r))
 
     def oracle_label(self, sample_id: str) -> str:
         return self.path("oracle", "labels", f"{sample_id}.png")
@@ -148,7 +149,7 @@ class RunLayout:
     @staticmethod
     def examples_figure(r: int) -> str:
         """The file name (inside ``report_dir``) of round ``r``'s examples grid."""
-        return f"examples_{_round(r)}.png"
+        return f"examples_{round_name(r)}.png"
 
     @staticmethod
     def examples_round(file_name: str) -> int | None:
@@ -180,7 +181,7 @@ class RunLayout:
     @staticmethod
     def round_label(r: int) -> str:
         """``round_003``: how a round is named in the run directory's files."""
-        return _round(r)
+        return round_name(r)
 
     # -- scratch space (benchmarks)
     def scratch(self, *parts: str) -> str:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, unquote, urlparse
 
 from s4al_ray import storage
-from s4al_ray.layout import RunLayout
+from s4al_ray.layout import RunLayout, round_name
 
 
 def latest_pass(layout: RunLayout, rounds: int) -> tuple[int, str] | None:
@@ -48,27 +48,25 @@ def predictions(tasks: list[dict], layout: RunLayout, rounds: int, classes: list
     """The ``/predict`` answer for ``tasks`` from the newest pass."""
     from s4al_ray.data.io import decode_mask
     from s4al_ray.data.training import read_pseudo_labels
-    from s4al_ray.pool.label_studio import brush_result
+    from s4al_ray.pool.label_studio import brush_results
 
     found = latest_pass(layout, rounds)
     if found is None:
         return {"results": [{"result": [], "score": 0.0, "model_version": "none"} for _ in tasks]}
     round_index, uri = found
-    wanted = {sid for sid in map(task_sample_id, tasks) if sid}
-    stored = read_pseudo_labels(uri, wanted)
-    model = f"round_{round_index:03d}"
+    sample_ids = [task_sample_id(t) for t in tasks]
+    stored = read_pseudo_labels(uri, {sid for sid in sample_ids if sid})
     results = []
-    for task in tasks:
-        label = stored.get(task_sample_id(task))
-        result = []
-        if label is not None:
-            mask = decode_mask(label[0])
-            result = [
-                brush_result(mask == c, classes[int(c)])
-                for c in sorted(set(mask.ravel().tolist()))
-                if c < len(classes)  # 255: below the confidence threshold, left unlabeled
-            ]
-        results.append({"result": result, "score": 1.0 if result else 0.0, "model_version": model})
+    for sample_id in sample_ids:
+        label = stored.get(sample_id)
+        result = [] if label is None else brush_results(decode_mask(label[0]), classes)
+        results.append(
+            {
+                "result": result,
+                "score": 1.0 if result else 0.0,
+                "model_version": round_name(round_index),
+            }
+        )
     return {"results": results}
 
 
@@ -100,7 +98,7 @@ def make_server(host: str, port: int, layout: RunLayout, rounds: int, classes: l
                 return
             if self.path == "/setup":
                 found = latest_pass(layout, rounds)
-                version = f"round_{found[0]:03d}" if found else "none"
+                version = round_name(found[0]) if found else "none"
                 self._send(200, {"model_version": version})
             elif self.path == "/predict":
                 tasks = body.get("tasks")

@@ -16,6 +16,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.layout import round_name
 from s4al_ray.regions import RegionGrid
 from s4al_ray.report_figures import hex_color
 
@@ -94,6 +95,19 @@ def brush_result(mask: np.ndarray, label: str) -> dict:
     }
 
 
+def brush_results(
+    label_map: np.ndarray, classes: list[str], where: np.ndarray | None = None
+) -> list[dict]:
+    """One brush region per class of ``label_map`` (within ``where``, if given); values that are
+    not classes (255: below the confidence threshold) stay unpainted."""
+    inside = np.ones(label_map.shape, dtype=bool) if where is None else where
+    return [
+        brush_result(inside & (label_map == c), classes[int(c)])
+        for c in np.unique(label_map[inside])
+        if c < len(classes)
+    ]
+
+
 def rectangle_result(box: list[int], height: int, width: int) -> dict:
     y0, y1, x0, x1 = box
     return {
@@ -130,11 +144,9 @@ def task(
     if pseudo_label is not None:
         indices = [r["index"] for r in query_image["regions"]]
         inside = RegionGrid(height, width, region_size).mask(indices)
-        for c in np.unique(pseudo_label[inside]):
-            if c < len(classes):
-                result.append(brush_result(inside & (pseudo_label == c), classes[int(c)]))
+        result += brush_results(pseudo_label, classes, inside)
     data = {"image": url, "sample_id": query_image["sample_id"], "round": round_index}
-    model = f"round_{round_index:03d}"
+    model = round_name(round_index)
     return {"data": data, "predictions": [{"model_version": model, "result": result}]}
 
 
