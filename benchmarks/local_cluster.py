@@ -76,7 +76,7 @@ class LocalCluster:
         path = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
         self.env = {**os.environ, "RAY_AUTH_MODE": "token", "PATH": path}
         self.env.pop("RAY_ADDRESS", None)
-        self.workers: list[int] = []  # node manager port of each worker node started
+        self.workers: dict[str, int] = {}  # node id -> node manager port, per worker started
         self.next_worker_port = 21000
         gcs, dash, client, *self.head_ports = _free_ports(9)
         self.gcs, self.dashboard = f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}"
@@ -124,18 +124,18 @@ class LocalCluster:
         before = {n["node_id"] for n in self.nodes()}
         ports = _free_ports(6)
         self._ray_start(f"--address={self.gcs}", f"--num-cpus={cpus}", *self._node_ports(*ports))
-        self.workers.append(ports[4])
         deadline = time.time() + 60
         while time.time() < deadline:
             new = [n["node_id"] for n in self.nodes() if n["node_id"] not in before]
             if new:
+                self.workers[new[0]] = ports[4]
                 return new[0]
             time.sleep(0.5)
         raise ClusterCommandError("the new worker node never joined")
 
-    def kill_worker(self, node_manager_port: int) -> None:
+    def kill_worker(self, node_id: str) -> None:
         """Lose a node as a machine is lost: its raylet (and with it its workers) killed."""
-        kill_matching(f"--node_manager_port={node_manager_port}")
+        kill_matching(f"--node_manager_port={self.workers.pop(node_id)}")
 
     def nodes(self, alive: bool = True) -> list[dict]:
         listed = self.cli("list", "nodes", "--format", "json", "--limit", "100")
