@@ -23,6 +23,7 @@ import re
 import time
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -34,6 +35,7 @@ from s4al_ray.runtime import connect  # noqa: E402
 METHODS = {
     "full": ["data.initial_labeled_frac=1.0", "loop.rounds=1"],
     "s4al+ active": [],
+    "s4al+ class-balanced": ["acquisition.selection=class_balanced"],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     "supervised-only active": [
@@ -53,8 +55,24 @@ def benchmark_parser(description: str, out: str) -> argparse.ArgumentParser:
     parser.add_argument("--config", default="configs/label_efficiency.yaml")
     parser.add_argument("--quick", action="store_true", help="smoke-sized runs (minutes)")
     parser.add_argument("--out", default=out)
+    parser.add_argument(
+        "--seeds",
+        default="0",
+        help="comma-separated experiment seeds; every figure is reported as mean and standard "
+        "deviation over them (model initialisation, initial labeled set, sampling)",
+    )
     parser.add_argument("overrides", nargs="*", help="extra config overrides for every run")
     return parser
+
+
+def parse_seeds(parser: argparse.ArgumentParser, text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds: {text!r} is not a comma-separated list of integers")
+    if not seeds or len(set(seeds)) != len(seeds):
+        parser.error(f"--seeds: {text!r} must name at least one seed, each once")
+    return seeds
 
 
 def shared_overrides(args: argparse.Namespace) -> list[str]:
@@ -63,53 +81,135 @@ def shared_overrides(args: argparse.Namespace) -> list[str]:
     return [*common, *QUICK_OVERRIDES] if args.quick else common
 
 
-def run_method(base: str, label: str, overrides: list[str], common: list[str]) -> list[dict]:
-    name = "bench-" + re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
-    cfg = load_config(base, [*common, *overrides, f"name={name}"])
+def run_method(
+    base: str, label: str, overrides: list[str], common: list[str], seed: int | None = None
+) -> list[dict]:
+    """One run of ``label``'s overrides; a finished run of the same name is read back (the
+    round loop resumes), so an interrupted benchmark continues where it stopped."""
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
+    name = f"bench-{slug}" if seed is None else f"bench-{slug}-seed{seed}"
+    seeded = [] if seed is None else [f"seed={seed}"]
+    cfg = load_config(base, [*common, *overrides, *seeded, f"name={name}"])
+    tag = label if seed is None else f"{label} s{seed}"
     started = time.perf_counter()
-    records = Experiment(cfg, log=lambda line: print(f"  {label:>22s} | {line}")).run()
-    print(f"  {label:>22s} | finished in {time.perf_counter() - started:.0f}s")
+    records = Experiment(cfg, log=lambda line: print(f"  {tag:>25s} | {line}")).run()
+    print(f"  {tag:>25s} | finished in {time.perf_counter() - started:.0f}s")
     return records
 
 
-def summarise(results: dict[str, list[dict]]) -> list[dict]:
-    full = results["full"][-1]["val/miou"]
+def summarise(results: dict[tuple[str, int], list[dict]], classes: list[str]) -> list[dict]:
+    """One row per (method, seed, round); shares of full are of the same seed's full run."""
     rows = []
-    for label, records in results.items():
+    for (label, seed), records in results.items():
+        full = results[("full", seed)][-1]["val/miou"]
         for rec in records:
             rows.append(
                 {
                     "method": label,
+                    "seed": seed,
                     "round": rec["round"],
                     "labeled_pct": 100 * rec["pool/labeled_frac"],
                     "miou_pct": 100 * rec["val/miou"],
                     "of_full_pct": 100 * rec["val/miou"] / full,
+                    **{f"iou/{c}": 100 * rec[f"val/iou/{c}"] for c in classes},
                 }
             )
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"\n{'method':>22s}  {'round':>5s}  {'labeled %':>9s}  {'mIoU %':>7s}  {'% of full':>9s}")
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single seed)."""
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std(ddof=1)) if array.size > 1 else 0.0
+
+
+def across_seeds(rows: list[dict], classes: list[str]) -> list[dict]:
+    """Per (method, round): mean and standard deviation over seeds of every figure."""
+    groups: dict[tuple[str, int], list[dict]] = {}
     for row in rows:
+        groups.setdefault((row["method"], row["round"]), []).append(row)
+    fields = ["labeled_pct", "miou_pct", "of_full_pct", *(f"iou/{c}" for c in classes)]
+    summary = []
+    for (method, rnd), members in groups.items():
+        entry: dict = {"method": method, "round": rnd, "seeds": len(members)}
+        for name in fields:
+            entry[name], entry[f"{name}_std"] = mean_std([m[name] for m in members])
+        summary.append(entry)
+    return summary
+
+
+def rarest_classes(data_frequencies: dict[str, float], count: int = 3) -> list[str]:
+    return sorted(data_frequencies, key=data_frequencies.get)[:count]
+
+
+def print_table(summary: list[dict], rare: list[str]) -> None:
+    heads = (
+        f"{'method':>22s}  {'round':>5s}  {'labeled %':>9s}  {'mIoU %':>12s}  {'% of full':>12s}"
+    )
+    print("\n" + heads + "".join(f"  {c:>12s}" for c in rare))
+    for row in summary:
+        cells = [
+            f"{row['method']:>22s}  {row['round']:5d}  {row['labeled_pct']:9.2f}",
+            f"{row['miou_pct']:6.1f} ±{row['miou_pct_std']:4.1f}",
+            f"{row['of_full_pct']:6.1f} ±{row['of_full_pct_std']:4.1f}",
+            *(f"{row[f'iou/{c}']:6.1f} ±{row[f'iou/{c}_std']:4.1f}" for c in rare),
+        ]
+        print("  ".join(cells))
+
+
+def gains(rows: list[dict], baseline: str = "s4al+ random") -> dict[str, dict]:
+    """Each method's mIoU minus the baseline's in the same seed and round (the same labeled
+    pixels), at the last round: the mean and standard deviation of those paired differences,
+    and the spread of the method's own seeds, which a gain must clearly exceed."""
+    by_key = {(r["method"], r["seed"], r["round"]): r for r in rows}
+    last = max((r["round"] for r in rows if r["method"] == baseline), default=None)
+    if last is None:
+        return {}
+    out = {}
+    for method in dict.fromkeys(r["method"] for r in rows):
+        if method in ("full", baseline):
+            continue
+        pairs = [
+            (by_key[(method, s, last)], by_key[(baseline, s, last)])
+            for (m, s, rnd) in by_key
+            if m == method and rnd == last and (baseline, s, last) in by_key
+        ]
+        if not pairs:
+            continue
+        diff = mean_std([a["miou_pct"] - b["miou_pct"] for a, b in pairs])
+        own = mean_std([a["miou_pct"] for a, _ in pairs])
+        out[method] = {"round": last, "gain": diff[0], "gain_std": diff[1], "seeds_std": own[1]}
+    return out
+
+
+def print_gains(found: dict[str, dict], baseline: str = "s4al+ random") -> None:
+    if found:
+        print(f"\nlast round, mIoU against {baseline} (paired by seed):")
+    for method, g in found.items():
         print(
-            f"{row['method']:>22s}  {row['round']:5d}  {row['labeled_pct']:9.2f}  "
-            f"{row['miou_pct']:7.1f}  {row['of_full_pct']:9.1f}"
+            f"  {method:>22s}: {g['gain']:+.1f} ± {g['gain_std']:.1f} "
+            f"(the method's seeds: std {g['seeds_std']:.1f})"
         )
 
 
-def plot(rows: list[dict], path: str) -> None:
+def plot(summary: list[dict], path: str) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    full = next(r for r in rows if r["method"] == "full")
+    full = next(r for r in summary if r["method"] == "full")
     ax.axhline(full["miou_pct"], color="black", lw=1, ls="--", label="fully supervised")
     ax.axhline(0.95 * full["miou_pct"], color="grey", lw=1, ls=":", label="95% of full")
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "full"):
-        points = [r for r in rows if r["method"] == method]
-        ax.plot(
-            [p["labeled_pct"] for p in points], [p["miou_pct"] for p in points], "o-", label=method
+    for method in dict.fromkeys(r["method"] for r in summary if r["method"] != "full"):
+        points = [r for r in summary if r["method"] == method]
+        ax.errorbar(
+            [p["labeled_pct"] for p in points],
+            [p["miou_pct"] for p in points],
+            yerr=[p["miou_pct_std"] for p in points],
+            fmt="o-",
+            capsize=3,
+            label=method,
         )
+    seeds = full["seeds"]
     ax.set_xlabel("labeled pixels (% of train pixels)")
-    ax.set_ylabel("val mIoU (%)")
+    ax.set_ylabel(f"val mIoU (%), mean ± std of {seeds} seed{'s' * (seeds > 1)}")
     ax.set_title("Label efficiency on the synthetic street scenes")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -118,16 +218,48 @@ def plot(rows: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def dataset_facts(cfg) -> tuple[dict[str, float], float]:
+    """Each class's share of the train split's ground-truth pixels, and how far colour alone
+    goes: the val mIoU (%) of a nearest-class-mean-colour pixel classifier fitted on train (a
+    task it solves is too easy to compare methods on)."""
+    from s4al_ray.data.io import load_image, load_mask
+    from s4al_ray.data.registry import load_dataset
+    from s4al_ray.evaluate import mean_iou
+
+    data = load_dataset(cfg.data, cfg.seed, log=lambda line: None)
+    c = data.num_classes
+    counts, colour_sums = np.zeros(c, np.int64), np.zeros((c, 3))
+    for row in data.rows("train"):
+        mask, image = load_mask(row["mask_uri"]).ravel(), load_image(row["image_uri"])
+        valid = mask < c
+        counts += np.bincount(mask[valid], minlength=c)
+        for k in range(3):
+            colour_sums[:, k] += np.bincount(
+                mask[valid], weights=image.reshape(-1, 3)[valid, k], minlength=c
+            )
+    means = colour_sums / np.maximum(counts, 1)[:, None]
+    confusion = np.zeros((c, c), np.int64)
+    for row in data.rows("val"):
+        mask, image = load_mask(row["mask_uri"]).ravel(), load_image(row["image_uri"])
+        pixels = image.reshape(-1, 3).astype(np.float64)
+        predicted = ((pixels[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
+        valid = mask < c
+        confusion += np.bincount(mask[valid] * c + predicted[valid], minlength=c * c).reshape(c, c)
+    frequencies = dict(zip(data.classes, (counts / counts.sum()).tolist()))
+    return frequencies, 100 * mean_iou(confusion)
+
+
 def main() -> None:
     parser = benchmark_parser(__doc__.splitlines()[0], "runs/benchmarks/label_efficiency")
     parser.add_argument(
         "--methods",
-        default=",".join(METHODS),
+        default="s4al+ active,s4al+ class-balanced,s4al+ random",
         help="comma-separated subset of: "
         + ", ".join(METHODS)
         + " (full is always run: every other figure is a share of it)",
     )
     args = parser.parse_args()
+    seeds = parse_seeds(parser, args.seeds)
     chosen = ["full", *[m.strip() for m in args.methods.split(",") if m.strip() != "full"]]
     unknown = [m for m in chosen if m not in METHODS]
     if unknown:
@@ -138,16 +270,39 @@ def main() -> None:
     # The reference trains as many steps in its one round as the others do over all rounds.
     methods = {label: METHODS[label] for label in chosen}
     methods["full"] = [*METHODS["full"], f"train.epochs={base.train.epochs * base.loop.rounds}"]
+    # Seed by seed, so a stopped benchmark has whole seeds to show (and resumes the rest).
     results = {
-        label: run_method(args.config, label, overrides, common)
+        (label, seed): run_method(args.config, label, overrides, common, seed)
+        for seed in seeds
         for label, overrides in methods.items()
     }
-    rows = summarise(results)
-    print_table(rows)
+    frequencies, colour_miou = dataset_facts(base)
+    classes = list(frequencies)
+    rare = rarest_classes(frequencies)
+    shares = ", ".join(f"{c} {100 * f:.2f}%" for c, f in frequencies.items())
+    print(f"train pixels per class: {shares}")
+    print(f"nearest-mean-colour pixel classifier: val mIoU {colour_miou:.1f}%")
+    rows = summarise(results, classes)
+    summary = across_seeds(rows, classes)
+    print_table(summary, rare)
+    found = gains(rows)
+    print_gains(found)
     os.makedirs(args.out, exist_ok=True)
-    plot(rows, os.path.join(args.out, "label_efficiency.png"))
+    plot(summary, os.path.join(args.out, "label_efficiency.png"))
     with open(os.path.join(args.out, "label_efficiency.json"), "w") as handle:
-        json.dump(rows, handle, indent=1)
+        json.dump(
+            {
+                "seeds": seeds,
+                "class_frequency": frequencies,
+                "nearest_colour_miou_pct": colour_miou,
+                "rarest": rare,
+                "summary": summary,
+                "gains_over_random": found,
+                "runs": rows,
+            },
+            handle,
+            indent=1,
+        )
     print(f"\ncurve: {args.out}/label_efficiency.png  numbers: {args.out}/label_efficiency.json")
 
 

@@ -9,7 +9,8 @@ sum the lowest score bin each region area could still be chosen from
 (:meth:`CandidateHistogram.cutoff`), and the candidates are filtered against that
 (:meth:`Cutoff.keep`) where they lie, so only about the budget's worth (plus one score bin)
 reaches the driver. The selection stays exactly that of one global ranking: the cut-off only
-drops regions the greedy fill could not take.
+drops regions the greedy fill could not take. With class-balanced selection each group of
+regions is a greedy fill of at most the budget, so the same cut-off is found per group.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from s4al_ray.acquisition import Candidates, score_order_key
 # 7 mantissa bits): 2^-7 relative resolution, so the bin the budget ends in holds well under 1%
 # of a pool, and a block's histogram has at most a few thousand non-empty bins.
 _KEPT_BITS = 16
-_AREA_BITS = 32  # histogram keys: bin << 32 | area (a region's area is far below 2^32)
+_AREA_BITS = 32  # histogram keys: group << 48 | bin << 32 | area (an area is far below 2^32)
+_GROUP_SHIFT = _AREA_BITS + _KEPT_BITS
 
 
 def score_bins(score: np.ndarray) -> np.ndarray:
@@ -36,8 +38,8 @@ def score_bins(score: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class CandidateHistogram:
-    """How many candidate regions fall in each (score bin, area): sorted distinct ``keys``
-    (``bin << 32 | area``) and their ``counts``."""
+    """How many candidate regions fall in each (group, score bin, area): sorted distinct
+    ``keys`` (``group << 48 | bin << 32 | area``) and their ``counts``."""
 
     keys: np.ndarray  # int64
     counts: np.ndarray  # int64
@@ -45,7 +47,8 @@ class CandidateHistogram:
     @staticmethod
     def keys_of(c: Candidates) -> np.ndarray:
         """Each candidate's histogram key."""
-        return score_bins(c.score) << _AREA_BITS | c.area.astype(np.int64)
+        keys = score_bins(c.score) << _AREA_BITS | c.area.astype(np.int64)
+        return keys if c.group is None else keys | c.group.astype(np.int64) << _GROUP_SHIFT
 
     @staticmethod
     def of(c: Candidates) -> "CandidateHistogram":
@@ -54,18 +57,43 @@ class CandidateHistogram:
 
     @property
     def bins(self) -> np.ndarray:
-        return self.keys >> _AREA_BITS
+        return (self.keys >> _AREA_BITS) & ((1 << _KEPT_BITS) - 1)
 
     @property
     def areas(self) -> np.ndarray:
         return self.keys & ((1 << _AREA_BITS) - 1)
 
     @property
+    def groups(self) -> np.ndarray:
+        return self.keys >> _GROUP_SHIFT
+
+    @property
+    def group_areas(self) -> np.ndarray:
+        """``group << 32 | area``: the keys a cut-off is found for."""
+        return self.groups << _AREA_BITS | self.areas
+
+    @property
     def regions(self) -> int:
         return int(self.counts.sum())
 
     def cutoff(self, budget_pixels: int) -> "Cutoff":
-        """The lowest bin each area could be chosen from by the greedy fill of the budget.
+        """The lowest bin each (group, area) could be chosen from: ``group_cutoff`` per group."""
+        groups = self.groups
+        if groups.size == 0 or groups[-1] == groups[0]:  # sorted keys: one group
+            return self.group_cutoff(budget_pixels)
+        parts = []
+        for group in np.unique(groups).tolist():
+            mine = groups == group
+            cut = CandidateHistogram(self.keys[mine], self.counts[mine]).group_cutoff(budget_pixels)
+            parts.append(cut)
+        return Cutoff(
+            np.concatenate([p.areas for p in parts]),
+            np.concatenate([p.lowest_bin for p in parts]),
+        )
+
+    def group_cutoff(self, budget_pixels: int) -> "Cutoff":
+        """The lowest bin each area of this histogram's one group could be chosen from by the
+        greedy fill of the budget.
 
         Regions are taken best first while they fit. Let B be the highest bin at which the
         pixels of the bins from the top reach the budget (all of them cannot be taken), so the
@@ -75,6 +103,7 @@ class CandidateHistogram:
         are the first of them, at most ``(limit - 1) // a``: keeping the bins down to where that
         many are reached keeps every region the fill can take."""
         bins, areas, counts = self.bins, self.areas, self.counts
+        group = int(self.groups[0]) << _AREA_BITS if self.keys.size else 0
         fits = areas <= budget_pixels
         bins, areas, counts = bins[fits], areas[fits], counts[fits]
         if budget_pixels <= 0 or bins.size == 0:
@@ -84,7 +113,8 @@ class CandidateHistogram:
         bins, areas, counts = bins[order], areas[order], counts[order]
         reached = np.searchsorted(np.cumsum(counts * areas), budget_pixels)
         if reached >= bins.size:  # the budget takes every candidate
-            return Cutoff(distinct_areas, np.full(distinct_areas.size, np.iinfo(np.int64).min))
+            every = np.full(distinct_areas.size, np.iinfo(np.int64).min)
+            return Cutoff(group | distinct_areas, every)
         boundary = bins[reached]
         limit = int(areas[bins >= boundary].max())
         lowest = np.full(distinct_areas.size, boundary, dtype=np.int64)
@@ -96,19 +126,19 @@ class CandidateHistogram:
             cum = np.cumsum(counts[below])
             at = np.searchsorted(cum, most)
             lowest[k] = bins[below][min(at, cum.size - 1)] if cum.size else boundary
-        return Cutoff(distinct_areas, lowest)
+        return Cutoff(group | distinct_areas, lowest)
 
 
 class HistogramSum:
-    """Sums block histograms as they stream in, in dense per-area arrays of every bin: O(the
-    histogram entries) whatever their number (the blocks of a 10^6-image pool hand over ~10^7),
-    where re-merging sorted keys per block would cost O(blocks x bins)."""
+    """Sums block histograms as they stream in, in dense per-(group, area) arrays of every bin:
+    O(the histogram entries) whatever their number (the blocks of a 10^6-image pool hand over
+    ~10^7), where re-merging sorted keys per block would cost O(blocks x bins)."""
 
     def __init__(self) -> None:
-        self.by_area: dict[int, np.ndarray] = {}
+        self.by_area: dict[int, np.ndarray] = {}  # group << 32 | area -> counts per bin
 
     def add(self, hist: CandidateHistogram) -> None:
-        areas, bins = hist.areas, hist.bins
+        areas, bins = hist.group_areas, hist.bins
         for area in np.unique(areas).tolist():
             dense = self.by_area.get(area)
             if dense is None:
@@ -118,10 +148,11 @@ class HistogramSum:
 
     def result(self) -> CandidateHistogram:
         keys, counts = [], []
-        for area in sorted(self.by_area):
-            dense = self.by_area[area]
+        for group_area in sorted(self.by_area):
+            dense = self.by_area[group_area]
             bins = np.flatnonzero(dense)
-            keys.append(bins.astype(np.int64) << _AREA_BITS | area)
+            group, area = divmod(group_area, 1 << _AREA_BITS)
+            keys.append(group << _GROUP_SHIFT | bins.astype(np.int64) << _AREA_BITS | area)
             counts.append(dense[bins])
         if not keys:
             return CandidateHistogram(np.empty(0, np.int64), np.empty(0, np.int64))
@@ -132,8 +163,9 @@ class HistogramSum:
 
 @dataclass(frozen=True)
 class Cutoff:
-    """Per region area, the lowest score bin whose regions could be chosen (sorted ``areas``);
-    regions of an area not listed (larger than the budget) cannot be."""
+    """Per region (group, area) (``group << 32 | area``, sorted ``areas``), the lowest score bin
+    whose regions could be chosen; regions of an area not listed (larger than the budget, or of
+    a group that has none) cannot be."""
 
     areas: np.ndarray  # int64
     lowest_bin: np.ndarray  # int64
@@ -142,6 +174,8 @@ class Cutoff:
         if len(c) == 0 or self.areas.size == 0:
             return Candidates.empty()
         area = c.area.astype(np.int64)
+        if c.group is not None:
+            area |= c.group.astype(np.int64) << _AREA_BITS
         at = np.minimum(np.searchsorted(self.areas, area), self.areas.size - 1)
         listed = self.areas[at] == area
         return c.take(listed & (score_bins(c.score) >= self.lowest_bin[at]))

@@ -37,6 +37,13 @@ class SyntheticConfig:
     height: int = setting(96, lo=32, hi=4096, doc="image height in pixels")
     width: int = setting(128, lo=32, hi=4096, doc="image width in pixels")
     seed: int = setting(0, doc="dataset seed (separate from the experiment seed)")
+    thin_scale: float = setting(
+        1.0,
+        lo=0.25,
+        hi=8.0,
+        doc="size multiple of the thin and small objects (pole width, sign size, pedestrian "
+        "width); 1 = the default drawing",
+    )
 
 
 @dataclass
@@ -158,6 +165,13 @@ class RecoConfig:
     temperature: float = setting(0.5, lo=1e-3, doc="ReCo: softmax temperature")
     num_queries: int = setting(128, lo=1, doc="ReCo: query pixels per class and batch")
     num_negatives: int = setting(256, lo=1, doc="ReCo: negative keys per query")
+    warmup_steps: int = setting(
+        0,
+        lo=0,
+        doc="ReCo: its weight ramps linearly from 0 to train.reco_weight over this many "
+        "optimiser steps of the run (counted across rounds when the student continues); "
+        "0 = the full weight from the first step",
+    )
 
 
 @dataclass
@@ -212,6 +226,13 @@ class AcquisitionConfig:
         0.2, lo=0.0, hi=1.0, doc="cap on all labeled pixels, share of train pixels"
     )
     top_k: int = setting(4, lo=1, doc="topk mode: regions per image and round")
+    selection: str = setting(
+        "ranked",
+        choices=("ranked", "class_balanced"),
+        doc="ranked: the best scores over the pool fill the budget; class_balanced: each class "
+        "the teacher predicts gets an equal share of the budget for the best regions showing "
+        "it, rarest labeled class first (what a class cannot use passes on)",
+    )
     exclude_border: bool = setting(False, doc="never acquire the outer ring of regions")
 
 

@@ -237,6 +237,7 @@ class Experiment:
             mode=acq.mode,
             budget_pixels=acquisition_budget(self.cfg, state),
             top_k=acq.top_k,
+            selection=acq.selection,
         )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}

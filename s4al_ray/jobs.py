@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from s4al_ray import storage
-from s4al_ray.acquisition import inverse_frequency_weights
+from s4al_ray.acquisition import class_rarity_ranks, inverse_frequency_weights
 from s4al_ray.config import ExperimentConfig
 from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
@@ -188,6 +188,9 @@ def teacher_job(
     weights = None
     if "class_weights" in score.needs:
         weights = inverse_frequency_weights(state.labeled_class_pixels).tolist()
+    rarity = None
+    if cfg.acquisition.selection == "class_balanced":
+        rarity = class_rarity_ranks(state.labeled_class_pixels).tolist()
     t = cfg.teacher
     return TeacherJob(
         round=r,
@@ -211,6 +214,7 @@ def teacher_job(
         top_k=cfg.acquisition.top_k,
         exclude_border=cfg.acquisition.exclude_border,
         min_workers=workers.smallest,
+        rarity_ranks=rarity,
     )
 
 

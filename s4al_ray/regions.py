@@ -63,6 +63,18 @@ class RegionGrid:
     def region_means(self, pixel_map: np.ndarray) -> np.ndarray:
         return self.region_sums(pixel_map) / self.areas
 
+    def region_class_counts(self, label: np.ndarray, num_classes: int, skip: np.ndarray):
+        """(num_regions, num_classes) pixel counts of each class of ``label`` (H, W) per region,
+        leaving out the pixels where ``skip`` (H, W) is true; one bincount over the image."""
+        if label.shape != (self.height, self.width):
+            raise ValueError(f"map of shape {label.shape} does not fit grid {self}")
+        rows = np.arange(self.height) // self.size
+        cols = np.arange(self.width) // self.size
+        region = (rows[:, None] * self.cols + cols[None, :]).astype(np.int64)
+        keys = (region * num_classes + label.astype(np.int64))[~skip]
+        counts = np.bincount(keys, minlength=self.num_regions * num_classes)
+        return counts.reshape(self.num_regions, num_classes)
+
     def mask(self, indices) -> np.ndarray:
         """Boolean (H, W) mask covering the given regions."""
         cells = np.zeros(self.num_regions, dtype=bool)

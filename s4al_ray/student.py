@@ -35,7 +35,7 @@ from s4al_ray.data.training import (
     read_pseudo_labels,
 )
 from s4al_ray.evaluate import evaluate_items
-from s4al_ray.losses.joint import joint_losses
+from s4al_ray.losses.joint import joint_losses, reco_weight_at
 from s4al_ray.mean_teacher import make_ema_teacher, mean_teacher_batch
 from s4al_ray.model import model_from_config, unwrap
 from s4al_ray.model.weights import load_checkpoint
@@ -173,12 +173,23 @@ def augment_batches(job: StudentJob, batch_l, batch_u, device, generator, ema=No
     return labeled, mix_batch(*pool, job.train.mix, generator)
 
 
-def _step_losses(model, job: StudentJob, batch_l, batch_u, generator) -> dict[str, torch.Tensor]:
+def run_step(job: StudentJob, epoch: int, step: int) -> int:
+    """Optimiser steps before this one in the run: a continued student counts every earlier
+    round's (each round trains the same number of steps)."""
+    per_round = job.train.epochs * job.train.steps_per_epoch
+    done = 0 if job.train.fresh_student else job.round * per_round
+    return done + epoch * job.train.steps_per_epoch + step
+
+
+def _step_losses(
+    model, job: StudentJob, batch_l, batch_u, generator, reco_weight: float
+) -> dict[str, torch.Tensor]:
     """The joint losses of augmented pairs already on the device (``augment_batches``)."""
     pairs = [batch_l] if batch_u is None else [batch_l, batch_u]
     x, y = (torch.cat(parts) for parts in zip(*pairs))  # images, targets
-    out = model(normalize(x), with_embedding=job.train.reco_weight > 0)
-    return joint_losses(out, y, batch_l[0].shape[0], job.train, job.reco, generator)
+    out = model(normalize(x), with_embedding=reco_weight > 0)
+    n_labeled = batch_l[0].shape[0]
+    return joint_losses(out, y, n_labeled, job.train, job.reco, generator, reco_weight)
 
 
 def train_step(
@@ -191,14 +202,17 @@ def train_step(
     generator,
     ema=None,
     use_amp: bool = False,
+    reco_weight: float | None = None,
 ) -> dict[str, float]:
     """One optimiser step on a joint batch of loader batches (``collate_decoded``), augmented on
     ``device`` first (``augment_batches``); with ``ema`` (the mean-teacher baseline) the EMA
-    teacher labels the pool batch and then follows the student. Returns the losses."""
+    teacher labels the pool batch and then follows the student. ``reco_weight``: the step's
+    (``losses.joint.reco_weight_at``; default ``train.reco_weight``). Returns the losses."""
+    reco_weight = job.train.reco_weight if reco_weight is None else reco_weight
     # Augmentation runs outside autocast: it resamples images in float32 either way.
     batch_l, batch_u = augment_batches(job, batch_l, batch_u, device, generator, ema)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-        losses = _step_losses(model, job, batch_l, batch_u, generator)
+        losses = _step_losses(model, job, batch_l, batch_u, generator, reco_weight)
     optimizer.zero_grad(set_to_none=True)
     losses["total"].backward()
     optimizer.step()
@@ -229,6 +243,7 @@ def train_epoch(
             generator,
             ema,
             use_amp,
+            reco_weight_at(train, job.reco, run_step(job, epoch, step)),
         )
         for key, value in losses.items():
             sums[key] = sums.get(key, 0.0) + value

@@ -116,7 +116,7 @@ _SUMMARY_COLUMNS = [
     "cand_hist_counts",
     "node_id",
 ]
-_CANDIDATE_COLUMNS = ["pool_index", "cand_regions", "cand_scores", "cand_areas"]
+_CANDIDATE_COLUMNS = ["pool_index", "cand_regions", "cand_scores", "cand_areas", "cand_groups"]
 # Above this many candidates the cut-off is applied by Ray Data tasks where the files are, not
 # by the driver reading them all (a 10^6-image pool holds ~5 * 10^8 at 1% a round).
 LOCAL_FILTER_MAX = 1 << 22
@@ -135,6 +135,8 @@ def read_teacher_output(
     hist = np.zeros(num_classes * LEVELS, dtype=np.int64)
     counted, class_pixels, nodes = HistogramSum(), {}, Counter()
     written_by_this_version = "cand_hist_keys" in dataset.schema.names
+    # Passes written before class-balanced selection have no groups: one group, as then.
+    candidate_columns = [c for c in _CANDIDATE_COLUMNS if c in dataset.schema.names]
     summary_columns = [c for c in _SUMMARY_COLUMNS if c in dataset.schema.names]
     for batch in dataset.to_batches(columns=summary_columns):
         ids = batch.column("sample_id").to_pylist()
@@ -155,18 +157,16 @@ def read_teacher_output(
     if filter_in_tasks is None:
         filter_in_tasks = candidate_hist.regions > LOCAL_FILTER_MAX
     if filter_in_tasks:
-        files = ray.data.read_parquet(dataset.files, filesystem=fs, columns=_CANDIDATE_COLUMNS)
+        files = ray.data.read_parquet(dataset.files, filesystem=fs, columns=candidate_columns)
         kept = files.map_batches(
             _kept_candidates, fn_kwargs={"cutoff": cutoff}, batch_format="pyarrow", num_cpus=1
         ).iter_batches(batch_format="pyarrow", batch_size=None)
     else:
         kept = (
             _kept_candidates(batch, cutoff)
-            for batch in dataset.to_batches(columns=_CANDIDATE_COLUMNS)
+            for batch in dataset.to_batches(columns=candidate_columns)
         )
-    candidates = Candidates.concat(
-        [Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS)) for table in kept]
-    )
+    candidates = Candidates.concat([_from_table(table) for table in kept])
     return TeacherOutput(
         candidates, hist.reshape(num_classes, LEVELS), class_pixels, dict(sorted(nodes.items()))
     )
@@ -179,11 +179,21 @@ def _kept_candidates(batch, cutoff: Cutoff | None) -> pa.Table:
         return pc.list_flatten(batch.column(name)).to_numpy().astype(dtype)
 
     lengths = pc.list_value_length(batch.column("cand_regions")).to_numpy()
+    regions = flat("cand_regions", np.int64)
+    # Ranked selection writes no groups (empty lists): every region is in group 0.
+    groups = flat("cand_groups", np.int16) if "cand_groups" in batch.column_names else None
     c = Candidates(
         np.repeat(np.asarray(batch.column("pool_index")), lengths),
-        flat("cand_regions", np.int64),
+        regions,
         flat("cand_scores", np.float32),
         flat("cand_areas", np.int64),
+        groups if groups is not None and groups.size == regions.size else None,
     )
     c = c if cutoff is None else cutoff.keep(c)
-    return pa.table({f: getattr(c, f) for f in Candidates.FIELDS})
+    # One schema for every block: the group column is always there.
+    return pa.table({f: getattr(c, f if f != "group" else "groups") for f in Candidates.FIELDS})
+
+
+def _from_table(table: pa.Table) -> Candidates:
+    """``_kept_candidates``'s rows back as ``Candidates``."""
+    return Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from ray.util.queue import Queue
 
-from s4al_ray.acquisition import block_candidates, region_scores
+from s4al_ray.acquisition import block_candidates, region_groups, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
 from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image
@@ -64,6 +64,9 @@ class TeacherJob:
     top_k: int = 4
     exclude_border: bool = False
     min_workers: int = 0  # the actor pool's smallest size; 0 = num_workers (a fixed pool)
+    # Class-balanced selection: each class's rarity rank (acquisition.class_rarity_ranks), from
+    # which the blocks put each candidate region in its class group; None = ranked selection.
+    rarity_ranks: list[int] | None = None
 
     @property
     def uses_tasks(self) -> bool:
@@ -87,6 +90,7 @@ OUTPUT_SCHEMA = pa.schema(
         ("cand_regions", pa.list_(pa.int32())),
         ("cand_scores", pa.list_(pa.float32())),
         ("cand_areas", pa.list_(pa.int32())),
+        ("cand_groups", pa.list_(pa.int16())),  # class-balanced selection only (else empty)
         # (C * LEVELS,) confidence histogram of the whole block, on its first row only (empty
         # elsewhere): the pool's histogram is the sum, and storage stays O(blocks), not O(pool).
         ("block_hist", pa.list_(pa.int64())),
@@ -217,13 +221,18 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
     ``progress`` (the driver's progress line)."""
     out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
     region_score, grids, acquired, positions = {}, {}, {}, {}
+    groups: dict[str, np.ndarray] | None = None if job.rarity_ranks is None else {}
     hist = np.zeros(job.num_classes * 256, dtype=np.int64)
     for i, sample_id in enumerate(map(str, batch["sample_id"])):
         label, level = batch["label"][i], batch["level"][i]
         grid = RegionGrid(int(batch["height"][i]), int(batch["width"][i]), job.region_size)
         regions = [int(r) for r in batch["acquired"][i]]
-        scores = region_scores(batch["score"][i], grid.mask(regions), grid)
+        known = grid.mask(regions)
+        scores = region_scores(batch["score"][i], known, grid)
         region_score[sample_id], grids[sample_id], acquired[sample_id] = scores, grid, regions
+        if groups is not None:
+            predicted = grid.region_class_counts(label, job.num_classes, known)
+            groups[sample_id] = region_groups(predicted, np.asarray(job.rarity_ranks))
         positions[sample_id] = int(batch["pool_index"][i])
         counts = confidence_histogram(label, level, job.num_classes)
         hist += counts
@@ -245,12 +254,15 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
         top_k=job.top_k,
         exclude_border=job.exclude_border,
         positions=positions,
+        groups=groups,
     )
     for position in out["pool_index"]:
         mine = candidates.image == position
         out["cand_regions"].append(candidates.region[mine].astype(np.int32))
         out["cand_scores"].append(candidates.score[mine].astype(np.float32))
         out["cand_areas"].append(candidates.area[mine].astype(np.int32))
+        grouped = candidates.group is not None
+        out["cand_groups"].append(candidates.group[mine] if grouped else np.zeros(0, np.int16))
     if out["sample_id"]:  # the block's totals, on its first row
         counted = CandidateHistogram.of(candidates)
         out["block_hist"][0] = hist

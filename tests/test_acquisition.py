@@ -234,3 +234,32 @@ def test_selection_order_does_not_depend_on_how_large_the_positions_are():
     moved = Candidates(c.image + offset, c.region, c.score, c.area)
     assert select(moved, Ids(), budget_pixels=20000) == small
     assert small.num_regions > 100
+
+
+def test_region_groups_put_a_region_with_the_rarest_class_it_shows():
+    from s4al_ray.acquisition import class_rarity_ranks, region_groups
+
+    ranks = class_rarity_ranks([500, 10, 90, 10])  # class 1 rarest, ties by class id
+    assert ranks.tolist() == [3, 0, 2, 1]
+    counts = np.array(
+        [
+            [380, 0, 20, 0],  # class 2 on 5%: present -> rank 2
+            [390, 0, 9, 1],  # 2.25% and 0.25%: neither counts, class 0 -> rank 3
+            [0, 0, 0, 0],  # no unlabeled pixel: the last group
+            [100, 50, 0, 50],  # classes 1 and 3: class 1 is the rarer
+        ]
+    )
+    assert region_groups(counts, ranks).tolist() == [2, 3, 4, 0]
+
+
+def test_region_class_counts_skip_known_pixels_and_cut_edge_regions():
+    grid = RegionGrid(5, 7, 4)  # 2 x 2 regions, the last row and column cut
+    label = np.arange(35).reshape(5, 7) % 3
+    skip = np.zeros((5, 7), bool)
+    skip[0, 0] = True
+    counts = grid.region_class_counts(label, 3, skip)
+    assert counts.shape == (4, 3)
+    assert counts.sum(1).tolist() == [15, 12, 4, 3]  # 16 - 1 skipped, 4x3, 1x4, 1x3
+    assert counts[0].tolist() == [
+        int(((label[:4, :4] == k) & ~skip[:4, :4]).sum()) for k in range(3)
+    ]

@@ -143,3 +143,89 @@ def test_streamed_histogram_sum_is_the_histogram_of_all_candidates():
     assert np.array_equal(merged.keys, summed.keys)
     assert np.array_equal(merged.counts, summed.counts)
     assert summed.regions == sum(len(p) for p in parts)
+
+
+def _reference_class_balanced(scores, grids, acquired, groups, budget, exclude_border):
+    """Class-balanced selection written plainly: groups rarest first, each a greedy fill of an
+    equal share of what is left, over its regions in (score desc, image, region) order."""
+    ids = sorted(scores)
+    rows = []  # (score, image, region, area, group)
+    for i, sid in enumerate(ids):
+        grid = grids[sid]
+        border = set(grid.border_regions().tolist()) if exclude_border else set()
+        for region in range(grid.num_regions):
+            if region in acquired.get(sid, []) or region in border:
+                continue
+            rows.append((scores[sid][region], i, region, grid.areas[region], groups[sid][region]))
+    rows.sort(key=lambda row: (-row[0], row[1], row[2]))
+    fitting = sorted({row[4] for row in rows if row[3] <= budget})
+    chosen: dict[str, list[int]] = {}
+    left = budget
+    for k, group in enumerate(fitting):
+        share = left // (len(fitting) - k)
+        room = share
+        for _score, image, region, area, g in rows:
+            if g == group and area <= room:
+                chosen.setdefault(ids[image], []).append(region)
+                room -= area
+        left -= share - room
+    return {k: sorted(v) for k, v in chosen.items()}
+
+
+def test_class_balanced_cut_off_candidates_select_exactly_what_the_plain_rule_does():
+    """The blocks' candidates, pruned per class group and cut per group by the summed
+    histograms, select exactly what the plain class-balanced rule selects over the whole pool."""
+    rng = np.random.default_rng(8)
+    kept_total = held_total = 0
+    for trial in range(200):
+        grids, scores, acquired = _pool(rng, int(rng.integers(1, 40)), coarse=trial % 2 == 0)
+        classes = int(rng.integers(1, 5))
+        groups = {
+            s: rng.integers(0, classes, g.num_regions).astype(np.int16) for s, g in grids.items()
+        }
+        pool_px = sum(int(g.areas.sum()) for g in grids.values())
+        budget = int(rng.integers(0, pool_px) * rng.choice([0.05, 0.3, 1.0]))
+        exclude = bool(rng.random() < 0.3)
+        expected = _reference_class_balanced(scores, grids, acquired, groups, budget, exclude)
+        options = dict(budget_pixels=budget, selection="class_balanced")
+        whole = select_regions(
+            scores, grids, acquired, exclude_border=exclude, groups=groups, **options
+        )
+        assert whole == expected, (trial, budget)
+        ids = sorted(scores)
+        positions = {s: i for i, s in enumerate(ids)}
+        parts = [
+            block_candidates(
+                {s: scores[s] for s in ids[a : a + 3]},
+                grids,
+                acquired,
+                positions=positions,
+                exclude_border=exclude,
+                groups=groups,
+                budget_pixels=budget,
+            )
+            for a in range(0, len(ids), 3)
+        ]
+        cutoff = _summed(parts).cutoff(budget)
+        kept = Candidates.concat([cutoff.keep(p) for p in parts])
+        assert select(kept, ids, **options) == expected, (trial, budget, exclude)
+        kept_total += len(kept)
+        held_total += sum(len(p) for p in parts)
+    assert kept_total < held_total
+
+
+def test_class_balanced_shares_the_budget_rarest_first():
+    """Three groups, every region 4 px: the rarest group (0) has one region, so its unused
+    share passes on to the more common groups; scores order within a group only."""
+    c = Candidates(
+        np.zeros(7, np.int64),
+        np.arange(7),
+        np.array([0.1, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4], np.float32),
+        np.full(7, 4, np.int64),
+        np.array([0, 2, 2, 2, 1, 1, 1], np.int16),
+    )
+    chosen = select(c, ["a"], budget_pixels=24, selection="class_balanced")
+    # group 0: a share of 24 // 3 = 8, takes its one region (4 px); group 1: 20 // 2 = 10, two
+    # regions (8 px); group 2 (the most common class): the 12 px left, three regions.
+    assert chosen == {"a": [0, 1, 2, 3, 4, 5]}
+    assert select(c, ["a"], budget_pixels=24) == {"a": [1, 2, 3, 4, 5, 6]}  # ranked

@@ -178,3 +178,35 @@ def test_autocast_does_not_change_the_result() -> None:
         cast = reco_loss(emb, probs, target, num_queries=32, num_negatives=64, generator=_gen(1))
     assert cast.dtype == torch.float32
     assert cast.item() == pytest.approx(plain.item(), rel=1e-5)
+
+
+def test_warmup_ramps_the_weight_over_the_run_and_the_loss_uses_it() -> None:
+    from dataclasses import replace
+
+    from s4al_ray.config import RecoConfig, TrainConfig
+    from s4al_ray.losses.joint import joint_losses, reco_weight_at
+    from s4al_ray.student import run_step
+
+    train, reco = TrainConfig(reco_weight=0.2), RecoConfig(warmup_steps=100)
+    weights = [reco_weight_at(train, reco, s) for s in (0, 49, 99, 500)]
+    assert weights == pytest.approx([0.002, 0.1, 0.2, 0.2])
+    assert reco_weight_at(train, RecoConfig(), 0) == 0.2  # no warm-up: full weight at once
+
+    class Job:  # the fields run_step reads
+        round = 2
+        train = TrainConfig(epochs=3, steps_per_epoch=50, fresh_student=False)
+
+    assert run_step(Job, epoch=1, step=7) == 2 * 150 + 50 + 7  # a continued student's run
+    Job.train = replace(Job.train, fresh_student=True)
+    assert run_step(Job, epoch=1, step=7) == 57  # a fresh student starts its ramp again
+
+    emb, probs, target = _random_inputs(3)
+    out = {"logits": torch.log(probs), "logits_s4": torch.log(probs), "embedding": emb}
+    parts = [
+        joint_losses(out, target, 1, train, reco, _gen(0), w)
+        for w in (0.05, 0.2)  # the same ReCo draw (same generator seed), two weights
+    ]
+    assert parts[0]["reco"] > 0
+    for p, w in zip(parts, (0.05, 0.2)):
+        expected = p["sup"] + train.unsup_weight * p["unsup"] + w * p["reco"]
+        assert torch.allclose(p["total"], expected)

@@ -188,3 +188,33 @@ def test_colour_alone_does_not_solve_it(scenes: list[tuple[np.ndarray, np.ndarra
     pred = ((xt[:, None, :] - means[None]) ** 2).sum(-1).argmin(1)
     accuracy = float((pred == yt).mean())
     assert accuracy < 0.9, accuracy
+
+
+def test_thin_scale_widens_only_the_thin_objects() -> None:
+    """``thin_scale`` grows poles, signs and pedestrians; the rest of the scene is unchanged, and
+    1.0 is the default drawing bit for bit."""
+    rngs = lambda: [np.random.default_rng([5, i]) for i in range(12)]  # noqa: E731
+    default = [render_scene(rng, 96, 128) for rng in rngs()]
+    same = [render_scene(rng, 96, 128, 1.0) for rng in rngs()]
+    wide = [render_scene(rng, 96, 128, 2.0) for rng in rngs()]
+    for (im, m), (im1, m1) in zip(default, same):
+        assert np.array_equal(im, im1) and np.array_equal(m, m1)
+
+    def share(scenes, name: str) -> float:
+        k = SYNTHETIC_CLASSES.index(name)
+        return float(np.mean([np.mean(m == k) for _, m in scenes]))
+
+    for thin in ("pole", "sign", "pedestrian"):
+        assert share(wide, thin) > 1.5 * share(default, thin) > 0, thin
+    # Roads and cars are drawn before the poles and pedestrians that may cover them.
+    assert abs(share(wide, "road") - share(default, "road")) < 0.01
+    assert abs(share(wide, "car") - share(default, "car")) < 0.01
+
+
+def test_thin_scale_is_part_of_the_marker(tmp_path: Path) -> None:
+    root = _gen(tmp_path / "ds", thin_scale=1.5)
+    assert json.loads((root / MARKER_FILE).read_text())["thin_scale"] == 1.5
+    with pytest.raises(ValueError, match="data.root"):
+        _gen(root)  # the default drawing is another dataset
+    default = _gen(tmp_path / "default")
+    assert "thin_scale" not in json.loads((default / MARKER_FILE).read_text())

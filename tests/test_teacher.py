@@ -193,3 +193,49 @@ def test_read_candidates_select_what_ranking_every_stored_score_selects(
     older = read_teacher_output(out, data.num_classes, job)
     assert len(older.candidates) >= len(here.candidates)
     assert select(older.candidates, ids, **options) == chosen
+
+
+def test_class_balanced_candidates_select_what_the_stored_label_maps_imply(teacher_setup, tmp_path):
+    """With class-balanced selection the blocks put every candidate in the group of the rarest
+    class their label map shows on it; the driver's candidates (cut per group, in the driver or
+    in Ray Data tasks) select exactly what the class-balanced rule over every stored region
+    score and label map selects."""
+    import numpy as np
+
+    from s4al_ray.acquisition import class_rarity_ranks, region_groups, select, select_regions
+    from s4al_ray.data.io import decode_mask
+    from s4al_ray.regions import RegionGrid
+    from s4al_ray.teacher import read_teacher_output
+
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 6, str(tmp_path / "round_005.pt"))
+    pool_px = sum(r["height"] * r["width"] for r in rows)
+    ranks = class_rarity_ranks(np.arange(data.num_classes)[::-1] * 100)  # the last class rarest
+    job = replace(
+        teacher_cfg,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        budget_pixels=pool_px // 10,
+        rarity_ranks=ranks.tolist(),
+    )
+    out = str(tmp_path / "balanced")
+    run_teacher(job, rows, out)
+    ids = sorted(r["sample_id"] for r in rows)
+    options = dict(budget_pixels=job.budget_pixels, selection="class_balanced")
+    here = read_teacher_output(out, data.num_classes, job, filter_in_tasks=False)
+    in_tasks = read_teacher_output(out, data.num_classes, job, filter_in_tasks=True)
+    chosen = select(here.candidates, ids, **options)
+    assert chosen == select(in_tasks.candidates, ids, **options)
+
+    grids = {r["sample_id"]: RegionGrid(r["height"], r["width"], job.region_size) for r in rows}
+    acquired = {r["sample_id"]: r["acquired"] for r in rows if r["acquired"]}
+    stored, groups = {}, {}
+    for r in pq.read_table(out).to_pylist():
+        sid, grid = r["sample_id"], grids[r["sample_id"]]
+        stored[sid] = np.asarray(r["scores"], np.float32)
+        known = grid.mask(acquired.get(sid, []))
+        counts = grid.region_class_counts(decode_mask(r["label_png"]), data.num_classes, known)
+        groups[sid] = region_groups(counts, ranks)
+    assert chosen == select_regions(stored, grids, acquired, groups=groups, **options)
+    assert len(np.unique(here.candidates.group)) > 1  # several classes compete
+    assert chosen != select_regions(stored, grids, acquired, budget_pixels=job.budget_pixels)

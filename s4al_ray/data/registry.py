@@ -43,6 +43,7 @@ def _load(data: DataConfig, seed: int, log: Callable[[str], None]) -> DatasetInf
             height=syn.height,
             width=syn.width,
             seed=syn.seed,
+            thin_scale=syn.thin_scale,
         )
         return load_folder_dataset(data.root, seed)
     if data.kind == "cityscapes":

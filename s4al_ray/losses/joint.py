@@ -24,13 +24,16 @@ def joint_losses(
     train: TrainConfig,
     reco: RecoConfig,
     generator: torch.Generator,
+    reco_weight: float | None = None,
 ) -> dict[str, torch.Tensor]:
     """The loss parts and ``total`` for the model output ``out`` on a batch whose first
-    ``n_labeled`` images are labeled and the rest pool images (targets ``y``)."""
+    ``n_labeled`` images are labeled and the rest pool images (targets ``y``). ``reco_weight``:
+    the step's ReCo weight (``reco_weight_at``; default ``train.reco_weight``)."""
+    reco_weight = train.reco_weight if reco_weight is None else reco_weight
     losses = {"sup": masked_cross_entropy(out["logits"][:n_labeled], y[:n_labeled])}
     if y.shape[0] > n_labeled:
         losses["unsup"] = masked_cross_entropy(out["logits"][n_labeled:], y[n_labeled:])
-    if train.reco_weight > 0:
+    if reco_weight > 0:
         size = out["embedding"].shape[-2:]
         y_small = F.interpolate(y[:, None].float(), size=size, mode="nearest")[:, 0].long()
         probs = torch.softmax(out["logits_s4"].detach().float(), dim=1)
@@ -45,5 +48,14 @@ def joint_losses(
             generator=generator,
         )
     total = losses["sup"] + train.unsup_weight * losses.get("unsup", 0.0)
-    losses["total"] = total + train.reco_weight * losses.get("reco", 0.0)
+    losses["total"] = total + reco_weight * losses.get("reco", 0.0)
     return losses
+
+
+def reco_weight_at(train: TrainConfig, reco: RecoConfig, run_step: int) -> float:
+    """The ReCo weight of optimiser step ``run_step`` (0-based, counted over the run): a linear
+    ramp over ``reco.warmup_steps``. From scratch the contrastive term competes with the
+    cross-entropy for features that have not formed yet; the ramp lets them form first."""
+    if reco.warmup_steps <= 0:
+        return train.reco_weight
+    return train.reco_weight * min(1.0, (run_step + 1) / reco.warmup_steps)

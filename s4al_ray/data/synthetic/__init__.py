@@ -67,32 +67,45 @@ def _save_png(array: np.ndarray, path: str) -> None:
     os.replace(tmp, path)  # never leave a truncated PNG under the final name
 
 
-def _write_sample(root: str, index: int, seed: int, height: int, width: int) -> None:
-    image, mask = render_scene(np.random.default_rng([seed, index]), height, width)
+def _write_sample(
+    root: str, index: int, seed: int, height: int, width: int, thin_scale: float
+) -> None:
+    image, mask = render_scene(np.random.default_rng([seed, index]), height, width, thin_scale)
     sid = sample_id(index)
     _save_png(image, os.path.join(root, "images", f"{sid}.png"))
     _save_png(mask, os.path.join(root, "masks", f"{sid}.png"))
 
 
-def _write_chunk(args: tuple[str, list[int], int, int, int]) -> None:
-    root, indices, seed, height, width = args
+def _write_chunk(args: tuple[str, list[int], int, int, int, float]) -> None:
+    root, indices, seed, height, width, thin_scale = args
     for i in indices:
-        _write_sample(root, i, seed, height, width)
+        _write_sample(root, i, seed, height, width, thin_scale)
 
 
-def _write_all(root: str, count: int, seed: int, height: int, width: int, workers: int) -> None:
+def _write_all(
+    root: str, count: int, seed: int, height: int, width: int, thin_scale: float, workers: int
+) -> None:
     if workers <= 1 or count < 2:
-        _write_chunk((root, list(range(count)), seed, height, width))
+        _write_chunk((root, list(range(count)), seed, height, width, thin_scale))
         return
     workers = min(workers, count)
-    chunks = [(root, list(range(k, count, workers)), seed, height, width) for k in range(workers)]
+    chunks = [
+        (root, list(range(k, count, workers)), seed, height, width, thin_scale)
+        for k in range(workers)
+    ]
     # spawn, not fork: the caller may be a Ray/torch process with threads that fork would corrupt.
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         list(pool.map(_write_chunk, chunks))
 
 
 def _params(
-    num_train: int, num_val: int, height: int, width: int, seed: int, num_test: int = 0
+    num_train: int,
+    num_val: int,
+    height: int,
+    width: int,
+    seed: int,
+    num_test: int = 0,
+    thin_scale: float = 1.0,
 ) -> dict[str, Any]:
     # workers is deliberately absent: it does not change a single output byte.
     params = {
@@ -106,6 +119,8 @@ def _params(
     }
     if num_test:  # only when asked for: datasets generated before num_test keep their marker
         params["num_test"] = int(num_test)
+    if thin_scale != 1.0:  # likewise: the default drawing keeps the markers written before it
+        params["thin_scale"] = float(thin_scale)
     return params
 
 
@@ -153,17 +168,21 @@ def generate_synthetic_dataset(
     seed: int = 0,
     workers: int = 1,
     num_test: int = 0,
+    thin_scale: float = 1.0,
 ) -> str:
     """Write the synthetic dataset to ``root`` (idempotent) and return ``root``.
 
     Samples ``0..num_train-1`` form the train split, the next ``num_val`` the val split and the
-    next ``num_test`` the test split.
+    next ``num_test`` the test split. ``thin_scale`` widens poles, signs and pedestrians (see
+    ``scene.render_scene``).
     """
     if num_train < 0 or num_val < 0 or num_test < 0 or num_train + num_val == 0:
         raise ValueError("num_train, num_val and num_test must be >= 0, train + val not 0")
     if height < 16 or width < 16:
         raise ValueError("height and width must be at least 16 pixels")
-    params = _params(num_train, num_val, height, width, seed, num_test)
+    if not thin_scale > 0:
+        raise ValueError(f"thin_scale must be > 0, got {thin_scale}")
+    params = _params(num_train, num_val, height, width, seed, num_test, thin_scale)
     if _check_existing(root, params):
         return root
     for sub in ("images", "masks", "splits"):
@@ -171,7 +190,7 @@ def generate_synthetic_dataset(
     _atomic_write_bytes(os.path.join(root, PARTIAL_FILE), json.dumps(params).encode())
 
     count = num_train + num_val + num_test
-    _write_all(root, count, seed, height, width, workers)
+    _write_all(root, count, seed, height, width, thin_scale, workers)
     ids = [sample_id(i) for i in range(count)]
     splits = {
         "train": ids[:num_train],

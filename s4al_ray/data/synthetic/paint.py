@@ -32,9 +32,13 @@ class Tex:
 class Canvas:
     """Float RGB image plus class mask; painting a region sets both (mask = topmost object)."""
 
-    def __init__(self, rng: np.random.Generator, height: int, width: int) -> None:
+    def __init__(
+        self, rng: np.random.Generator, height: int, width: int, thin_scale: float = 1.0
+    ) -> None:
         self.rng = rng
         self.h, self.w = height, width
+        # Size multiple of the thin and small objects (poles, signs, pedestrians' width).
+        self.thin_scale = float(thin_scale)
         self.img = np.zeros((height, width, 3), np.float32)
         self.mask = np.zeros((height, width), np.uint8)
         yy, xx = np.mgrid[0:height, 0:width]

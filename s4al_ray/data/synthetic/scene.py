@@ -274,13 +274,12 @@ def _pedestrian(
     h = c.h * rng.uniform(0.36, 0.5) * scale + 4
     shirt = pick(rng, [lambda: grey(rng, 20, 220), lambda: jitter(rng, rgb(128, 128, 128), 110)])
     trousers = pick(rng, [lambda: grey(rng, 20, 90), lambda: jitter(rng, rgb(50, 60, 110), 30)])
-    rx = max(0.8, h * rng.uniform(0.08, 0.11))
+    rx = max(0.8, h * rng.uniform(0.08, 0.11) * c.thin_scale)
     c.paint(c.ellipse(cx, base_y - 0.27 * h, rx * 0.8, 0.27 * h), trousers, PEDESTRIAN)
     c.paint(c.ellipse(cx, base_y - 0.6 * h, rx, 0.22 * h), shirt, PEDESTRIAN)
     skin = jitter(rng, rgb(190, 150, 120), 40)
-    c.paint(
-        c.ellipse(cx, base_y - 0.88 * h, max(0.8, 0.07 * h), max(0.8, 0.08 * h)), skin, PEDESTRIAN
-    )
+    head = max(0.8, 0.07 * h * c.thin_scale)
+    c.paint(c.ellipse(cx, base_y - 0.88 * h, head, max(0.8, 0.08 * h)), skin, PEDESTRIAN)
 
 
 def _sign_color(rng: np.random.Generator) -> tuple[Color, Color]:
@@ -292,7 +291,7 @@ def _sign_color(rng: np.random.Generator) -> tuple[Color, Color]:
 
 
 def _sign(rng: np.random.Generator, c: Canvas, cx: float, cy: float, size: float) -> None:
-    s = max(2.0, size) / 2
+    s = max(2.0, size * c.thin_scale) / 2
     shape = int(rng.integers(3))
     if shape == 0:  # square / rectangle
         outer = c.rect(cx - s * 1.2, cy - s, cx + s * 1.2, cy + s)
@@ -314,7 +313,7 @@ def _pole(
     # 1-3 px at the default 160 px width (thin and easy to miss), scaled for larger images so
     # the class frequency does not depend on the resolution.
     width = float(min(1.0 + np.floor(scale * 2.2 + rng.uniform(0, 0.9)), 3.0))
-    width = max(1.0, round(width * c.w / 160.0))
+    width = max(1.0, round(width * c.w / 160.0 * c.thin_scale))
     top = base_y - c.h * rng.uniform(0.55, 0.85) * scale - 4
     x0 = np.floor(x)
     color = pick(rng, [lambda: grey(rng, 60, 170), lambda: jitter(rng, rgb(60, 80, 60), 15)])
@@ -378,10 +377,14 @@ def _plan_objects(
 
 
 def render_scene(
-    rng: np.random.Generator, height: int, width: int
+    rng: np.random.Generator, height: int, width: int, thin_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one street scene: (image HxWx3 uint8, mask HxW uint8 of class ids)."""
-    c = Canvas(rng, height, width)
+    """Draw one street scene: (image HxWx3 uint8, mask HxW uint8 of class ids).
+
+    ``thin_scale`` widens the thin and small objects (pole width, sign size, pedestrian width)
+    without changing what is drawn where: at 1.0 the scene is the default drawing, bit for bit.
+    """
+    c = Canvas(rng, height, width, thin_scale)
     st = _Street(rng, height, width)
     _draw_sky(rng, c)
     _draw_buildings(rng, c, st)
