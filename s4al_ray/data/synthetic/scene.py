@@ -346,6 +346,12 @@ def _plan_objects(
     def row(lo: float, hi: float) -> float:
         return float(st.horizon + span * rng.uniform(lo, hi))
 
+    def kept() -> bool:
+        # Thin objects drawn s times larger appear 1/s as often, so their share of the pixels
+        # stays about the same (a long tail of fewer, visible objects); the default drawing
+        # (s <= 1) draws no number here, so its scenes stay bit for bit the same.
+        return c.thin_scale <= 1.0 or bool(rng.random() < 1.0 / c.thin_scale)
+
     for _ in range(int(rng.choice(5, p=[0.05, 0.25, 0.3, 0.25, 0.15]))):
         y, left = row(0.05, 0.55), bool(rng.random() < 0.5)
         x = _side_point(rng, st, y, left, outer=True)
@@ -359,15 +365,19 @@ def _plan_objects(
         )
         plan.append((y, lambda x=x, y=y, d=d: _car(rng, c, x, y, d)))
     for _ in range(int(rng.choice(5, p=[0.2, 0.3, 0.25, 0.15, 0.1]))):
+        if not kept():
+            continue
         y, left = row(0.15, 0.95), bool(rng.random() < 0.5)
         x = _side_point(rng, st, y, left, outer=bool(rng.random() < 0.5))
         plan.append((y, lambda x=x, y=y: _pedestrian(rng, c, x, y, float(st.depth(y)))))
     for _ in range(int(rng.choice(4, p=[0.1, 0.4, 0.35, 0.15]))):
+        if not kept():
+            continue
         y, left = row(0.15, 0.85), bool(rng.random() < 0.5)
         x = _side_point(rng, st, y, left, outer=False)
         toward = 1.0 if left else -1.0
         plan.append((y, lambda x=x, y=y, t=toward: _pole(rng, c, x, y, float(st.depth(y)), t)))
-    if rng.random() < 0.25:  # a sign fixed to a facade: signs are not always on poles
+    if rng.random() < 0.25 and kept():  # a sign fixed to a facade: not always on poles
         y = st.horizon - c.h * rng.uniform(0.0, 0.08)
         x = c.w * (rng.uniform(0.03, 0.25) if rng.random() < 0.5 else rng.uniform(0.75, 0.97))
         plan.append(
@@ -381,8 +391,10 @@ def render_scene(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Draw one street scene: (image HxWx3 uint8, mask HxW uint8 of class ids).
 
-    ``thin_scale`` widens the thin and small objects (pole width, sign size, pedestrian width)
-    without changing what is drawn where: at 1.0 the scene is the default drawing, bit for bit.
+    ``thin_scale`` s widens the thin and small objects (pole width, sign size, pedestrian
+    width) and, above 1, draws each of them with probability 1/s, so they become fewer and
+    visible while keeping about their share of the pixels; at 1.0 the scene is the default
+    drawing, bit for bit.
     """
     c = Canvas(rng, height, width, thin_scale)
     st = _Street(rng, height, width)
