@@ -1,12 +1,16 @@
-"""Label efficiency on the built-in synthetic dataset (the S4AL+ headline, measured).
+"""Label efficiency on the built-in synthetic dataset (the S4AL+ headline, measured over seeds).
 
 Runs, on one local Ray, the fully supervised reference (every train image labeled) and, at the same
-labeled-pixel budgets: S4AL+ with active acquisition (entropy, and class-weighted entropy), S4AL+
-with random acquisition, and supervised-only training on the labeled pixels. Prints mIoU and % of
-the fully supervised mIoU against % labeled pixels, and saves the curves as a PNG and the numbers
-as JSON.
+labeled-pixel budgets, the chosen methods (S4AL+ with entropy acquisition, class-balanced
+selection, with a ReCo warm-up, class-weighted entropy, random acquisition, supervised-only), each
+for every seed. Prints mIoU, % of the same seed's fully supervised mIoU and the rarest classes'
+IoU as mean ± standard deviation over the seeds, and each method's gain over random paired by
+seed; saves the curves as a PNG and every number as JSON. Runs already finished are read back, so
+a stopped benchmark continues, and methods can be added later at the cost of a Ray start.
 
-    python benchmarks/label_efficiency.py                 # the full comparison (CPU: ~35 min)
+    python benchmarks/label_efficiency.py --seeds 0,1,2   # full, class-balanced, random: ~50 min
+    python benchmarks/label_efficiency.py --seeds 0,1,2 \
+        --methods "s4al+ active,s4al+ class-balanced + ReCo warm-up"      # ~18 min a method
     python benchmarks/label_efficiency.py --quick         # a minutes-long smoke version
     python benchmarks/label_efficiency.py --methods "s4al+ active,s4al+ random" \
         --out runs/benchmarks/label_efficiency_10pct \
@@ -36,6 +40,11 @@ METHODS = {
     "full": ["data.initial_labeled_frac=1.0", "loop.rounds=1"],
     "s4al+ active": [],
     "s4al+ class-balanced": ["acquisition.selection=class_balanced"],
+    # ReCo's weight ramped over the first half of the run (round 0 and 1 at the benchmark's size)
+    "s4al+ class-balanced + ReCo warm-up": [
+        "acquisition.selection=class_balanced",
+        "reco.warmup_steps=200",
+    ],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     "supervised-only active": [
