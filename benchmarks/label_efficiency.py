@@ -90,13 +90,39 @@ def shared_overrides(args: argparse.Namespace) -> list[str]:
     return [*common, *QUICK_OVERRIDES] if args.quick else common
 
 
+def run_name(label: str, seed: int | None = None) -> str:
+    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
+    return f"bench-{slug}" if seed is None else f"bench-{slug}-seed{seed}"
+
+
+def acquired_class_mix(storage_root: str, label: str, seed: int) -> list[int]:
+    """Pixels per class of everything ``label``'s run acquired (the pool head's ledger)."""
+    from s4al_ray.layout import RunLayout
+    from s4al_ray.storage import read_text
+
+    head = json.loads(read_text(RunLayout.of(storage_root, run_name(label, seed)).pool_head))
+    return np.sum([r["class_pixels"] for r in head["rounds"]], axis=0).astype(int).tolist()
+
+
+def print_class_mix(storage_root: str, methods: list[str], seeds: list[int], classes, rare):
+    """Which classes each method's acquired pixels show (ground truth), summed over seeds: what
+    the selection rule changes, apart from whether the student learns from it."""
+    mix = {}
+    print("\nacquired pixels per class (% of all acquired, all rounds and seeds):")
+    for method in methods:
+        total = np.sum([acquired_class_mix(storage_root, method, s) for s in seeds], axis=0)
+        mix[method] = dict(zip(classes, (100 * total / max(total.sum(), 1)).tolist()))
+        shares = ", ".join(f"{c} {mix[method][c]:.1f}" for c in rare)
+        print(f"  {method:>22s}: {shares}")
+    return mix
+
+
 def run_method(
     base: str, label: str, overrides: list[str], common: list[str], seed: int | None = None
 ) -> list[dict]:
     """One run of ``label``'s overrides; a finished run of the same name is read back (the
     round loop resumes), so an interrupted benchmark continues where it stopped."""
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "-", label.replace("+", "plus")).strip("-")
-    name = f"bench-{slug}" if seed is None else f"bench-{slug}-seed{seed}"
+    name = run_name(label, seed)
     seeded = [] if seed is None else [f"seed={seed}"]
     cfg = load_config(base, [*common, *overrides, *seeded, f"name={name}"])
     tag = label if seed is None else f"{label} s{seed}"
@@ -296,6 +322,8 @@ def main() -> None:
     print_table(summary, rare)
     found = gains(rows)
     print_gains(found)
+    acquiring = [m for m in chosen if m != "full"]
+    mix = print_class_mix(base.storage, acquiring, seeds, classes, rare)
     os.makedirs(args.out, exist_ok=True)
     plot(summary, os.path.join(args.out, "label_efficiency.png"))
     with open(os.path.join(args.out, "label_efficiency.json"), "w") as handle:
@@ -307,6 +335,7 @@ def main() -> None:
                 "rarest": rare,
                 "summary": summary,
                 "gains_over_random": found,
+                "acquired_class_pct": mix,
                 "runs": rows,
             },
             handle,
