@@ -232,10 +232,12 @@ def plot(summary: list[dict], path: str) -> None:
     full = next(r for r in summary if r["method"] == "full")
     ax.axhline(full["miou_pct"], color="black", lw=1, ls="--", label="fully supervised")
     ax.axhline(0.95 * full["miou_pct"], color="grey", lw=1, ls=":", label="95% of full")
-    for method in dict.fromkeys(r["method"] for r in summary if r["method"] != "full"):
+    methods = list(dict.fromkeys(r["method"] for r in summary if r["method"] != "full"))
+    for k, method in enumerate(methods):
         points = [r for r in summary if r["method"] == method]
+        dodge = 0.06 * (k - (len(methods) - 1) / 2)  # side by side: error bars stay readable
         ax.errorbar(
-            [p["labeled_pct"] for p in points],
+            [p["labeled_pct"] + dodge for p in points],
             [p["miou_pct"] for p in points],
             yerr=[p["miou_pct_std"] for p in points],
             fmt="o-",
