@@ -45,6 +45,10 @@ METHODS = {
         "acquisition.selection=class_balanced",
         "reco.warmup_steps=200",
     ],
+    "s4al+ class-balanced + ReCo off": [
+        "acquisition.selection=class_balanced",
+        "train.reco_weight=0",
+    ],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     "supervised-only active": [
