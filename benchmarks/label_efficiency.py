@@ -11,6 +11,8 @@ a stopped benchmark continues, and methods can be added later at the cost of a R
     python benchmarks/label_efficiency.py --seeds 0,1,2   # full, class-balanced, random: ~50 min
     python benchmarks/label_efficiency.py --seeds 0,1,2 \
         --methods "s4al+ active,s4al+ class-balanced + ReCo warm-up"      # ~18 min a method
+    python benchmarks/label_efficiency.py --seeds 0,1,2 --methods "s4al+ diverse" \
+        --reuse benchmarks/results/label_efficiency.json  # the other methods from that file
     python benchmarks/label_efficiency.py --quick         # a minutes-long smoke version
     python benchmarks/label_efficiency.py --methods "s4al+ active,s4al+ random" \
         --out runs/benchmarks/label_efficiency_10pct \
@@ -49,6 +51,8 @@ METHODS = {
         "acquisition.selection=class_balanced",
         "train.reco_weight=0",
     ],
+    "s4al+ diverse": ["acquisition.selection=diverse"],
+    "s4al+ diverse + ReCo warm-up": ["acquisition.selection=diverse", "reco.warmup_steps=200"],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     "supervised-only active": [
@@ -108,14 +112,16 @@ def acquired_class_mix(storage_root: str, label: str, seed: int) -> list[int]:
     return np.sum([r["class_pixels"] for r in head["rounds"]], axis=0).astype(int).tolist()
 
 
-def print_class_mix(storage_root: str, methods: list[str], seeds: list[int], classes, rare):
+def print_class_mix(storage_root: str, methods, seeds, classes, rare, reused: dict):
     """Which classes each method's acquired pixels show (ground truth), summed over seeds: what
-    the selection rule changes, apart from whether the student learns from it."""
-    mix = {}
+    the selection rule changes, apart from whether the student learns from it. ``reused``: the
+    mixes of methods carried from an earlier results file."""
+    mix = dict(reused)
     print("\nacquired pixels per class (% of all acquired, all rounds and seeds):")
     for method in methods:
         total = np.sum([acquired_class_mix(storage_root, method, s) for s in seeds], axis=0)
         mix[method] = dict(zip(classes, (100 * total / max(total.sum(), 1)).tolist()))
+    for method in mix:
         shares = ", ".join(f"{c} {mix[method][c]:.1f}" for c in rare)
         print(f"  {method:>22s}: {shares}")
     return mix
@@ -136,11 +142,36 @@ def run_method(
     return records
 
 
-def summarise(results: dict[tuple[str, int], list[dict]], classes: list[str]) -> list[dict]:
-    """One row per (method, seed, round); shares of full are of the same seed's full run."""
+def reused_results(parser, path: str | None, seeds: list[int], named: list[str]) -> dict:
+    """The runs and acquired class mixes of ``path``'s methods that ``named`` does not rerun
+    (its seeds must be ``seeds``); nothing without ``path``."""
+    if not path:
+        return {"methods": [], "runs": [], "acquired_class_pct": {}}
+    try:
+        with open(path) as handle:
+            earlier = json.load(handle)
+        runs, mixes = earlier["runs"], earlier["acquired_class_pct"]
+    except (OSError, ValueError, KeyError) as err:
+        parser.error(f"--reuse {path}: not a label_efficiency.json ({err})")
+    if sorted(earlier.get("seeds", [])) != sorted(seeds):
+        parser.error(f"--reuse {path}: it holds seeds {earlier.get('seeds')}, not {seeds}")
+    methods = [m for m in dict.fromkeys(r["method"] for r in runs) if m not in named]
+    print(f"reported from {path}, not rerun: {', '.join(methods)}")
+    return {
+        "methods": methods,
+        "runs": [r for r in runs if r["method"] in methods],
+        "acquired_class_pct": {m: mixes[m] for m in methods if m in mixes},
+    }
+
+
+def summarise(
+    results: dict[tuple[str, int], list[dict]], classes: list[str], full_miou: dict[int, float]
+) -> list[dict]:
+    """One row per (method, seed, round); shares of full are of the same seed's full run
+    (``full_miou``: its val mIoU in %, per seed)."""
     rows = []
     for (label, seed), records in results.items():
-        full = results[("full", seed)][-1]["val/miou"]
+        full = full_miou[seed] / 100
         for rec in records:
             rows.append(
                 {
@@ -297,20 +328,28 @@ def main() -> None:
         default="s4al+ active,s4al+ class-balanced,s4al+ random",
         help="comma-separated subset of: "
         + ", ".join(METHODS)
-        + " (full is always run: every other figure is a share of it)",
+        + " (full is always run, unless --reuse holds it: every other figure is a share of it)",
+    )
+    parser.add_argument(
+        "--reuse",
+        help="an earlier label_efficiency.json of the same config and seeds: its methods that "
+        "--methods does not name (full included) are reported from it instead of being rerun",
     )
     args = parser.parse_args()
     seeds = parse_seeds(parser, args.seeds)
-    chosen = ["full", *[m.strip() for m in args.methods.split(",") if m.strip() != "full"]]
-    unknown = [m for m in chosen if m not in METHODS]
+    named = [m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "full"]
+    unknown = [m for m in named if m not in METHODS]
     if unknown:
         parser.error(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    reused = reused_results(parser, args.reuse, seeds, named)
+    chosen = [*(["full"] if "full" not in reused["methods"] else []), *named]
     common = shared_overrides(args)
     base = load_config(args.config, common)
     connect(base)
     # The reference trains as many steps in its one round as the others do over all rounds.
     methods = {label: METHODS[label] for label in chosen}
-    methods["full"] = [*METHODS["full"], f"train.epochs={base.train.epochs * base.loop.rounds}"]
+    if "full" in methods:
+        methods["full"] = [*METHODS["full"], f"train.epochs={base.train.epochs * base.loop.rounds}"]
     # Seed by seed, so a stopped benchmark has whole seeds to show (and resumes the rest).
     results = {
         (label, seed): run_method(args.config, label, overrides, common, seed)
@@ -323,13 +362,19 @@ def main() -> None:
     shares = ", ".join(f"{c} {100 * f:.2f}%" for c, f in frequencies.items())
     print(f"train pixels per class: {shares}")
     print(f"nearest-mean-colour pixel classifier: val mIoU {colour_miou:.1f}%")
-    rows = summarise(results, classes)
+    full_miou = {
+        **{r["seed"]: r["miou_pct"] for r in reused["runs"] if r["method"] == "full"},
+        **{s: 100 * results[("full", s)][-1]["val/miou"] for s in seeds if "full" in chosen},
+    }
+    rows = [*reused["runs"], *summarise(results, classes, full_miou)]
     summary = across_seeds(rows, classes)
     print_table(summary, rare)
     found = gains(rows)
     print_gains(found)
     acquiring = [m for m in chosen if m != "full"]
-    mix = print_class_mix(base.storage, acquiring, seeds, classes, rare)
+    mix = print_class_mix(
+        base.storage, acquiring, seeds, classes, rare, reused["acquired_class_pct"]
+    )
     os.makedirs(args.out, exist_ok=True)
     plot(summary, os.path.join(args.out, "label_efficiency.png"))
     with open(os.path.join(args.out, "label_efficiency.json"), "w") as handle:

@@ -11,7 +11,9 @@ the whole pool; ``class_balanced`` first puts each region in the group of the ra
 teacher predicts on it (:func:`region_groups`), then fills the budget group by group, rarest
 first, each group getting an equal share of what is left (a cold-start model's uncertainty
 alone spends the budget on the classes it already sees). Each group's fill is a greedy fill of
-at most the budget, so every pruning rule below holds per group.
+at most the budget, so every pruning rule below holds per group. ``diverse`` takes a shortlist
+of the best scores and spreads the budget over it by region embedding
+(``acquisition_diversity``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from s4al_ray.acquisition_diversity import k_center_fill
 from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.regions import RegionGrid
 
@@ -30,7 +33,7 @@ def region_scores(pixel_score: np.ndarray, known: np.ndarray, grid: RegionGrid) 
     return grid.region_means(np.where(known, 0.0, pixel_score)).astype(np.float32)
 
 
-SELECTIONS = ("ranked", "class_balanced")
+SELECTIONS = ("ranked", "class_balanced", "diverse")
 # A class counts as present in a region from this share of its unlabeled pixels on: a pole 2-4
 # px wide crossing a 20-px region covers 10-20%, a few stray pixels on a class border do not.
 MIN_CLASS_SHARE = 0.05
@@ -80,6 +83,8 @@ class Candidates:
     area: np.ndarray  # int64, the region's true pixel count
     # int16 (region_groups) for class-balanced selection; None = one group, the whole pool
     group: np.ndarray | None = None
+    # (N, EMBED_DIM) float16 region embeddings for diverse selection; None for the other rules
+    embedding: np.ndarray | None = None
 
     FIELDS = ("image", "region", "score", "area", "group")
 
@@ -102,8 +107,14 @@ class Candidates:
 
     def take(self, index: np.ndarray) -> "Candidates":
         group = None if self.group is None else self.group[index]
+        embedding = None if self.embedding is None else self.embedding[index]
         return Candidates(
-            self.image[index], self.region[index], self.score[index], self.area[index], group
+            self.image[index],
+            self.region[index],
+            self.score[index],
+            self.area[index],
+            group,
+            embedding,
         )
 
     @staticmethod
@@ -112,9 +123,13 @@ class Candidates:
         if not parts:
             return Candidates.empty()
         grouped = any(p.group is not None for p in parts)
+        embedded = [p.embedding is not None for p in parts]
+        if any(embedded) and not all(embedded):  # never silently drop a pass's embeddings
+            raise ValueError("candidates with region embeddings mixed with candidates without")
         return Candidates(
             *(np.concatenate([getattr(p, f) for p in parts]) for f in Candidates.FIELDS[:4]),
             np.concatenate([p.groups for p in parts]) if grouped else None,
+            np.concatenate([p.embedding for p in parts]) if all(embedded) else None,
         )
 
 
@@ -125,10 +140,12 @@ def _allowed_regions(
     exclude_border: bool,
     positions: dict[str, int] | None = None,
     groups: dict[str, np.ndarray] | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
 ) -> Candidates:
     """Every region of these images that may still be acquired; ``positions``: each image's
     place in the sorted pool ids (default: these images are the whole pool); ``groups``: each
-    image's region groups (``region_groups``; default: one group)."""
+    image's region groups (``region_groups``; default: one group); ``embeddings``: each image's
+    (regions, EMBED_DIM) region embeddings (diverse selection)."""
     if positions is None:
         positions = {s: i for i, s in enumerate(sorted(scores))}
     parts = []
@@ -146,6 +163,7 @@ def _allowed_regions(
                 np.asarray(scores[sample_id], np.float32)[regions],
                 grid.areas[regions].astype(np.int64),
                 None if groups is None else np.asarray(groups[sample_id], np.int16)[regions],
+                None if embeddings is None else np.asarray(embeddings[sample_id])[regions],
             )
         )
     return Candidates.concat(parts)
@@ -234,11 +252,13 @@ def block_candidates(
     exclude_border: bool = False,
     positions: dict[str, int] | None = None,
     groups: dict[str, np.ndarray] | None = None,
+    embeddings: dict[str, np.ndarray] | None = None,
 ) -> Candidates:
     """The regions of this block of images that the round's selection could take: every one the
     global ranking picks is among them, so merging all blocks' candidates (``select``) gives
-    exactly the selection of the whole pool at once while the driver holds only candidates."""
-    c = _allowed_regions(scores, acquired, grids, exclude_border, positions, groups)
+    exactly the selection of the whole pool at once while the driver holds only candidates.
+    ``budget_pixels``: what the candidates must cover (``candidate_pixels``)."""
+    c = _allowed_regions(scores, acquired, grids, exclude_border, positions, groups, embeddings)
     return could_be_chosen(c, mode=mode, budget_pixels=budget_pixels, top_k=top_k)
 
 
@@ -305,14 +325,22 @@ def select(
     budget_pixels: int = 0,
     top_k: int = 4,
     selection: str = "ranked",
+    shortlist: float = 3.0,
 ) -> RoundSelection:
-    """The greedy fill of the pixel budget in selection order (``ranked``), or group by group
-    (``class_balanced``, see ``_class_balanced_fill``). ``ids``: the sorted pool ids the
-    candidates' image positions refer to. Returned as the columns the pool state keeps (a dict
-    of lists would cost seconds at 10^6 images)."""
+    """The greedy fill of the pixel budget in selection order (``ranked``), group by group
+    (``class_balanced``, see ``_class_balanced_fill``), or k-center over the greedy fill of
+    ``shortlist`` x the budget (``diverse``, see ``acquisition_diversity``). ``ids``: the sorted
+    pool ids the candidates' image positions refer to. Returned as the columns the pool state
+    keeps (a dict of lists would cost seconds at 10^6 images)."""
     order = _ranked(candidates, mode, top_k)
     if selection == "class_balanced":
         chosen = _class_balanced_fill(candidates, order, int(budget_pixels))
+    elif selection == "diverse":
+        short = order[_greedy_fill(candidates.area[order], int(budget_pixels * shortlist))[0]]
+        if short.size and candidates.embedding is None:
+            raise ValueError("diverse selection needs the candidates' region embeddings")
+        vectors = None if candidates.embedding is None else candidates.embedding[short]
+        chosen = short[k_center_fill(vectors, candidates.area[short], int(budget_pixels))]
     elif selection == "ranked":
         chosen = order[_greedy_fill(candidates.area[order], int(budget_pixels))[0]]
     else:
@@ -338,6 +366,8 @@ def select_regions(
     exclude_border: bool = False,
     groups: dict[str, np.ndarray] | None = None,
     selection: str = "ranked",
+    embeddings: dict[str, np.ndarray] | None = None,
+    shortlist: float = 3.0,
 ) -> RoundSelection:
     """Pick regions to label from the whole pool's scores at once.
 
@@ -345,7 +375,7 @@ def select_regions(
     code's k best regions of every image (still capped by the budget). Ties are broken by sample
     id and region index, so selection is deterministic. The round loop gets the same result
     from per-block candidates (``block_candidates`` in each teacher task, then ``select``)."""
-    c = _allowed_regions(scores, acquired, grids, exclude_border, groups=groups)
+    c = _allowed_regions(scores, acquired, grids, exclude_border, None, groups, embeddings)
     return select(
         c,
         sorted(scores),
@@ -353,4 +383,5 @@ def select_regions(
         budget_pixels=budget_pixels,
         top_k=top_k,
         selection=selection,
+        shortlist=shortlist,
     )

@@ -318,11 +318,11 @@ def validate(cfg: ExperimentConfig) -> None:
             f"acquisition.round_budget ({acq.round_budget}) exceeds acquisition.total_budget "
             f"({acq.total_budget})"
         )
-    if acq.selection == "class_balanced" and acq.mode != "budget":
+    if acq.selection != "ranked" and acq.mode != "budget":
         raise ConfigError(
-            "acquisition.selection: class_balanced shares the round's pixel budget between "
-            f"classes, which acquisition.mode={acq.mode} does not use; set "
-            "acquisition.mode=budget or acquisition.selection=ranked"
+            f"acquisition.selection: {acq.selection} shares out the round's pixel budget, which "
+            f"acquisition.mode={acq.mode} does not use; set acquisition.mode=budget or "
+            "acquisition.selection=ranked"
         )
     if cfg.data.kind == "synthetic":
         syn = cfg.data.synthetic

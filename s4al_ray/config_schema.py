@@ -228,10 +228,19 @@ class AcquisitionConfig:
     top_k: int = setting(4, lo=1, doc="topk mode: regions per image and round")
     selection: str = setting(
         "ranked",
-        choices=("ranked", "class_balanced"),
+        choices=("ranked", "class_balanced", "diverse"),
         doc="ranked: the best scores over the pool fill the budget; class_balanced: each class "
         "the teacher predicts gets an equal share of the budget for the best regions showing "
-        "it, rarest labeled class first (what a class cannot use passes on)",
+        "it, rarest labeled class first (what a class cannot use passes on); diverse: k-center "
+        "over the representation head's region embeddings among the best-scoring regions "
+        "(acquisition.diversity_shortlist), so a round does not spend its budget on "
+        "near-duplicates",
+    )
+    diversity_shortlist: float = setting(
+        3.0,
+        lo=1.0,
+        doc="selection=diverse: the shortlist of best-scoring regions it spreads the budget "
+        "over, in multiples of the round budget (1 = ranked selection)",
     )
     exclude_border: bool = setting(False, doc="never acquire the outer ring of regions")
 

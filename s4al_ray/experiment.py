@@ -238,6 +238,7 @@ class Experiment:
             budget_pixels=acquisition_budget(self.cfg, state),
             top_k=acq.top_k,
             selection=acq.selection,
+            shortlist=acq.diversity_shortlist,
         )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}

@@ -16,6 +16,7 @@ import numpy as np
 
 from s4al_ray import storage
 from s4al_ray.acquisition import class_rarity_ranks, inverse_frequency_weights
+from s4al_ray.acquisition_diversity import candidate_pixels
 from s4al_ray.config import ExperimentConfig
 from s4al_ray.data.io import load_mask
 from s4al_ray.data.manifest import DatasetInfo
@@ -191,7 +192,7 @@ def teacher_job(
     rarity = None
     if cfg.acquisition.selection == "class_balanced":
         rarity = class_rarity_ranks(state.labeled_class_pixels).tolist()
-    t = cfg.teacher
+    t, acq = cfg.teacher, cfg.acquisition
     return TeacherJob(
         round=r,
         seed=cfg.seed + r,
@@ -209,12 +210,15 @@ def teacher_job(
         reuse_workers=t.reuse_workers,
         num_workers=workers.largest,
         batch_size=t.batch_size,
-        budget_pixels=acquisition_budget(cfg, state),
-        mode=cfg.acquisition.mode,
-        top_k=cfg.acquisition.top_k,
-        exclude_border=cfg.acquisition.exclude_border,
+        budget_pixels=candidate_pixels(
+            acq.selection, acquisition_budget(cfg, state), acq.diversity_shortlist
+        ),
+        mode=acq.mode,
+        top_k=acq.top_k,
+        exclude_border=acq.exclude_border,
         min_workers=workers.smallest,
         rarity_ranks=rarity,
+        embed_regions=acq.selection == "diverse",
     )
 
 

@@ -54,7 +54,9 @@ def check_resumable(layout: RunLayout, cfg: ExperimentConfig) -> None:
             f"{layout.run_dir} was written by an incompatible s4al-ray "
             f"(format {fmt}, expected {RUN_FORMAT}); use another name="
         )
-    saved = flatten(read_yaml(layout.config))
+    # A key an s4al-ray newer than the run added reads as its default: the run ran without it,
+    # which is what the default does (a new option never changes what the default computes).
+    saved = {**flatten(to_dict(ExperimentConfig())), **flatten(read_yaml(layout.config))}
     now = flatten(to_dict(cfg))
     changed = changed_keys(saved, now, RESUMABLE_KEYS)
     if changed:

@@ -31,6 +31,7 @@ import ray
 from s4al_ray import storage
 from s4al_ray.acquisition import Candidates
 from s4al_ray.acquisition_cutoff import CandidateHistogram, Cutoff, HistogramSum
+from s4al_ray.acquisition_diversity import EMBED_DIM
 from s4al_ray.pseudo_labels import LEVELS
 from s4al_ray.teacher_stages import (
     OUTPUT_SCHEMA,
@@ -116,7 +117,14 @@ _SUMMARY_COLUMNS = [
     "cand_hist_counts",
     "node_id",
 ]
-_CANDIDATE_COLUMNS = ["pool_index", "cand_regions", "cand_scores", "cand_areas", "cand_groups"]
+_CANDIDATE_COLUMNS = [
+    "pool_index",
+    "cand_regions",
+    "cand_scores",
+    "cand_areas",
+    "cand_groups",
+    "cand_embedding",
+]
 # Above this many candidates the cut-off is applied by Ray Data tasks where the files are, not
 # by the driver reading them all (a 10^6-image pool holds ~5 * 10^8 at 1% a round).
 LOCAL_FILTER_MAX = 1 << 22
@@ -152,6 +160,7 @@ def read_teacher_output(
             keys, regions = batch.column("cand_hist_keys"), batch.column("cand_hist_counts")
             counted.add(CandidateHistogram(keys.flatten().to_numpy(), regions.flatten().to_numpy()))
     candidate_hist = counted.result()
+    embedded = job.embed_regions and "cand_embedding" in dataset.schema.names
     # A pass of an s4al-ray before the histograms (resumed): every candidate is read, as then.
     cutoff = candidate_hist.cutoff(job.budget_pixels) if written_by_this_version else None
     if filter_in_tasks is None:
@@ -159,11 +168,14 @@ def read_teacher_output(
     if filter_in_tasks:
         files = ray.data.read_parquet(dataset.files, filesystem=fs, columns=candidate_columns)
         kept = files.map_batches(
-            _kept_candidates, fn_kwargs={"cutoff": cutoff}, batch_format="pyarrow", num_cpus=1
+            _kept_candidates,
+            fn_kwargs={"cutoff": cutoff, "embedded": embedded},
+            batch_format="pyarrow",
+            num_cpus=1,
         ).iter_batches(batch_format="pyarrow", batch_size=None)
     else:
         kept = (
-            _kept_candidates(batch, cutoff)
+            _kept_candidates(batch, cutoff, embedded)
             for batch in dataset.to_batches(columns=candidate_columns)
         )
     candidates = Candidates.concat([_from_table(table) for table in kept])
@@ -172,8 +184,9 @@ def read_teacher_output(
     )
 
 
-def _kept_candidates(batch, cutoff: Cutoff | None) -> pa.Table:
-    """The candidates of these rows that pass ``cutoff`` (all with None), one row per region."""
+def _kept_candidates(batch, cutoff: Cutoff | None, embedded: bool = False) -> pa.Table:
+    """The candidates of these rows that pass ``cutoff`` (all with None), one row per region;
+    ``embedded``: the pass wrote region embeddings (diverse selection)."""
 
     def flat(name: str, dtype) -> np.ndarray:  # a list column's values, of any batch type
         return pc.list_flatten(batch.column(name)).to_numpy().astype(dtype)
@@ -182,18 +195,36 @@ def _kept_candidates(batch, cutoff: Cutoff | None) -> pa.Table:
     regions = flat("cand_regions", np.int64)
     # Ranked selection writes no groups (empty lists): every region is in group 0.
     groups = flat("cand_groups", np.int16) if "cand_groups" in batch.column_names else None
+    # Only diverse selection writes embeddings (EMBED_DIM values a region, else empty lists).
+    vectors = flat("cand_embedding", np.float16) if embedded else None
+    if vectors is not None and vectors.size != regions.size * EMBED_DIM:
+        raise ValueError(
+            f"teacher pass: {vectors.size} embedding values for {regions.size} candidates of "
+            f"{EMBED_DIM} each; delete its teacher/round_XXX/ folder to recompute it"
+        )
+    vectors = None if vectors is None else vectors.reshape(-1, EMBED_DIM)
     c = Candidates(
         np.repeat(np.asarray(batch.column("pool_index")), lengths),
         regions,
         flat("cand_scores", np.float32),
         flat("cand_areas", np.int64),
         groups if groups is not None and groups.size == regions.size else None,
+        vectors,
     )
     c = c if cutoff is None else cutoff.keep(c)
-    # One schema for every block: the group column is always there.
-    return pa.table({f: getattr(c, f if f != "group" else "groups") for f in Candidates.FIELDS})
+    # One schema for every block: the group column is always there, the embedding column
+    # whenever the pass wrote embeddings.
+    table = {f: getattr(c, f if f != "group" else "groups") for f in Candidates.FIELDS}
+    if embedded:
+        vectors = np.zeros((0, EMBED_DIM), np.float16) if c.embedding is None else c.embedding
+        table["embedding"] = pa.FixedSizeListArray.from_arrays(vectors.reshape(-1), EMBED_DIM)
+    return pa.table(table)
 
 
 def _from_table(table: pa.Table) -> Candidates:
     """``_kept_candidates``'s rows back as ``Candidates``."""
-    return Candidates(*(table.column(f).to_numpy() for f in Candidates.FIELDS))
+    columns = [table.column(f).to_numpy() for f in Candidates.FIELDS]
+    if "embedding" not in table.column_names:
+        return Candidates(*columns)
+    flat = pc.list_flatten(table.column("embedding")).to_numpy()
+    return Candidates(*columns, flat.astype(np.float16).reshape(-1, EMBED_DIM))

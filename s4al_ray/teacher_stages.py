@@ -25,6 +25,7 @@ from ray.util.queue import Queue
 
 from s4al_ray.acquisition import block_candidates, region_groups, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
+from s4al_ray.acquisition_diversity import region_embeddings
 from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image
 from s4al_ray.data.training import normalize
@@ -67,6 +68,8 @@ class TeacherJob:
     # Class-balanced selection: each class's rarity rank (acquisition.class_rarity_ranks), from
     # which the blocks put each candidate region in its class group; None = ranked selection.
     rarity_ranks: list[int] | None = None
+    # Diverse selection: the model stage also returns each region's embedding.
+    embed_regions: bool = False
 
     @property
     def uses_tasks(self) -> bool:
@@ -91,6 +94,8 @@ OUTPUT_SCHEMA = pa.schema(
         ("cand_scores", pa.list_(pa.float32())),
         ("cand_areas", pa.list_(pa.int32())),
         ("cand_groups", pa.list_(pa.int16())),  # class-balanced selection only (else empty)
+        # diverse selection only (else empty): the candidates' EMBED_DIM-float region embeddings
+        ("cand_embedding", pa.list_(pa.float16())),
         # (C * LEVELS,) confidence histogram of the whole block, on its first row only (empty
         # elsewhere): the pool's histogram is the sum, and storage stays O(blocks), not O(pool).
         ("block_hist", pa.list_(pa.int64())),
@@ -114,8 +119,18 @@ def decode_images(batch: dict) -> dict:
 @torch.no_grad()
 def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
     """Softmax (B, C, H, W) averaged over scales (and horizontal flips)."""
+    return predict(model, images, scales, flip)[0]
+
+
+@torch.no_grad()
+def predict(
+    model, images: torch.Tensor, scales: list[float], flip: bool, with_embedding: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``predict_probs``, and with ``with_embedding`` the representation head's output of the
+    unflipped view at the scale nearest 1 (the same forward: no extra pass)."""
     size = images.shape[-2:]
-    total = None
+    total = embedding = None
+    embed_at = min(scales, key=lambda s: abs(s - 1.0)) if with_embedding else None
     for scale in scales:
         x = (
             images
@@ -124,13 +139,16 @@ def predict_probs(model, images: torch.Tensor, scales: list[float], flip: bool) 
         )
         views = [x, x.flip(-1)] if flip else [x]
         for i, view in enumerate(views):
-            logits = model(normalize(view))["logits"]
+            embed = scale == embed_at and i == 0 and embedding is None
+            out = model(normalize(view), with_embedding=embed)
+            embedding = out.get("embedding", embedding)
+            logits = out["logits"]
             logits = logits.flip(-1) if i == 1 else logits
             if logits.shape[-2:] != size:
                 logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
             probs = torch.softmax(logits.float(), dim=1)
             total = probs if total is None else total + probs
-    return total / (len(scales) * (2 if flip else 1))
+    return total / (len(scales) * (2 if flip else 1)), embedding
 
 
 def load_pass_model(job) -> tuple[torch.nn.Module, torch.device]:
@@ -159,7 +177,8 @@ class TeacherModel:
     def __call__(self, batch: dict) -> dict:
         images = torch.from_numpy(np.ascontiguousarray(batch["image"])).to(self.device)
         images = images.permute(0, 3, 1, 2).float().div_(255.0)
-        probs = predict_probs(self.model, images, self.job.scales, self.job.flip)
+        job = self.job
+        probs, embedding = predict(self.model, images, job.scales, job.flip, job.embed_regions)
         confidence, label = probs.max(1)
         scores = []
         for sample_id, p in zip(batch["sample_id"], probs):
@@ -170,6 +189,10 @@ class TeacherModel:
         out["level"] = confidence_levels(confidence.cpu().numpy())
         out["score"] = torch.stack(scores).numpy()
         out["node_id"] = np.full(len(scores), self.node_id)
+        if embedding is not None:
+            out["region_embedding"] = region_embeddings(
+                embedding, images.shape[-2:], job.region_size
+            )
         return out
 
 
@@ -222,6 +245,7 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
     out: dict[str, list] = {name: [] for name in OUTPUT_SCHEMA.names}
     region_score, grids, acquired, positions = {}, {}, {}, {}
     groups: dict[str, np.ndarray] | None = None if job.rarity_ranks is None else {}
+    embeddings = {} if "region_embedding" in batch else None
     hist = np.zeros(job.num_classes * 256, dtype=np.int64)
     for i, sample_id in enumerate(map(str, batch["sample_id"])):
         label, level = batch["label"][i], batch["level"][i]
@@ -233,6 +257,8 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
         if groups is not None:
             predicted = grid.region_class_counts(label, job.num_classes, known)
             groups[sample_id] = region_groups(predicted, np.asarray(job.rarity_ranks))
+        if embeddings is not None:
+            embeddings[sample_id] = batch["region_embedding"][i]
         positions[sample_id] = int(batch["pool_index"][i])
         counts = confidence_histogram(label, level, job.num_classes)
         hist += counts
@@ -255,6 +281,7 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
         exclude_border=job.exclude_border,
         positions=positions,
         groups=groups,
+        embeddings=embeddings,
     )
     for position in out["pool_index"]:
         mine = candidates.image == position
@@ -263,6 +290,9 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
         out["cand_areas"].append(candidates.area[mine].astype(np.int32))
         grouped = candidates.group is not None
         out["cand_groups"].append(candidates.group[mine] if grouped else np.zeros(0, np.int16))
+        embedded = candidates.embedding is not None
+        vectors = candidates.embedding[mine].reshape(-1) if embedded else np.zeros(0, np.float16)
+        out["cand_embedding"].append(vectors)
     if out["sample_id"]:  # the block's totals, on its first row
         counted = CandidateHistogram.of(candidates)
         out["block_hist"][0] = hist

@@ -41,6 +41,7 @@ LAYERS = [
         "s4al_ray.evaluate",
         "s4al_ray.acquisition",
         "s4al_ray.acquisition_cutoff",
+        "s4al_ray.acquisition_diversity",
         "s4al_ray.pool",
         "s4al_ray.pool.",
         "s4al_ray.report",

@@ -100,3 +100,26 @@ def test_the_writable_check_leaves_no_trace_but_keeps_what_others_wrote(tmp_path
     storage.check_writable(str(tmp_path / "trials" / "a"))
     assert (tmp_path / "trials" / "b" / "config.yaml").read_text() == "x"
     assert not (tmp_path / "trials" / "a").exists()
+
+
+def test_a_run_saved_before_a_new_option_resumes_unless_the_option_is_changed(
+    tmp_path, smoke_data_root
+):
+    """A run directory written before a key existed (its config.yaml lacks it) resumes when the
+    key is at its default, and is refused by name when it is not."""
+    import yaml
+
+    from s4al_ray.resume import check_resumable
+
+    experiment = Experiment(_cfg(str(tmp_path), smoke_data_root), log=lambda line: None)
+    experiment.preflight()
+    layout = experiment.layout
+    with open(layout.config) as handle:
+        saved = yaml.safe_load(handle)
+    del saved["acquisition"]["diversity_shortlist"]  # as an older s4al-ray wrote it
+    with open(layout.config, "w") as handle:
+        yaml.safe_dump(saved, handle)
+    check_resumable(layout, _cfg(str(tmp_path), smoke_data_root))
+    changed = _cfg(str(tmp_path), smoke_data_root, "acquisition.diversity_shortlist=2")
+    with pytest.raises(ConfigError, match=r"acquisition.diversity_shortlist: 3.0 -> 2"):
+        check_resumable(layout, changed)

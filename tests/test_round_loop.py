@@ -289,3 +289,30 @@ def test_class_balanced_selection_and_reco_warmup_run_on_the_same_path(
     acquired = sum(state.grid(s).areas[r].sum() for s, r in state.acquired.items())
     assert 0 < acquired == records[0]["pool/acquired_pixels"]
     assert acquired <= cfg.acquisition.round_budget * state.total_pixels
+
+
+def test_diverse_selection_runs_through_the_round_loop(ray_session, smoke_data_root, tmp_path):
+    """Diverse selection through the real round loop: the teacher writes an embedding for every
+    candidate, and the committed selection stays within the budget at the regions' true
+    sizes."""
+    from s4al_ray.acquisition_diversity import EMBED_DIM
+
+    cfg = load_config(
+        "configs/smoke.yaml",
+        [
+            f"storage={tmp_path}",
+            f"data.root={smoke_data_root}",
+            "name=diverse",
+            "acquisition.selection=diverse",
+        ],
+    )
+    records = Experiment(cfg, log=lambda line: None).run()
+    assert [r["round"] for r in records] == [0, 1]
+    table = pq.read_table(os.path.join(tmp_path, "diverse", "teacher", "round_000"))
+    regions = table.column("cand_regions").to_pylist()
+    vectors = table.column("cand_embedding").to_pylist()
+    assert [len(v) for v in vectors] == [EMBED_DIM * len(r) for r in regions]
+    state = _state_of(cfg)
+    acquired = sum(state.grid(s).areas[r].sum() for s, r in state.acquired.items())
+    budget = cfg.acquisition.round_budget * state.total_pixels
+    assert 0 < acquired == records[0]["pool/acquired_pixels"] <= budget

@@ -239,3 +239,66 @@ def test_class_balanced_candidates_select_what_the_stored_label_maps_imply(teach
     assert chosen == select_regions(stored, grids, acquired, groups=groups, **options)
     assert len(np.unique(here.candidates.group)) > 1  # several classes compete
     assert chosen != select_regions(stored, grids, acquired, budget_pixels=job.budget_pixels)
+
+
+def test_diverse_candidates_carry_the_models_region_embeddings(teacher_setup, tmp_path):
+    """With diverse selection the model stage returns region embeddings and the blocks keep the
+    candidates that cover the shortlist: the driver's candidates (read in the driver or in Ray
+    Data tasks) carry, for every region, the embedding the student itself gives it, and select
+    exactly what the plain rule selects over every stored score and those embeddings."""
+    import numpy as np
+
+    from s4al_ray.acquisition import select, select_regions
+    from s4al_ray.acquisition_diversity import candidate_pixels, region_embeddings
+    from s4al_ray.data.io import load_image
+    from s4al_ray.data.training import normalize
+    from s4al_ray.regions import RegionGrid
+    from s4al_ray.teacher import read_teacher_output
+
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 7, str(tmp_path / "round_006.pt"))
+    budget = sum(r["height"] * r["width"] for r in rows) // 20
+    job = replace(
+        teacher_cfg,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        budget_pixels=candidate_pixels("diverse", budget, 3.0),
+        embed_regions=True,
+    )
+    out = str(tmp_path / "diverse")
+    run_teacher(job, rows, out)
+    here = read_teacher_output(out, data.num_classes, job, filter_in_tasks=False)
+    in_tasks = read_teacher_output(out, data.num_classes, job, filter_in_tasks=True)
+    ids = sorted(r["sample_id"] for r in rows)
+    options = dict(budget_pixels=budget, selection="diverse", shortlist=3.0)
+    chosen = select(here.candidates, ids, **options)
+    assert chosen == select(in_tasks.candidates, ids, **options)
+    assert 0 < sum(map(len, chosen.values())) < len(here.candidates)
+
+    model = model_from_config(cfg.model, data.num_classes, "none")
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["model"])
+    model.eval()
+    direct = {}
+    with torch.no_grad():
+        for row in rows:
+            image = torch.from_numpy(np.array(load_image(row["image_uri"]))).permute(2, 0, 1)[None]
+            image = normalize(image.float() / 255.0)
+            embedding = model(image, with_embedding=True)["embedding"]
+            size = (row["height"], row["width"])
+            direct[row["sample_id"]] = region_embeddings(embedding, size, job.region_size)[0]
+    for k in range(len(here.candidates)):
+        sid = ids[here.candidates.image[k]]
+        expected = direct[sid][here.candidates.region[k]].astype(np.float32)
+        assert np.allclose(here.candidates.embedding[k].astype(np.float32), expected, atol=5e-3)
+    # The plain rule over every stored score, with the pass's own (batched, float16) vectors
+    # where it kept candidates: a bit of rounding must not decide a near-tie here.
+    for k in range(len(here.candidates)):
+        direct[ids[here.candidates.image[k]]][here.candidates.region[k]] = (
+            here.candidates.embedding[k]
+        )
+    grids = {r["sample_id"]: RegionGrid(r["height"], r["width"], job.region_size) for r in rows}
+    acquired = {r["sample_id"]: r["acquired"] for r in rows if r["acquired"]}
+    stored = {
+        r["sample_id"]: np.asarray(r["scores"], np.float32) for r in pq.read_table(out).to_pylist()
+    }
+    assert chosen == select_regions(stored, grids, acquired, embeddings=direct, **options)
