@@ -55,6 +55,8 @@ METHODS = {
     "s4al+ diverse + ReCo warm-up": ["acquisition.selection=diverse", "reco.warmup_steps=200"],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
+    # The upper bound of error-seeking acquisition: regions by the teacher's true error rate.
+    "s4al+ oracle error": ["acquisition.function=oracle_error"],
     "supervised-only active": [
         "train.pseudo_labels=false",
         "train.reco_weight=0",

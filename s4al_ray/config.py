@@ -318,6 +318,11 @@ def validate(cfg: ExperimentConfig) -> None:
             f"acquisition.round_budget ({acq.round_budget}) exceeds acquisition.total_budget "
             f"({acq.total_budget})"
         )
+    if acq.function == "oracle_error" and cfg.oracle != "simulated":
+        raise ConfigError(
+            "acquisition.function: oracle_error reads the pool's ground truth, which only "
+            f"oracle=simulated has (oracle={cfg.oracle}); it is a benchmark's upper bound"
+        )
     if acq.selection != "ranked" and acq.mode != "budget":
         raise ConfigError(
             f"acquisition.selection: {acq.selection} shares out the round's pixel budget, which "

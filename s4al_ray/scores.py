@@ -13,8 +13,10 @@ Adding a score is one function here::
 
 It is then valid as ``acquisition.function=least_confidence`` everywhere (config, sweeps). A
 score that needs more than the probabilities declares it with ``needs=``: ``"class_weights"``
-(inverse labeled-class frequency, mean 1) or ``"generator"`` (a ``torch.Generator`` seeded per
-image from the experiment seed and the sample id, so scores do not depend on batching).
+(inverse labeled-class frequency, mean 1), ``"generator"`` (a ``torch.Generator`` seeded per
+image from the experiment seed and the sample id, so scores do not depend on batching) or
+``"ground_truth"`` (the image's true label map: diagnostic scores of benchmarks with the
+simulated oracle, never a real method).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-NEEDS = ("class_weights", "generator")
+NEEDS = ("class_weights", "generator", "ground_truth")
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class ScoreContext:
 
     class_weights: Tensor | None = None
     generator: torch.Generator | None = None
+    ground_truth: Tensor | None = None  # (H, W) class ids, IGNORE_INDEX where unlabeled
 
 
 @dataclass(frozen=True)
@@ -47,13 +50,23 @@ class Score:
     def __call__(self, probs: Tensor, ctx: ScoreContext = ScoreContext()) -> Tensor:
         return self.fn(probs, ctx)
 
-    def context(self, seed: int, sample_id: str, class_weights: Tensor | None) -> ScoreContext:
+    def context(
+        self,
+        seed: int,
+        sample_id: str,
+        class_weights: Tensor | None,
+        ground_truth: Tensor | None = None,
+    ) -> ScoreContext:
         """The context for one image: a generator only when the score draws random numbers."""
         generator = None
         if "generator" in self.needs:
             key = f"{seed}/{sample_id}".encode()
             generator = torch.Generator().manual_seed(zlib.crc32(key))
-        return ScoreContext(class_weights if "class_weights" in self.needs else None, generator)
+        return ScoreContext(
+            class_weights if "class_weights" in self.needs else None,
+            generator,
+            ground_truth if "ground_truth" in self.needs else None,
+        )
 
 
 SCORES: dict[str, Score] = {}
@@ -97,6 +110,14 @@ def margin(probs: Tensor, ctx: ScoreContext) -> Tensor:
     """One minus the gap between the two most likely classes."""
     top2 = probs.topk(2, dim=0).values
     return 1.0 - (top2[0] - top2[1])
+
+
+@register("oracle_error", needs=("ground_truth",))
+def oracle_error(probs: Tensor, ctx: ScoreContext) -> Tensor:
+    """1 where the teacher's arg-max is wrong by the ground truth: the best an error-seeking
+    score could do (a benchmark's upper bound; needs the simulated oracle)."""
+    truth = ctx.ground_truth.to(probs.device)
+    return ((probs.argmax(0) != truth) & (truth < probs.shape[0])).to(probs.dtype)
 
 
 @register("random", needs=("generator",))

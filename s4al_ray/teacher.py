@@ -40,6 +40,7 @@ from s4al_ray.teacher_stages import (
     decode_images,
     model_batch,
     model_stage,
+    needs_truth,
     predict_probs,
     summarize_batch,
     uses_tasks,
@@ -70,7 +71,13 @@ def warm_task_workers(count: int) -> None:
 def _pipeline(rows: list[dict], job: TeacherJob, progress=None) -> ray.data.Dataset:
     blocks = max(1, min(len(rows) // job.batch_size, 64))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    ds = ds.map_batches(decode_images, batch_size=job.batch_size, batch_format="numpy", num_cpus=1)
+    ds = ds.map_batches(
+        decode_images,
+        fn_kwargs={"with_truth": needs_truth(job)},
+        batch_size=job.batch_size,
+        batch_format="numpy",
+        num_cpus=1,
+    )
     ds = model_stage(ds, job, model_batch, TeacherModel)
     return ds.map_batches(
         summarize_batch,

@@ -27,7 +27,7 @@ from s4al_ray.acquisition import block_candidates, region_groups, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
 from s4al_ray.acquisition_diversity import region_embeddings
 from s4al_ray.config import ModelConfig
-from s4al_ray.data.io import encode_png, load_image
+from s4al_ray.data.io import encode_png, load_image, load_mask
 from s4al_ray.data.training import normalize
 from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
@@ -109,11 +109,15 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
-def decode_images(batch: dict) -> dict:
-    """Stage 1: the batch's images as one (B, H, W, 3) uint8 array (one size per pass)."""
+def decode_images(batch: dict, with_truth: bool = False) -> dict:
+    """Stage 1: the batch's images as one (B, H, W, 3) uint8 array (one size per pass); with
+    ``with_truth`` (a score that needs the ground truth) also their label maps."""
     if len(batch["image_uri"]):
         check_node_access(str(batch["image_uri"][0]))
-    return {**batch, "image": np.stack([load_image(str(uri)) for uri in batch["image_uri"]])}
+    out = {**batch, "image": np.stack([load_image(str(uri)) for uri in batch["image_uri"]])}
+    if with_truth:
+        out["truth"] = np.stack([load_mask(str(uri)) for uri in batch["mask_uri"]])
+    return out
 
 
 @torch.no_grad()
@@ -181,8 +185,10 @@ class TeacherModel:
         probs, embedding = predict(self.model, images, job.scales, job.flip, job.embed_regions)
         confidence, label = probs.max(1)
         scores = []
-        for sample_id, p in zip(batch["sample_id"], probs):
-            ctx = self.score.context(self.job.seed, str(sample_id), self.class_weights)
+        truths = batch.get("truth")  # only for a score that needs the ground truth
+        for i, (sample_id, p) in enumerate(zip(batch["sample_id"], probs)):
+            truth = None if truths is None else torch.from_numpy(np.array(truths[i]))
+            ctx = self.score.context(self.job.seed, str(sample_id), self.class_weights, truth)
             scores.append(self.score(p, ctx).float().cpu())
         out = {k: batch[k] for k in ("sample_id", "pool_index", "height", "width", "acquired")}
         out["label"] = label.to(torch.uint8).cpu().numpy()
@@ -307,4 +313,9 @@ def predict_rows(model: TeacherModel, rows: list[dict], job: TeacherJob) -> pa.T
     batch = {key: np.asarray([r[key] for r in rows]) for key in rows[0] if key != "acquired"}
     batch["acquired"] = np.empty(len(rows), dtype=object)
     batch["acquired"][:] = [list(r["acquired"]) for r in rows]
-    return summarize_batch(model(decode_images(batch)), job)
+    return summarize_batch(model(decode_images(batch, needs_truth(job))), job)
+
+
+def needs_truth(job: TeacherJob) -> bool:
+    """Whether the pass's score reads the ground truth (``scores.oracle_error``)."""
+    return "ground_truth" in get_score(job.score).needs

@@ -263,3 +263,22 @@ def test_region_class_counts_skip_known_pixels_and_cut_edge_regions():
     assert counts[0].tolist() == [
         int(((label[:4, :4] == k) & ~skip[:4, :4]).sum()) for k in range(3)
     ]
+
+
+def test_oracle_error_marks_the_teachers_wrong_pixels_and_only_with_the_simulated_oracle(
+    tmp_path,
+):
+    """The benchmark's upper bound: 1 where the arg-max is wrong, 0 where right or unlabeled;
+    refused by name where no ground truth exists (a manual oracle)."""
+    from s4al_ray.config import ConfigError, load_config
+
+    probs = _probs([0.9, 0.1], [0.2, 0.8], [0.6, 0.4])  # arg-max 0, 1, 0
+    truth = torch.tensor([[0, 0, 255]])
+    score = get_score("oracle_error")
+    ctx = score.context(0, "a", None, truth)
+    assert get_score("entropy").context(0, "a", None, truth).ground_truth is None
+    assert score(probs, ctx)[0].tolist() == [0.0, 1.0, 0.0]
+    with pytest.raises(ConfigError, match="oracle_error reads the pool's ground truth"):
+        load_config(
+            None, [f"storage={tmp_path}", "acquisition.function=oracle_error", "oracle=manual"]
+        )

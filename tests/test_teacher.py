@@ -302,3 +302,37 @@ def test_diverse_candidates_carry_the_models_region_embeddings(teacher_setup, tm
         r["sample_id"]: np.asarray(r["scores"], np.float32) for r in pq.read_table(out).to_pylist()
     }
     assert chosen == select_regions(stored, grids, acquired, embeddings=direct, **options)
+
+
+def test_oracle_error_scores_are_the_teachers_error_rate_on_each_regions_unlabeled_pixels(
+    teacher_setup, tmp_path
+):
+    """The decode stage reads the ground truth only for a score that needs it: each stored
+    region score is the share of the region's pixels, outside acquired regions, where the
+    stored label map differs from the true mask."""
+    import numpy as np
+
+    from s4al_ray.data.io import decode_mask, load_mask
+    from s4al_ray.regions import RegionGrid
+
+    cfg, data, rows, teacher_cfg = teacher_setup
+    checkpoint = _save_model(cfg, data.num_classes, 8, str(tmp_path / "round_007.pt"))
+    job = replace(
+        teacher_cfg,
+        checkpoint_uri=checkpoint,
+        checkpoint_stamp=storage.stamp(checkpoint),
+        score="oracle_error",
+    )
+    out = str(tmp_path / "oracle")
+    run_teacher(job, rows, out)
+    by_id = {r["sample_id"]: r for r in rows}
+    errors = 0.0
+    for stored in pq.read_table(out).to_pylist():
+        row = by_id[stored["sample_id"]]
+        grid = RegionGrid(row["height"], row["width"], job.region_size)
+        truth = load_mask(row["mask_uri"])
+        wrong = (decode_mask(stored["label_png"]) != truth) & (truth < data.num_classes)
+        wrong &= ~grid.mask(row["acquired"])
+        assert np.allclose(stored["scores"], grid.region_means(wrong), atol=1e-6)
+        errors += float(wrong.sum())
+    assert errors > 0  # an untrained model is wrong somewhere
