@@ -23,6 +23,7 @@ LAYERS = [
         "s4al_ray",
         "s4al_ray.storage",
         "s4al_ray.regions",
+        "s4al_ray.superpixels",
         "s4al_ray.pseudo_labels",
         "s4al_ray.scores",
         "s4al_ray.yamlfile",
