@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from s4al_ray.acquisition_diversity import k_center_fill
+from s4al_ray.acquisition_diversity import candidate_pixels, k_center_fill
 from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.regions import RegionGrid
 
@@ -336,7 +336,8 @@ def select(
     if selection == "class_balanced":
         chosen = _class_balanced_fill(candidates, order, int(budget_pixels))
     elif selection == "diverse":
-        short = order[_greedy_fill(candidates.area[order], int(budget_pixels * shortlist))[0]]
+        pixels = candidate_pixels(selection, int(budget_pixels), shortlist)
+        short = order[_greedy_fill(candidates.area[order], pixels)[0]]
         if short.size and candidates.embedding is None:
             raise ValueError("diverse selection needs the candidates' region embeddings")
         vectors = None if candidates.embedding is None else candidates.embedding[short]
