@@ -35,6 +35,23 @@ def _summed(parts: list[Candidates]) -> CandidateHistogram:
     return total.result()
 
 
+def _block_parts(scores, grids, acquired, *, block: int = 3, **options) -> list[Candidates]:
+    """Each block of ``block`` images' candidates (``block_candidates``), blocks in id order and
+    image positions in the sorted pool ids, as the teacher's post-process stage hands them."""
+    ids = sorted(scores)
+    positions = {s: i for i, s in enumerate(ids)}
+    return [
+        block_candidates(
+            {s: scores[s] for s in ids[a : a + block]},
+            grids,
+            acquired,
+            positions=positions,
+            **options,
+        )
+        for a in range(0, len(ids), block)
+    ]
+
+
 def _pool(rng, images: int, *, sizes=(3, 9), coarse: bool):
     size = int(rng.integers(*sizes))
     grids, scores, acquired = {}, {}, {}
@@ -71,19 +88,7 @@ def test_cut_off_candidates_select_exactly_what_the_global_ranking_does(mode):
         exclude = bool(rng.random() < 0.3)
         expected = select_regions(scores, grids, acquired, exclude_border=exclude, **options)
         ids = sorted(scores)
-        positions = {s: i for i, s in enumerate(ids)}
-        blocks = [ids[a : a + 3] for a in range(0, len(ids), 3)]
-        parts = [
-            block_candidates(
-                {s: scores[s] for s in block},
-                grids,
-                acquired,
-                positions=positions,
-                exclude_border=exclude,
-                **options,
-            )
-            for block in blocks
-        ]
+        parts = _block_parts(scores, grids, acquired, exclude_border=exclude, **options)
         hist = _summed(parts)
         assert hist.regions == sum(len(p) for p in parts)
         cutoff = hist.cutoff(options["budget_pixels"])
@@ -103,17 +108,7 @@ def test_the_driver_receives_about_the_budget_not_the_pool():
     scores = {s: rng.random(grid.num_regions).astype(np.float32) for s in ids}
     grids = {s: grid for s in ids}
     budget = int(0.01 * len(ids) * grid.areas.sum())
-    positions = {s: i for i, s in enumerate(ids)}
-    parts = [
-        block_candidates(
-            {s: scores[s] for s in ids[a : a + 16]},
-            grids,
-            {},
-            positions=positions,
-            budget_pixels=budget,
-        )
-        for a in range(0, len(ids), 16)
-    ]
+    parts = _block_parts(scores, grids, {}, block=16, budget_pixels=budget)
     held = sum(len(p) for p in parts)
     assert held == len(ids) * grid.num_regions  # each block is far smaller than the budget
     cutoff = _summed(parts).cutoff(budget)
@@ -193,19 +188,9 @@ def test_class_balanced_cut_off_candidates_select_exactly_what_the_plain_rule_do
         )
         assert whole == expected, (trial, budget)
         ids = sorted(scores)
-        positions = {s: i for i, s in enumerate(ids)}
-        parts = [
-            block_candidates(
-                {s: scores[s] for s in ids[a : a + 3]},
-                grids,
-                acquired,
-                positions=positions,
-                exclude_border=exclude,
-                groups=groups,
-                budget_pixels=budget,
-            )
-            for a in range(0, len(ids), 3)
-        ]
+        parts = _block_parts(
+            scores, grids, acquired, exclude_border=exclude, groups=groups, budget_pixels=budget
+        )
         cutoff = _summed(parts).cutoff(budget)
         kept = Candidates.concat([cutoff.keep(p) for p in parts])
         assert select(kept, ids, **options) == expected, (trial, budget, exclude)

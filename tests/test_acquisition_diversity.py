@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_acquisition_cutoff import _pool, _summed
+from test_acquisition_cutoff import _block_parts, _pool, _summed
 
-from s4al_ray.acquisition import Candidates, block_candidates, select, select_regions
+from s4al_ray.acquisition import Candidates, select, select_regions
 from s4al_ray.acquisition_diversity import (
     EMBED_DIM,
     TIE_DISTANCE,
@@ -118,20 +118,15 @@ def test_diverse_candidates_from_blocks_select_exactly_what_the_plain_rule_does(
         )
         assert whole == expected, (trial, budget, shortlist)
         ids = sorted(scores)
-        positions = {s: i for i, s in enumerate(ids)}
         covered = candidate_pixels("diverse", budget, shortlist)
-        parts = [
-            block_candidates(
-                {s: scores[s] for s in ids[a : a + 3]},
-                grids,
-                acquired,
-                positions=positions,
-                exclude_border=exclude,
-                embeddings=embeddings,
-                budget_pixels=covered,
-            )
-            for a in range(0, len(ids), 3)
-        ]
+        parts = _block_parts(
+            scores,
+            grids,
+            acquired,
+            exclude_border=exclude,
+            embeddings=embeddings,
+            budget_pixels=covered,
+        )
         kept = Candidates.concat([_summed(parts).cutoff(covered).keep(p) for p in parts])
         assert select(kept, ids, **options) == expected, (trial, budget, shortlist, exclude)
 
