@@ -213,7 +213,15 @@ class AcquisitionConfig:
         "entropy",
         doc="region score: a key of the score registry (s4al_ray/scores.py)",
     )
-    region_size: int = setting(20, lo=1, doc="side of a square region in pixels")
+    region_size: int = setting(
+        20, lo=1, doc="side of a square region in pixels (slic: superpixels of about size^2 px)"
+    )
+    regions: str = setting(
+        "squares",
+        choices=("squares", "slic"),
+        doc="the unit of labeling: squares of region_size, or SLIC superpixels (scikit-image) "
+        "that follow colour edges, segmented once per run and counted at their true size",
+    )
     mode: str = setting(
         "budget",
         choices=("budget", "topk"),

@@ -43,6 +43,7 @@ from s4al_ray.pool.actor import get_pool_actor, pool_snapshot
 from s4al_ray.pool.manual import AwaitingAnnotation, write_query_package
 from s4al_ray.pool.state import PoolState
 from s4al_ray.progress import StageProgress
+from s4al_ray.region_maps import check_region_size, run_regions
 from s4al_ray.report import (
     eta_line,
     format_class_table,
@@ -102,7 +103,7 @@ class Experiment:
         require_clean(self.data, self.log)  # bad files fail here, by name, not mid-round
         if not self.data.rows("train") or not self.data.rows("val"):
             raise ConfigError(f"{self.cfg.data.root}: the dataset needs train and val samples")
-        self._check_region_size()
+        check_region_size(self.cfg.acquisition, self.data.rows("train"))
         check_trackers(self.cfg)
         manual.check_tool_settings(self.cfg.annotation, self.cfg.data.root)
         if record:
@@ -118,9 +119,16 @@ class Experiment:
         res = self.cluster()
         check_fits(self.cfg, res)
         masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
-        self.pool = get_pool_actor(
-            self.cfg.name, self.layout, initial_pool_state(self.cfg, self.data), masks
+        acq = self.cfg.acquisition
+        maps, segments = run_regions(
+            acq.regions,
+            acq.region_size,
+            self.layout.superpixels_dir,
+            self.data.rows("train"),
+            self.log,
         )
+        initial = initial_pool_state(self.cfg, self.data, maps, segments)
+        self.pool = get_pool_actor(self.cfg.name, self.layout, initial, masks)
         state = pool_snapshot(self.pool)
         if self._teacher_tasks() and self.cfg.loop.rounds > 1:
             present = max(1, res.cpus // self.cfg.teacher.cpus_per_actor)
@@ -129,14 +137,6 @@ class Experiment:
             f"[pool] {len(state.labeled)} labeled images, {len(state.pool_ids)} "
             f"pool images, {100 * state.labeled_frac:.2f}% of pixels labeled"
         )
-
-    def _check_region_size(self) -> None:
-        smallest = min(min(r["height"], r["width"]) for r in self.data.rows("train"))
-        if self.cfg.acquisition.region_size > smallest:
-            raise ConfigError(
-                f"acquisition.region_size ({self.cfg.acquisition.region_size}) is "
-                f"larger than the smallest train image side ({smallest} px)"
-            )
 
     def cluster(self) -> ClusterResources:
         """What the next stage is sized for (see ``resources``)."""

@@ -27,10 +27,12 @@ from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import class_thresholds, kept_fraction
+from s4al_ray.region_maps import RegionMaps
 from s4al_ray.runtime import TeacherWorkers
 from s4al_ray.scores import get_score
 from s4al_ray.scoring import ScoringJob
 from s4al_ray.student import StudentJob
+from s4al_ray.superpixels import SegmentAreas
 from s4al_ray.teacher import TeacherJob, TeacherOutput, uses_tasks
 
 
@@ -144,7 +146,7 @@ def student_job(
             "pseudo_uri": layout.teacher(r - 1),
             "thresholds": previous.thresholds,
             "weighted_pool": bool(weights),
-            "region_size": state.region_size,
+            "regions": state.maps,
         }
     init = None if r == 0 or cfg.train.fresh_student else layout.checkpoint(r - 1)
     return StudentJob(
@@ -201,6 +203,7 @@ def teacher_job(
         checkpoint_uri=checkpoint,
         checkpoint_stamp=storage.stamp(checkpoint),
         region_size=state.region_size,
+        regions=state.maps,
         score=score.name,
         class_weights=weights,
         scales=list(t.scales),
@@ -255,9 +258,16 @@ def acquisition_budget(cfg: ExperimentConfig, state: PoolState) -> int:
     )
 
 
-def initial_pool_state(cfg: ExperimentConfig, data: DatasetInfo) -> PoolState:
+def initial_pool_state(
+    cfg: ExperimentConfig,
+    data: DatasetInfo,
+    maps: RegionMaps | None = None,
+    segments: SegmentAreas | None = None,
+) -> PoolState:
     """Round 0's pool: ``data.initial_labeled_frac`` of the train images fully labeled, drawn
-    with the experiment seed, and their class pixels counted from the ground truth."""
+    with the experiment seed, and their class pixels counted from the ground truth; its regions
+    ``maps`` (squares of acquisition.region_size unless given, with ``segments``' areas for
+    superpixels)."""
     train = data.rows("train")
     rng = np.random.default_rng(cfg.seed)
     count = int(round(cfg.data.initial_labeled_frac * len(train)))
@@ -277,4 +287,6 @@ def initial_pool_state(cfg: ExperimentConfig, data: DatasetInfo) -> PoolState:
         sizes=ImageSizes.of_rows(train),
         labeled=labeled,
         initial_class_pixels=np.asarray(counts).tolist(),
+        maps=maps,
+        segments=segments,
     )

@@ -135,6 +135,11 @@ class RunLayout:
     def queries(self, r: int) -> str:
         return self.path("queries", round_name(r))
 
+    @property
+    def superpixels_dir(self) -> str:
+        """The segment map of every train image and their areas (``region_maps.py``)."""
+        return self.path("superpixels")
+
     def oracle_label(self, sample_id: str) -> str:
         return self.path("oracle", "labels", f"{sample_id}.png")
 

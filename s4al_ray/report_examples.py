@@ -13,6 +13,7 @@ from s4al_ray.data.io import decode_mask, load_image, load_mask
 from s4al_ray.pool.state import PoolState
 from s4al_ray.pseudo_labels import compose_target
 from s4al_ray.report_figures import IGNORE_COLOR, color_lut, figure, hex_color, png_bytes
+from s4al_ray.superpixels import region_edges
 
 EXAMPLE_COLUMNS = ("image", "ground truth", "prediction", "pseudo-label", "acquired regions")
 PANEL_WIDTH = 200
@@ -82,7 +83,7 @@ def _read_teacher(uri: str, sample_ids: list[str]) -> dict[str, tuple[bytes, byt
 
 
 def _upscale(panel: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest-neighbour resize of an (h, w, 3) uint8 panel to (height, width, 3)."""
+    """Nearest-neighbour resize of an (h, w, ...) panel to (height, width, ...)."""
     rows = np.minimum((np.arange(height) + 0.5) * panel.shape[0] / height, panel.shape[0] - 1)
     cols = np.minimum((np.arange(width) + 0.5) * panel.shape[1] / width, panel.shape[1] - 1)
     return panel[rows.astype(np.int64)[:, None], cols.astype(np.int64)[None, :]]
@@ -95,6 +96,18 @@ def _outline(canvas: np.ndarray, y0: int, y1: int, x0: int, x1: int, color, thic
     canvas[max(y1 - thick, y0) : y1, x0:x1] = rgb
     canvas[y0:y1, x0 : x0 + thick] = rgb
     canvas[y0:y1, max(x1 - thick, x0) : x1] = rgb
+
+
+def _outline_regions(view: np.ndarray, inside: np.ndarray, color, thick: int) -> None:
+    """Outline the superpixels ``inside`` (image-sized bool) on the panel ``view``, ``thick``
+    pixels wide, inside their edge."""
+    if not inside.any():
+        return
+    shown = _upscale(inside, *view.shape[:2])
+    for _ in range(thick):
+        edge = region_edges(shown)
+        view[edge] = np.asarray(color, np.uint8)
+        shown = shown & ~edge
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
@@ -166,6 +179,9 @@ def draw_examples(
                     (earlier.get(sid, []), EARLIER_COLOR, 1),
                     (this_round.get(sid, []), THIS_ROUND_COLOR, 2),
                 ):
+                    if state.maps.superpixels:
+                        _outline_regions(view, grid.mask(regions), _rgb(color), thick)
+                        continue
                     for region in regions:
                         y_a, y_b, x_a, x_b = grid.bounds(region)
                         _outline(

@@ -39,6 +39,7 @@ from s4al_ray.losses.joint import joint_losses, reco_weight_at
 from s4al_ray.mean_teacher import make_ema_teacher, mean_teacher_batch
 from s4al_ray.model import model_from_config, unwrap
 from s4al_ray.model.weights import load_checkpoint
+from s4al_ray.region_maps import RegionMaps
 from s4al_ray.storage import check_node_access
 
 MODEL_FILE = "model.pt"
@@ -72,7 +73,7 @@ class StudentJob:
     pseudo_uri: str | None = None
     thresholds: list[float] | None = None
     weighted_pool: bool = False
-    region_size: int = 0
+    regions: RegionMaps | None = None  # what an acquired region index means (the pool's)
 
     @property
     def use_pseudo_labels(self) -> bool:
@@ -111,7 +112,7 @@ def build_datasets(job: StudentJob, rank: int = 0, world: int = 1) -> TrainingSe
         pseudo,
         job.thresholds,
         {i["sample_id"]: i["acquired"] for i in items if i["acquired"]},
-        job.region_size,
+        job.regions,
         cache=cache,
         pseudo_labels=job.use_pseudo_labels,
     )

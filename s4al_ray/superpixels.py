@@ -10,8 +10,8 @@ The segment map of an image is a pure function of its pixels and the settings
 (:func:`slic_segments`): computed once per image and stored beside the run, every stage that
 needs it reads the same map.
 
-Not yet a selectable unit of the round loop (``acquisition.region_size`` squares are): the pool
-state, the teacher, the loaders, the oracles and the reports still take square grids.
+``acquisition.regions=slic`` makes them the unit of the round loop (``region_maps.py`` stores
+the maps and hands every stage an image's regions).
 """
 
 from __future__ import annotations
@@ -126,3 +126,46 @@ class SuperpixelRegions:
             raise IndexError(f"region {index} outside a map of {self.num_regions}")
         ys, xs = np.nonzero(self.segments == index)
         return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentAreas:
+    """The true pixel count of every superpixel of every image of a pool, flat: image ``k``'s
+    regions are ``flat[offsets[k]:offsets[k + 1]]``. Int32, so a pool costs 4 bytes a region."""
+
+    counts: np.ndarray  # regions per image, in the pool's image order
+    flat: np.ndarray  # every region's area, image after image
+
+    @classmethod
+    def of(cls, per_image: list[np.ndarray]) -> "SegmentAreas":
+        counts = np.asarray([a.size for a in per_image], dtype=np.int64)
+        flat = np.concatenate(per_image).astype(np.int32) if per_image else np.zeros(0, np.int32)
+        return cls(counts, flat)
+
+    @cached_property
+    def offsets(self) -> np.ndarray:
+        return np.concatenate([[0], np.cumsum(self.counts)]).astype(np.int64)
+
+    @property
+    def total(self) -> int:
+        return int(self.flat.size)
+
+    def image_pixels(self) -> np.ndarray:
+        """Pixels covered per image (must equal its height x width)."""
+        owner = np.repeat(np.arange(self.counts.size), self.counts)
+        return np.bincount(owner, weights=self.flat, minlength=self.counts.size).astype(np.int64)
+
+    def areas(self, images: np.ndarray, regions: np.ndarray) -> np.ndarray:
+        """Area of each (image position, region) pair."""
+        return self.flat[self.offsets[images] + regions].astype(np.int64)
+
+    def per_image(self) -> list[np.ndarray]:
+        return np.split(self.flat, self.offsets[1:-1])
+
+
+def region_edges(inside: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of ``inside`` with a 4-neighbour outside it (or on the image's
+    edge), the one-pixel outline that shows requested or acquired superpixels."""
+    padded = np.pad(inside, 1, constant_values=False)
+    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & inside
+    return inside & ~interior

@@ -33,7 +33,7 @@ from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
 from s4al_ray.progress import post_images
 from s4al_ray.pseudo_labels import confidence_histogram, confidence_levels
-from s4al_ray.regions import RegionGrid
+from s4al_ray.region_maps import RegionMaps
 from s4al_ray.scores import get_score
 from s4al_ray.storage import check_node_access
 
@@ -70,6 +70,12 @@ class TeacherJob:
     rarity_ranks: list[int] | None = None
     # Diverse selection: the model stage also returns each region's embedding.
     embed_regions: bool = False
+    # Superpixel regions (acquisition.regions=slic); None: squares of region_size.
+    regions: RegionMaps | None = None
+
+    @property
+    def maps(self) -> RegionMaps:
+        return self.regions or RegionMaps("squares", self.region_size)
 
     @property
     def uses_tasks(self) -> bool:
@@ -253,9 +259,10 @@ def summarize_batch(batch: dict, job: TeacherJob, progress: Queue | None = None)
     groups: dict[str, np.ndarray] | None = None if job.rarity_ranks is None else {}
     embeddings = {} if "region_embedding" in batch else None
     hist = np.zeros(job.num_classes * 256, dtype=np.int64)
+    maps = job.maps
     for i, sample_id in enumerate(map(str, batch["sample_id"])):
         label, level = batch["label"][i], batch["level"][i]
-        grid = RegionGrid(int(batch["height"][i]), int(batch["width"][i]), job.region_size)
+        grid = maps.of(sample_id, int(batch["height"][i]), int(batch["width"][i]))
         regions = [int(r) for r in batch["acquired"][i]]
         known = grid.mask(regions)
         scores = region_scores(batch["score"][i], known, grid)

@@ -33,6 +33,7 @@ LAYERS = [
     (
         "s4al_ray.data",
         "s4al_ray.data.",
+        "s4al_ray.region_maps",
         "s4al_ray.model",
         "s4al_ray.model.",
         "s4al_ray.losses",

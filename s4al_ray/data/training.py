@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler, WeightedRandomS
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.data.io import decode_mask, load_image, load_mask
 from s4al_ray.pseudo_labels import compose_target
-from s4al_ray.regions import RegionGrid
+from s4al_ray.region_maps import RegionMaps
 
 
 class DecodeCache:
@@ -109,7 +109,7 @@ class PoolImages(Dataset):
         pseudo: dict[str, tuple[bytes, bytes]],
         thresholds: list[float],
         acquired: dict[str, list[int]],
-        region_size: int,
+        regions: RegionMaps | int,  # the pool's regions, or the side of its squares
         cache: DecodeCache | None = None,
         pseudo_labels: bool = True,
     ) -> None:
@@ -118,7 +118,10 @@ class PoolImages(Dataset):
             raise ValueError(f"no pseudo-labels for {len(missing)} pool images, e.g. {missing[:3]}")
         self.items, self.pseudo = items, pseudo
         self.thresholds = np.asarray(thresholds, dtype=np.float64)
-        self.acquired, self.region_size = acquired, region_size
+        self.acquired = acquired
+        self.regions = (
+            regions if isinstance(regions, RegionMaps) else RegionMaps("squares", regions)
+        )
         # Without pseudo-labels (the supervised-only baseline) only acquired ground truth counts.
         self.pseudo_labels = pseudo_labels
         self.cache = cache or DecodeCache()
@@ -132,7 +135,8 @@ class PoolImages(Dataset):
         truth = known = None
         if regions:
             truth = self.cache.get(item["mask_uri"], load_mask)
-            known = RegionGrid(item["height"], item["width"], self.region_size).mask(regions)
+            shape = (item["sample_id"], item["height"], item["width"])
+            known = self.regions.of(*shape, cache=self.cache).mask(regions)
         label = decode_mask(label_png)
         if not self.pseudo_labels:
             target = np.full_like(label, IGNORE_INDEX)

@@ -14,6 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from s4al_ray.superpixels import SegmentAreas
+
 # Images whose bits are unpacked at once when all acquired regions are listed (bounds the
 # temporary: ~512 regions an image, so ~32 MB of booleans).
 _CHUNK_IMAGES = 65536
@@ -120,18 +122,27 @@ class ImageSizes(Mapping):
 class RegionIndex:
     """Where every image's regions sit in one bit array (each image starts on a byte), and their
     true sizes, for images of ``sizes`` cut into ``region_size`` squares (row-major, edge
-    regions cut at the border: the numbering and areas of ``regions.RegionGrid``)."""
+    regions cut at the border: the numbering and areas of ``regions.RegionGrid``), or, given
+    ``segments``, into superpixels of those areas (``superpixels.SegmentAreas``)."""
 
-    def __init__(self, sizes: ImageSizes, region_size: int) -> None:
+    def __init__(
+        self, sizes: ImageSizes, region_size: int, segments: SegmentAreas | None = None
+    ) -> None:
         self.region_size = int(region_size)
-        self.rows = -(-sizes.heights // self.region_size)
-        self.cols = -(-sizes.widths // self.region_size)
         self.heights, self.widths = sizes.heights, sizes.widths
-        self.num_regions = self.rows * self.cols
+        self.segments = segments
+        if segments is None:
+            self.rows = -(-sizes.heights // self.region_size)
+            self.cols = -(-sizes.widths // self.region_size)
+            self.num_regions = self.rows * self.cols
+            # Per image: whether the region size leaves cut regions at its bottom or right edge.
+            size = self.region_size
+            self.cut_edges = (self.heights % size != 0) | (self.widths % size != 0)
+        else:
+            _check_segments(sizes, segments)
+            self.num_regions = segments.counts
+            self.cut_edges = np.ones(len(sizes), dtype=bool)  # every area is its own
         self.byte_start = np.concatenate([[0], np.cumsum((self.num_regions + 7) // 8)])
-        # Per image: whether the region size leaves cut regions at its bottom or right edge.
-        size = self.region_size
-        self.cut_edges = (self.heights % size != 0) | (self.widths % size != 0)
 
     @property
     def num_bytes(self) -> int:
@@ -143,6 +154,8 @@ class RegionIndex:
 
     def areas(self, images: np.ndarray, regions: np.ndarray) -> np.ndarray:
         """True pixel count of each (image position, region) pair."""
+        if self.segments is not None:
+            return self.segments.areas(images, regions)
         size = self.region_size
         row, col = np.divmod(regions, self.cols[images])
         height = np.minimum(size, self.heights[images] - row * size)
@@ -158,6 +171,19 @@ class RegionIndex:
         if not cut.any():
             return full
         return full + int(self.areas(images[cut], regions[cut]).sum())
+
+
+def _check_segments(sizes: ImageSizes, segments: SegmentAreas) -> None:
+    """Superpixel areas must tile each image exactly: the budget counts them as its pixels."""
+    if segments.counts.size != len(sizes):
+        raise ValueError(f"superpixels of {segments.counts.size} images for {len(sizes)} images")
+    wrong = segments.image_pixels() != sizes.heights * sizes.widths
+    if wrong.any():
+        k = int(np.argmax(wrong))
+        raise ValueError(
+            f"{sizes.ids[k]}: its superpixels cover {int(segments.image_pixels()[k])} px, "
+            f"not its {int(sizes.heights[k])}x{int(sizes.widths[k])}"
+        )
 
 
 class AcquiredRegions(Mapping):

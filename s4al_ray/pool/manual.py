@@ -25,6 +25,8 @@ from s4al_ray.data.io import decode_mask, encode_png, load_image, load_mask
 from s4al_ray.layout import RunLayout
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState, Selection
+from s4al_ray.region_maps import encode_segments, load_segments
+from s4al_ray.superpixels import region_edges
 
 
 class AnnotationError(ValueError):
@@ -39,10 +41,15 @@ class AwaitingAnnotation(Exception):
         self.round_index, self.package = round_index, package
 
 
-def _outlined(image: np.ndarray, boxes: list[list[int]]) -> bytes:
+def _outlined(image: np.ndarray, boxes: list[list[int]], inside: np.ndarray | None) -> bytes:
+    """The image with the requested regions outlined in yellow: their boxes (squares), or the
+    edge of ``inside``, the regions' pixels (superpixels)."""
+    if inside is not None:
+        image = image.copy()
+        image[region_edges(inside)] = (255, 255, 0)
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    for y0, y1, x0, x1 in boxes:
+    for y0, y1, x0, x1 in boxes if inside is None else []:
         draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=1)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
@@ -60,6 +67,7 @@ def write_query_package(
 ) -> str:
     """Write the package for ``selection`` (and ``tool``'s files beside it); returns its URI."""
     package = layout.queries(round_index)
+    superpixels = state.maps.superpixels
     images = []
     for sample_id, regions in sorted(selection.items()):
         grid = state.grid(sample_id)
@@ -75,12 +83,20 @@ def write_query_package(
                 ],
             }
         )
+        inside = None
+        if superpixels:  # the image's segment map beside it: a region is the pixels of its id
+            images[-1]["segments"] = f"segments/{sample_id}.png"
+            storage.write_bytes(
+                storage.join(package, images[-1]["segments"]), encode_segments(grid.segments)
+            )
+            inside = grid.mask(regions)
         storage.write_bytes(
             storage.join(package, "images", f"{sample_id}.png"),
-            _outlined(load_image(items[sample_id]["image_uri"]), boxes),
+            _outlined(load_image(items[sample_id]["image_uri"]), boxes, inside),
         )
     query = {
         "round": round_index,
+        "regions": state.maps.kind,
         "region_size": state.region_size,
         "classes": classes,
         "ignore_index": IGNORE_INDEX,
@@ -88,7 +104,7 @@ def write_query_package(
     }
     if tool is not None:  # before query.json, which completes the package
         tool.write(package, query)
-    storage.write_text(storage.join(package, "README.txt"), _instructions(classes))
+    storage.write_text(storage.join(package, "README.txt"), _instructions(classes, superpixels))
     storage.write_text(storage.join(package, "query.json"), json.dumps(query, indent=1))
     return package
 
@@ -218,12 +234,18 @@ def query_instructions(waiting: AwaitingAnnotation, settings, run_name: str) -> 
     ]
 
 
-def _instructions(classes: list[str]) -> str:
+def _instructions(classes: list[str], superpixels: bool = False) -> str:
     names = "\n".join(f"  {i}: {name}" for i, name in enumerate(classes))
+    where = (
+        "requested superpixels (segments/<sample_id>.png holds each pixel's region id; a\n"
+        "region is the pixels of its index)"
+        if superpixels
+        else "requested boxes"
+    )
     return (
         "For every image listed in query.json, return a single-channel PNG mask with the same\n"
         "name and size as the image (images/<sample_id>.png shows the requested regions\n"
-        "outlined in yellow). Label every pixel inside the requested boxes with a class id;\n"
+        f"outlined in yellow). Label every pixel inside the {where} with a class id;\n"
         f"pixels outside them are not read. Class ids:\n{names}\n"
         "Then: python run.py annotate --import <folder with the masks> (same config), and\n"
         "python run.py (same config) to continue the experiment.\n"
@@ -258,9 +280,10 @@ def read_answers(
     Raises AnnotationError listing every problem (missing images, wrong sizes, labels outside
     the classes, unlabeled or invalid pixels inside a requested region); nothing is committed.
     """
-    query = json.loads(storage.read_text(storage.join(layout.queries(round_index), "query.json")))
+    package = layout.queries(round_index)
+    query = json.loads(storage.read_text(storage.join(package, "query.json")))
     masks, problems = answer_masks(source, query)
-    return check_answers(query, source, masks, problems, num_classes)
+    return check_answers(query, source, masks, problems, num_classes, package)
 
 
 def answer_masks(source: str, query: dict) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -303,10 +326,16 @@ def _folder_masks(folder: str, query: dict) -> tuple[dict[str, np.ndarray], list
 
 
 def check_answers(
-    query: dict, source: str, masks: dict[str, np.ndarray], problems: list[str], num_classes: int
+    query: dict,
+    source: str,
+    masks: dict[str, np.ndarray],
+    problems: list[str],
+    num_classes: int,
+    package: str = "",
 ) -> tuple[Selection, list[int], dict[str, np.ndarray]]:
     """The one rule for every format: each queried image answered at its size, and every pixel
-    of each requested region labeled with a class (pixels outside the regions are not read)."""
+    of each requested region labeled with a class (pixels outside the regions are not read).
+    A superpixel query's regions are read from its segment maps in ``package``."""
     problems = list(problems)
     selection: Selection = {}
     counts = np.zeros(num_classes, dtype=np.int64)
@@ -324,9 +353,14 @@ def check_answers(
                 f"{image['width']}x{image['height']}"
             )
             continue
+        segments = None
+        if "segments" in image:
+            segments = load_segments(storage.join(package, image["segments"]))
         for region in image["regions"]:
             y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
             values = mask[y0:y1, x0:x1]
+            if segments is not None:  # the superpixel's own pixels, not its box
+                values = values[segments[y0:y1, x0:x1] == region["index"]]
             bad = sorted({int(v) for v in np.unique(values) if v >= num_classes})
             if bad:
                 what = "unlabeled (255)" if bad == [IGNORE_INDEX] else f"invalid values {bad}"

@@ -23,7 +23,9 @@ import numpy as np
 
 from s4al_ray.pool.index import AcquiredRegions, ImageSizes, RegionIndex
 from s4al_ray.pool.selection import RoundSelection, Selection, selection_digest
+from s4al_ray.region_maps import RegionMaps
 from s4al_ray.regions import RegionGrid
+from s4al_ray.superpixels import SegmentAreas, SuperpixelRegions
 
 # 2: sizes come from the manifest; persisted as a head + one delta file per round (store.py).
 STATE_VERSION = 2
@@ -44,13 +46,20 @@ class _Fixed:
     """What depends only on the images and the labeled set, shared by every state derived from
     one (``before``, ``with_entry``): computed once per pool, not per round."""
 
-    def __init__(self, sizes: ImageSizes, labeled: list[str], region_size: int) -> None:
-        self.sizes, self.labeled, self.region_size = sizes, labeled, region_size
+    def __init__(
+        self,
+        sizes: ImageSizes,
+        labeled: list[str],
+        maps: RegionMaps,
+        segments: SegmentAreas | None,
+    ) -> None:
+        self.sizes, self.labeled, self.maps, self.segments = sizes, labeled, maps, segments
+        self.region_size = maps.size
         self.grids: dict[tuple[int, int], RegionGrid] = {}
-
-    @cached_property
-    def region_index(self) -> RegionIndex:
-        return RegionIndex(self.sizes, self.region_size)
+        if maps.superpixels != (segments is not None):
+            raise ValueError("superpixel regions need their areas, and squares none")
+        if segments is not None:
+            self.region_index  # noqa: B018 - checks, here, that the areas tile every image
 
     @cached_property
     def labeled_flags(self) -> np.ndarray:
@@ -77,7 +86,14 @@ class _Fixed:
     def labeled_image_pixels(self) -> int:
         return self.sizes.pixels(np.flatnonzero(self.labeled_flags))
 
-    def grid(self, height: int, width: int) -> RegionGrid:
+    @cached_property
+    def region_index(self) -> RegionIndex:
+        return RegionIndex(self.sizes, self.region_size, self.segments)
+
+    def regions(self, sample_id: str) -> RegionGrid | SuperpixelRegions:
+        height, width = self.sizes[sample_id]
+        if self.maps.superpixels:
+            return self.maps.of(sample_id, height, width)
         key = (height, width)
         if key not in self.grids:  # one grid per image shape, not per image
             self.grids[key] = RegionGrid(height, width, self.region_size)
@@ -86,7 +102,8 @@ class _Fixed:
     def __getstate__(self) -> dict:
         # Lists and dicts are cheaper rebuilt than pickled; the bit layout is shared with the
         # acquired regions, so it travels once.
-        keep = ("sizes", "labeled", "region_size", "region_index", "labeled_flags")
+        keep = ("sizes", "labeled", "maps", "segments", "region_size", "region_index")
+        keep += ("labeled_flags",)
         return {k: v for k, v in self.__dict__.items() if k in keep}
 
     def __setstate__(self, state: dict) -> None:
@@ -104,6 +121,8 @@ class PoolState:
         sizes: ImageSizes | Mapping,  # every train image: (height, width), from the manifest
         labeled: list[str],  # fully labeled from the start
         initial_class_pixels: list[int] | None = None,  # of the labeled images
+        maps: RegionMaps | None = None,  # squares of region_size unless given
+        segments: SegmentAreas | None = None,  # the superpixels' areas, with slic maps
     ) -> None:
         self.region_size, self.num_classes = int(region_size), int(num_classes)
         sizes = ImageSizes.of(sizes)
@@ -112,7 +131,10 @@ class PoolState:
         if unknown:
             raise ValueError(f"labeled ids not in the train split: {sorted(unknown)[:5]}")
         self.initial_class_pixels = _counts(initial_class_pixels, self.num_classes)
-        self._fixed = _Fixed(sizes, self.labeled, self.region_size)
+        maps = maps or RegionMaps("squares", self.region_size)
+        if maps.size != self.region_size:
+            raise ValueError(f"region maps of size {maps.size}, not {self.region_size}")
+        self._fixed = _Fixed(sizes, self.labeled, maps, segments)
         self._entries: list[dict] = []  # one per committed round
         self._images: list[np.ndarray] = []  # per entry: positions of its images
         self._acquired: AcquiredRegions | None = None  # built on first use
@@ -182,9 +204,13 @@ class PoolState:
             counts = counts + np.asarray(entry["class_pixels"], dtype=np.int64)
         return counts.tolist()
 
-    def grid(self, sample_id: str) -> RegionGrid:
-        height, width = self.sizes[sample_id]
-        return self._fixed.grid(height, width)
+    @property
+    def maps(self) -> RegionMaps:
+        return self._fixed.maps
+
+    def grid(self, sample_id: str) -> RegionGrid | SuperpixelRegions:
+        """The regions of pool image ``sample_id`` (squares or its superpixels)."""
+        return self._fixed.regions(sample_id)
 
     @property
     def pool_ids(self) -> list[str]:
@@ -222,9 +248,9 @@ class PoolState:
     def labeled_mask(self, sample_id: str) -> np.ndarray:
         """(H, W) bool: pixels whose ground truth is known for this image."""
         position = self.sizes.index[sample_id]
-        grid = self.grid(sample_id)
         if self._fixed.labeled_flags[position]:
-            return np.ones((grid.height, grid.width), dtype=bool)
+            return np.ones(self.sizes[sample_id], dtype=bool)
+        grid = self.grid(sample_id)
         if self._acquired is not None:
             return grid.mask(self._acquired.regions_at(position))
         # No bits built in this object: read the image from each round's columns instead.
@@ -332,6 +358,7 @@ class PoolState:
         if not isinstance(other, PoolState):
             return NotImplemented
         fields = ("region_size", "num_classes", "labeled", "initial_class_pixels", "_entries")
+        fields += ("maps",)
         return self.sizes == other.sizes and all(
             getattr(self, f) == getattr(other, f) for f in fields
         )

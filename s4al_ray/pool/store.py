@@ -29,6 +29,7 @@ from s4al_ray.layout import RunLayout
 from s4al_ray.pool.index import ImageSizes
 from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.pool.state import STATE_VERSION, PoolState
+from s4al_ray.region_maps import RegionMaps, read_segment_areas
 
 _HEAD_KEYS = ("version", "region_size", "num_classes", "initial_class_pixels", "labeled", "rounds")
 
@@ -98,6 +99,7 @@ def head_text(
     head = {
         "version": STATE_VERSION,
         "region_size": state.region_size,
+        "regions": state.maps.kind,
         "num_classes": state.num_classes,
         "initial_class_pixels": state.initial_class_pixels,
         "labeled": {"count": len(state.labeled), "digest": labeled_digest(state.labeled)},
@@ -229,10 +231,25 @@ def _build(layout: RunLayout, head: dict, sizes: ImageSizes) -> PoolState:
             f"{layout.pool_labeled} is not the labeled set {layout.pool_head} "
             "was written with; start a new experiment with name=<new name>"
         )
+    # Heads written before superpixels existed have no "regions": squares.
+    kind = head.get("regions", "squares")
+    maps = RegionMaps.of_run(kind, head["region_size"], layout.superpixels_dir)
     try:
+        segments = read_segment_areas(maps, sizes.ids) if maps.superpixels else None
         state = PoolState(
-            head["region_size"], head["num_classes"], sizes, labeled, head["initial_class_pixels"]
+            head["region_size"],
+            head["num_classes"],
+            sizes,
+            labeled,
+            head["initial_class_pixels"],
+            maps,
+            segments,
         )
+    except FileNotFoundError as err:
+        raise PoolStateError(
+            f"{maps.areas_uri} is missing: {layout.pool_head} was written with superpixel "
+            "regions; start a new experiment with name=<new name>"
+        ) from err
     except ValueError as err:
         raise _unfit(layout, layout.pool_labeled, err) from err
     for meta in head["rounds"]:

@@ -1,0 +1,209 @@
+"""What an image's regions are, for every stage of a round: squares of ``acquisition.region_size``
+(``RegionGrid``), or SLIC superpixels of about that size (``SuperpixelRegions``) whose segment
+maps are computed once per run and stored beside it.
+
+One home for the rule: the pool state, the teacher's post-process, the training loader, the
+oracles and the reports all ask :meth:`RegionMaps.of` for an image's regions, so a region id means
+the same pixels everywhere, and a budget counts each region's true size.
+
+Stored under the run (``RunLayout.superpixels_dir``): one 16-bit PNG of segment ids per train image
+(written by a Ray Data pass, so a cluster segments in parallel on its CPUs), then
+``regions.parquet``: every image's segment areas, written last, so its presence means the maps
+are complete. A resumed run reads them instead of segmenting again. Nothing is written into the
+dataset.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from s4al_ray import storage
+from s4al_ray.config import ConfigError
+from s4al_ray.regions import RegionGrid
+from s4al_ray.superpixels import COMPACTNESS, SegmentAreas, SuperpixelRegions, slic_segments
+
+REGION_KINDS = ("squares", "slic")
+AREAS_FILE = "regions.parquet"
+# A 16-bit PNG holds ids up to this; settings that ask for more segments are refused up front.
+MAX_SEGMENTS = 65535
+
+
+@dataclass(frozen=True)
+class RegionMaps:
+    """Where each image's regions come from: ``kind`` squares of side ``size``, or SLIC segments
+    of about ``size``^2 pixels stored under ``root``. Small and picklable: it travels in the
+    jobs to the teacher, the train workers and the pool actor."""
+
+    kind: str = "squares"
+    size: int = 20
+    root: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in REGION_KINDS:
+            raise ValueError(f"region kind {self.kind!r} is not one of {REGION_KINDS}")
+        if self.kind == "slic" and not self.root:
+            raise ValueError("superpixel regions need the folder of their segment maps")
+
+    @classmethod
+    def of_run(cls, kind: str, size: int, superpixels_dir: str) -> "RegionMaps":
+        """A run's maps (``superpixels_dir``: its ``RunLayout.superpixels_dir``, kept only for
+        superpixels, so squares of one size are equal in every run)."""
+        return cls(kind, int(size), superpixels_dir if kind == "slic" else "")
+
+    @property
+    def superpixels(self) -> bool:
+        return self.kind == "slic"
+
+    def segment_uri(self, sample_id: str) -> str:
+        return storage.join(self.root, f"{sample_id}.png")
+
+    @property
+    def areas_uri(self) -> str:
+        return storage.join(self.root, AREAS_FILE)
+
+    def of(
+        self, sample_id: str, height: int, width: int, cache=None
+    ) -> RegionGrid | SuperpixelRegions:
+        """The regions of image ``sample_id`` of that size (the manifest's); ``cache``: a
+        ``data.training.DecodeCache`` that keeps decoded segment maps (the training loader)."""
+        if not self.superpixels:
+            return RegionGrid(int(height), int(width), self.size)
+        uri = self.segment_uri(sample_id)
+        segments = load_segments(uri) if cache is None else cache.get(uri, load_segments)
+        if segments.shape != (height, width):
+            raise ValueError(
+                f"{uri}: a {segments.shape} segment map for a {height}x{width} image; the "
+                "dataset changed since the run began: start a new experiment with name=<new name>"
+            )
+        return SuperpixelRegions(segments)
+
+
+def encode_segments(segments: np.ndarray) -> bytes:
+    """Lossless 16-bit PNG of a (H, W) segment-id map."""
+    if int(segments.max()) > MAX_SEGMENTS:
+        raise ValueError(f"{int(segments.max()) + 1} segments do not fit a 16-bit map")
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(segments, dtype=np.uint16)).save(
+        buffer, format="PNG", compress_level=1
+    )
+    return buffer.getvalue()
+
+
+def decode_segments(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image, dtype=np.int32)
+
+
+def load_segments(uri: str) -> np.ndarray:
+    return decode_segments(storage.read_bytes(uri))
+
+
+def segment_count(height: int, width: int, size: int) -> int:
+    """How many segments SLIC is asked for on an image of that size (``slic_segments``'s rule)."""
+    return max(1, round(height * width / size**2))
+
+
+def run_regions(
+    kind: str, size: int, superpixels_dir: str, rows: list[dict], log=print
+) -> tuple[RegionMaps, SegmentAreas | None]:
+    """A run's regions and, for superpixels, their areas: segmented once per run (a resumed run
+    reads the stored maps). ``rows``: the manifest's train rows."""
+    maps = RegionMaps.of_run(kind, size, superpixels_dir)
+    if not maps.superpixels:
+        return maps, None
+    return maps, build_segment_maps(maps, rows, COMPACTNESS, log)
+
+
+def check_region_size(acquisition, rows: list[dict]) -> None:
+    """``acquisition.region_size`` against the train images (``rows``: the manifest's), before
+    any work: no larger than the smallest side, and for superpixels no more segments than a
+    16-bit map holds."""
+    size = acquisition.region_size
+    smallest = min(min(r["height"], r["width"]) for r in rows)
+    if size > smallest:
+        raise ConfigError(
+            f"acquisition.region_size ({size}) is larger than the smallest train image side "
+            f"({smallest} px)"
+        )
+    if acquisition.regions != "slic":
+        return
+    largest = max(segment_count(r["height"], r["width"], size) for r in rows)
+    if largest > MAX_SEGMENTS:
+        raise ConfigError(
+            f"acquisition.region_size={size} asks SLIC for {largest} superpixels on the largest "
+            f"train image, more than a segment map holds ({MAX_SEGMENTS}); choose a larger size"
+        )
+
+
+def _segment_batch(batch: dict, maps: RegionMaps, compactness: float) -> pa.Table:
+    """One block of the pass: segment, store, and return each image's areas."""
+    from s4al_ray.data.io import load_image
+
+    areas = []
+    for sample_id, uri in zip(map(str, batch["sample_id"]), map(str, batch["image_uri"])):
+        segments = slic_segments(load_image(uri), maps.size, compactness)
+        storage.write_bytes(maps.segment_uri(sample_id), encode_segments(segments))
+        areas.append(np.bincount(segments.ravel()).astype(np.int32))
+    return _areas_table([str(s) for s in batch["sample_id"]], areas)
+
+
+def _areas_table(ids: list[str], areas: list[np.ndarray]) -> pa.Table:
+    return pa.table(
+        {"sample_id": pa.array(ids, pa.string()), "areas": pa.array(areas, pa.list_(pa.int32()))}
+    )
+
+
+def build_segment_maps(
+    maps: RegionMaps, rows: list[dict], compactness: float, log=print
+) -> SegmentAreas:
+    """The segment areas of every train image (``rows``: manifest rows), segmenting and storing
+    the maps first unless a complete set is already stored (a resumed run)."""
+    ids = [str(r["sample_id"]) for r in rows]
+    if storage.exists(maps.areas_uri):
+        return read_segment_areas(maps, ids)
+    import ray
+
+    items = [{"sample_id": r["sample_id"], "image_uri": r["image_uri"]} for r in rows]
+    blocks = max(1, min(len(items), int(ray.available_resources().get("CPU", 1)) * 4))
+    done = (
+        ray.data.from_items(items, override_num_blocks=blocks)
+        .map_batches(
+            _segment_batch,
+            fn_kwargs={"maps": maps, "compactness": compactness},
+            batch_format="numpy",
+            batch_size=16,
+        )
+        .to_arrow_refs()
+    )
+    table = pa.concat_tables(ray.get(done))
+    by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
+    areas = SegmentAreas.of([np.asarray(by_id[s], dtype=np.int32) for s in ids])
+    buffer = pa.BufferOutputStream()
+    pq.write_table(_areas_table(ids, areas.per_image()), buffer)
+    storage.write_bytes(maps.areas_uri, buffer.getvalue().to_pybytes())  # last: marks complete
+    log(
+        f"[regions] {len(rows)} images cut into {areas.total} SLIC superpixels "
+        f"(~{maps.size}x{maps.size} px each), stored in {maps.root}"
+    )
+    return areas
+
+
+def read_segment_areas(maps: RegionMaps, ids: list[str]) -> SegmentAreas:
+    """The stored areas of images ``ids``, in that order; refused by name when one is missing
+    (the pool state checks that they add up to each image's size)."""
+    uri = maps.areas_uri
+    table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
+    missing = [s for s in ids if s not in by_id]
+    if missing:
+        raise ValueError(
+            f"{uri} has no superpixels for train images {missing[:3]}: the dataset changed "
+            "since the run began; start a new experiment with name=<new name>"
+        )
+    return SegmentAreas.of([np.asarray(by_id[s], dtype=np.int32) for s in ids])

@@ -1,0 +1,201 @@
+"""Superpixel regions as the unit of the pool: stored maps, exact budget accounting in the pool
+state and its persisted form, the training loader's known pixels, and the manual oracle's
+package and import check, all at the superpixels' true sizes."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from s4al_ray import IGNORE_INDEX, storage
+from s4al_ray.config import ConfigError, load_config
+from s4al_ray.data.io import encode_png
+from s4al_ray.data.training import PoolImages
+from s4al_ray.layout import RunLayout
+from s4al_ray.pool.index import ImageSizes
+from s4al_ray.pool.manual import AnnotationError, read_answers, write_query_package
+from s4al_ray.pool.state import PoolState
+from s4al_ray.pool.store import read_state, write_commit, write_initial
+from s4al_ray.region_maps import (
+    RegionMaps,
+    _areas_table,
+    decode_segments,
+    encode_segments,
+    read_segment_areas,
+)
+from s4al_ray.superpixels import SegmentAreas, SuperpixelRegions, region_edges, slic_segments
+
+
+def _images(n=4, height=37, width=45, seed=0) -> list[np.ndarray]:
+    """Colour patches of 9x9 px (SLIC's segments follow them), cut at an odd size."""
+    rng = np.random.default_rng(seed)
+    patches = rng.integers(0, 256, (n, 5, 6, 3), dtype=np.uint8)
+    return [np.kron(p, np.ones((9, 9, 1), np.uint8))[:height, :width] for p in patches]
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """A run's superpixel maps for four images, stored as the round loop stores them."""
+    layout = RunLayout.of(str(tmp_path / "runs"), "exp")
+    maps = RegionMaps.of_run("slic", 9, layout.superpixels_dir)
+    ids = [f"img{k}" for k in range(4)]
+    segments = {}
+    for sample_id, image in zip(ids, _images()):
+        segments[sample_id] = slic_segments(image, 9)
+        storage.write_bytes(maps.segment_uri(sample_id), encode_segments(segments[sample_id]))
+    areas = [np.bincount(segments[s].ravel()).astype(np.int32) for s in ids]
+    import pyarrow.parquet as pq
+
+    pq.write_table(_areas_table(ids, areas), maps.areas_uri)
+    sizes = ImageSizes(ids, [37] * 4, [45] * 4)
+    return layout, maps, sizes, segments
+
+
+def _slic_state(maps, sizes, labeled=("img0",)) -> PoolState:
+    areas = read_segment_areas(maps, sizes.ids)
+    return PoolState(maps.size, 3, sizes, list(labeled), None, maps, areas)
+
+
+def test_segment_maps_round_trip_as_16_bit_pngs():
+    segments = np.arange(300 * 301, dtype=np.int64).reshape(300, 301) % 70000 // 2
+    assert int(segments.max()) > 255  # needs the 16 bits
+    assert np.array_equal(decode_segments(encode_segments(segments)), segments)
+    with pytest.raises(ValueError, match="16-bit"):
+        encode_segments(np.full((2, 2), 70000))
+
+
+def test_regions_of_an_image_are_its_stored_superpixels(stored):
+    _, maps, _, segments = stored
+    regions = maps.of("img1", 37, 45)
+    assert isinstance(regions, SuperpixelRegions)
+    assert np.array_equal(regions.segments, segments["img1"])
+    with pytest.raises(ValueError, match="img1.png.*dataset changed"):
+        maps.of("img1", 40, 45)
+    squares = RegionMaps("squares", 9).of("img1", 37, 45)
+    assert squares.num_regions == 5 * 5  # ceil(37/9) x ceil(45/9)
+
+
+def test_pool_state_counts_each_superpixel_at_its_true_size(stored):
+    _, maps, sizes, segments = stored
+    state = _slic_state(maps, sizes)
+    seg = segments["img2"]
+    chosen = [0, 2, int(seg.max())]
+    entry = state.commit(0, {"img2": chosen, "img3": [1]})
+    expected = int(np.isin(seg, chosen).sum() + (segments["img3"] == 1).sum())
+    assert entry["pixels"] == expected == state.acquired_pixels
+    assert np.array_equal(state.labeled_mask("img2"), np.isin(seg, chosen))
+    assert state.labeled_mask("img0").all()  # fully labeled from the start
+    # region ids outside the image's superpixels are refused, with their count
+    count = int(segments["img1"].max()) + 1
+    with pytest.raises(ValueError, match=f"img1: regions \\[{count}\\] outside its {count}"):
+        state.validate_selection({"img1": [count]})
+    with pytest.raises(ValueError, match="already acquired"):
+        state.validate_selection({"img2": [2]})
+
+
+def test_superpixel_areas_must_tile_each_image(stored):
+    _, maps, sizes, _ = stored
+    areas = read_segment_areas(maps, sizes.ids)
+    short = SegmentAreas(areas.counts, areas.flat.copy())
+    short.flat[0] -= 1
+    with pytest.raises(ValueError, match="img0: its superpixels cover"):
+        PoolState(9, 3, sizes, ["img0"], None, maps, short)
+    with pytest.raises(ValueError, match="no superpixels for train images \\['other'\\]"):
+        read_segment_areas(maps, [*sizes.ids, "other"])
+
+
+def test_persisted_superpixel_state_reloads_with_the_same_pixels(stored):
+    layout, maps, sizes, segments = stored
+    state = _slic_state(maps, sizes)
+    head = write_initial(layout, state)
+    entry = state.commit(
+        0, {"img1": [1, 3]}, [5, 0, 0], persist=lambda e: write_commit(layout, state, e, head)
+    )
+    loaded, _ = read_state(layout, sizes)
+    assert loaded == state and loaded.maps == maps
+    assert loaded.ledger[0]["pixels"] == entry["pixels"]
+    assert entry["pixels"] == int(np.isin(segments["img1"], [1, 3]).sum())
+    # a head of superpixels without its stored areas is refused by name
+    os.remove(maps.areas_uri)
+    with pytest.raises(Exception, match="regions.parquet is missing"):
+        read_state(layout, sizes)
+
+
+def test_training_loader_knows_exactly_the_acquired_superpixels(stored, tmp_path):
+    _, maps, _, segments = stored
+    mask = np.random.default_rng(3).integers(0, 3, (37, 45)).astype(np.uint8)
+    mask_uri = str(tmp_path / "mask.png")
+    storage.write_bytes(mask_uri, encode_png(mask))
+    label = np.zeros((37, 45), np.uint8)
+    level = np.full((37, 45), 255, np.uint8)  # confident everywhere: the pseudo-label is kept
+    item = {"sample_id": "img2", "height": 37, "width": 45, "mask_uri": mask_uri}
+    pool = PoolImages(
+        [item], {"img2": (encode_png(label), encode_png(level))}, [0.5] * 3, {"img2": [1]}, maps
+    )
+    target = pool.target(item)
+    inside = segments["img2"] == 1
+    assert np.array_equal(target[inside], mask[inside])  # ground truth in the superpixel
+    assert (target[~inside] == 0).all()  # the pseudo-label elsewhere
+
+
+def test_region_edges_outline_the_mask_from_inside():
+    inside = np.zeros((6, 7), bool)
+    inside[1:5, 2:6] = True
+    edge = region_edges(inside)
+    assert edge.sum() == 4 * 4 - 2 * 2 and not edge[~inside].any()
+    assert not edge[2:4, 3:5].any()
+
+
+def test_manual_query_of_superpixels_checks_their_own_pixels(stored, tmp_path):
+    layout, maps, sizes, segments = stored
+    state = _slic_state(maps, sizes)
+    images = dict(zip(sizes.ids, _images()))
+    items = {}
+    for sample_id, image in images.items():
+        uri = str(tmp_path / f"{sample_id}.png")
+        from PIL import Image
+
+        Image.fromarray(image).save(uri)
+        items[sample_id] = {"image_uri": uri}
+    seg = segments["img2"]
+    package = write_query_package(layout, 0, {"img2": [0, 2]}, state, items, ["a", "b", "c"])
+    query = json.loads(storage.read_text(storage.join(package, "query.json")))
+    assert query["regions"] == "slic"
+    stored_map = decode_segments(storage.read_bytes(storage.join(package, "segments/img2.png")))
+    assert np.array_equal(stored_map, seg)
+    assert "requested superpixels" in storage.read_text(storage.join(package, "README.txt"))
+    # An answer labels exactly the two superpixels; the rest of their boxes stays unlabeled.
+    answers = tmp_path / "answers"
+    answer = np.full((37, 45), IGNORE_INDEX, np.uint8)
+    answer[seg == 0], answer[seg == 2] = 1, 2
+    storage.write_bytes(str(answers / "img2.png"), encode_png(answer))
+    selection, counts, _ = read_answers(layout, 0, str(answers), 3)
+    assert selection == {"img2": [0, 2]}
+    assert counts == [0, int((seg == 0).sum()), int((seg == 2).sum())]
+    answer[seg == 2] = IGNORE_INDEX  # one superpixel left unlabeled: refused, by region
+    storage.write_bytes(str(answers / "img2.png"), encode_png(answer))
+    with pytest.raises(AnnotationError, match="img2: region 2 .* unlabeled"):
+        read_answers(layout, 0, str(answers), 3)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["acquisition.selection=diverse"], "diverse embeds square regions"),
+        (
+            ["oracle=manual", "annotation.tool=cvat"],
+            "annotation.tool: cvat imports rectangles",
+        ),
+    ],
+)
+def test_what_superpixels_do_not_do_yet_is_refused_by_name(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("configs/smoke.yaml", ["acquisition.regions=slic", *overrides])
+
+
+def test_regions_kind_is_validated():
+    with pytest.raises(ConfigError, match="acquisition.regions"):
+        load_config("configs/smoke.yaml", ["acquisition.regions=hexagons"])
