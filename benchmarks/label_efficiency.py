@@ -53,6 +53,8 @@ METHODS = {
     ],
     "s4al+ diverse": ["acquisition.selection=diverse"],
     "s4al+ diverse + ReCo warm-up": ["acquisition.selection=diverse", "reco.warmup_steps=200"],
+    # SLIC superpixels of about 20x20 px as the unit of labeling, instead of 20x20 squares.
+    "s4al+ superpixels": ["acquisition.regions=slic"],
     "s4al+ class-weighted": ["acquisition.function=class_weighted_entropy"],
     "s4al+ random": ["acquisition.function=random"],
     # The upper bound of error-seeking acquisition: regions by the teacher's true error rate.
