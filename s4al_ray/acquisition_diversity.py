@@ -76,6 +76,22 @@ def region_embeddings(embedding: torch.Tensor, size: tuple[int, int], region: in
     return torch.cat(out).to(torch.float16).cpu().numpy()
 
 
+@torch.no_grad()
+def segment_embeddings(embedding: torch.Tensor, segments: np.ndarray) -> np.ndarray:
+    """Per image an (R_i, EMBED_DIM) float16 array of unit vectors: each superpixel's mean
+    ``pixel_embeddings`` over its true pixels (``segments``: (B, H, W) ids 0..R_i-1, the
+    stored maps). An object array, since images have different counts."""
+    out = np.empty(len(segments), dtype=object)
+    for k, one in enumerate(embedding.split(1)):
+        full = pixel_embeddings(one, segments.shape[1:])[0].flatten(1)  # (D, H * W)
+        ids = torch.from_numpy(np.ascontiguousarray(segments[k], dtype=np.int64)).flatten()
+        ids = ids.to(full.device)
+        count = int(ids.max()) + 1
+        sums = torch.zeros(count, full.shape[0], device=full.device).index_add_(0, ids, full.T)
+        out[k] = F.normalize(sums, dim=1).to(torch.float16).cpu().numpy()
+    return out
+
+
 def k_center_fill(embedding: np.ndarray | None, area: np.ndarray, budget: int) -> np.ndarray:
     """Positions (into the shortlist, which is in ranked order) that k-center greedy takes under
     ``budget`` pixels: position 0 first, then among the regions that still fit the earliest

@@ -305,23 +305,6 @@ def _check_uris(cfg: ExperimentConfig) -> None:
         )
 
 
-def _check_superpixels(cfg: ExperimentConfig) -> None:
-    """What superpixel regions (acquisition.regions=slic) do not do yet, refused by name."""
-    if cfg.acquisition.regions != "slic":
-        return
-    if cfg.acquisition.selection == "diverse":
-        raise ConfigError(
-            "acquisition.selection: diverse embeds square regions; with acquisition.regions=slic "
-            "use ranked or class_balanced, or set acquisition.regions=squares"
-        )
-    if cfg.oracle == "manual" and cfg.annotation.tool != "folder":
-        raise ConfigError(
-            f"annotation.tool: {cfg.annotation.tool} imports rectangles; superpixel queries "
-            "(acquisition.regions=slic) come as PNG folders with each region's mask: set "
-            "annotation.tool=folder, or acquisition.regions=squares"
-        )
-
-
 def validate(cfg: ExperimentConfig) -> None:
     """Checks that involve more than one key, a registry, or the form of a URI."""
     _check_score(cfg.acquisition.function)
@@ -346,7 +329,6 @@ def validate(cfg: ExperimentConfig) -> None:
             f"acquisition.mode={acq.mode} does not use; set acquisition.mode=budget or "
             "acquisition.selection=ranked"
         )
-    _check_superpixels(cfg)
     if cfg.data.kind == "synthetic":
         syn = cfg.data.synthetic
         if acq.region_size > min(syn.height, syn.width):

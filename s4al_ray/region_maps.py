@@ -84,6 +84,16 @@ class RegionMaps:
         return SuperpixelRegions(segments)
 
 
+def requested_mask(query: dict, image: dict, package: str) -> np.ndarray:
+    """(H, W) bool: the pixels of one queried image's requested regions (a query package's
+    ``query.json`` entry): its squares, or the superpixels of the segment map in ``package``."""
+    indices = [r["index"] for r in image["regions"]]
+    if "segments" in image:
+        segments = load_segments(storage.join(package, image["segments"]))
+        return np.isin(segments, indices)
+    return RegionGrid(image["height"], image["width"], query["region_size"]).mask(indices)
+
+
 def encode_segments(segments: np.ndarray) -> bytes:
     """Lossless 16-bit PNG of a (H, W) segment-id map."""
     if int(segments.max()) > MAX_SEGMENTS:

@@ -38,6 +38,7 @@ from s4al_ray.teacher_stages import (
     TeacherJob,
     TeacherModel,
     decode_images,
+    embedded_segments,
     model_batch,
     model_stage,
     needs_truth,
@@ -73,7 +74,7 @@ def _pipeline(rows: list[dict], job: TeacherJob, progress=None) -> ray.data.Data
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     ds = ds.map_batches(
         decode_images,
-        fn_kwargs={"with_truth": needs_truth(job)},
+        fn_kwargs={"with_truth": needs_truth(job), "segments": embedded_segments(job)},
         batch_size=job.batch_size,
         batch_format="numpy",
         num_cpus=1,

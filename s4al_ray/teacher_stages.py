@@ -25,7 +25,7 @@ from ray.util.queue import Queue
 
 from s4al_ray.acquisition import block_candidates, region_groups, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
-from s4al_ray.acquisition_diversity import region_embeddings
+from s4al_ray.acquisition_diversity import region_embeddings, segment_embeddings
 from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image, load_mask
 from s4al_ray.data.training import normalize
@@ -115,14 +115,20 @@ OUTPUT_SCHEMA = pa.schema(
 )
 
 
-def decode_images(batch: dict, with_truth: bool = False) -> dict:
+def decode_images(
+    batch: dict, with_truth: bool = False, segments: RegionMaps | None = None
+) -> dict:
     """Stage 1: the batch's images as one (B, H, W, 3) uint8 array (one size per pass); with
-    ``with_truth`` (a score that needs the ground truth) also their label maps."""
+    ``with_truth`` (a score that needs the ground truth) also their label maps, and with
+    ``segments`` (superpixels the model stage embeds) their segment maps."""
     if len(batch["image_uri"]):
         check_node_access(str(batch["image_uri"][0]))
     out = {**batch, "image": np.stack([load_image(str(uri)) for uri in batch["image_uri"]])}
     if with_truth:
         out["truth"] = np.stack([load_mask(str(uri)) for uri in batch["mask_uri"]])
+    if segments is not None:
+        shapes = zip(map(str, batch["sample_id"]), batch["height"], batch["width"])
+        out["segments"] = np.stack([segments.of(*shape).segments for shape in shapes])
     return out
 
 
@@ -201,7 +207,9 @@ class TeacherModel:
         out["level"] = confidence_levels(confidence.cpu().numpy())
         out["score"] = torch.stack(scores).numpy()
         out["node_id"] = np.full(len(scores), self.node_id)
-        if embedding is not None:
+        if embedding is not None and "segments" in batch:
+            out["region_embedding"] = segment_embeddings(embedding, batch["segments"])
+        elif embedding is not None:
             out["region_embedding"] = region_embeddings(
                 embedding, images.shape[-2:], job.region_size
             )
@@ -320,7 +328,14 @@ def predict_rows(model: TeacherModel, rows: list[dict], job: TeacherJob) -> pa.T
     batch = {key: np.asarray([r[key] for r in rows]) for key in rows[0] if key != "acquired"}
     batch["acquired"] = np.empty(len(rows), dtype=object)
     batch["acquired"][:] = [list(r["acquired"]) for r in rows]
-    return summarize_batch(model(decode_images(batch, needs_truth(job))), job)
+    decoded = decode_images(batch, needs_truth(job), embedded_segments(job))
+    return summarize_batch(model(decoded), job)
+
+
+def embedded_segments(job: TeacherJob) -> RegionMaps | None:
+    """The maps whose superpixels the model stage embeds (diverse selection over superpixels),
+    read in the decode stage; None for squares or no embedding."""
+    return job.maps if job.embed_regions and job.maps.superpixels else None
 
 
 def needs_truth(job: TeacherJob) -> bool:

@@ -15,9 +15,11 @@ from s4al_ray.acquisition_diversity import (
     k_center_fill,
     pixel_embeddings,
     region_embeddings,
+    segment_embeddings,
 )
 from s4al_ray.config import ConfigError, load_config
 from s4al_ray.regions import RegionGrid
+from s4al_ray.superpixels import SuperpixelRegions
 
 
 def _unit(rng, n: int) -> np.ndarray:
@@ -152,6 +154,31 @@ def test_region_embeddings_are_unit_means_of_each_regions_pixels():
     assert np.allclose(region_embeddings(scaled, (height, width), size), got, atol=2e-3)
     # a fixed projection: every teacher, every round embeds alike
     assert np.array_equal(region_embeddings(embedding, (height, width), size), got)
+
+
+def test_superpixel_embeddings_are_unit_means_of_each_superpixels_pixels():
+    """Against the squares' embedding when the segments are the square grid, and against a
+    plain per-region mean on irregular segments of two images with different counts."""
+    torch.manual_seed(1)
+    height, width, size = 37, 41, 16
+    embedding = torch.randn(2, 24, 10, 11)
+    rows, cols = np.mgrid[:height, :width]
+    squares = (rows // size) * -(-width // size) + cols // size
+    got = segment_embeddings(embedding, np.stack([squares, squares]))
+    expected = region_embeddings(embedding, (height, width), size)
+    for b in range(2):
+        assert got[b].dtype == np.float16
+        assert np.allclose(got[b].astype(np.float32), expected[b].astype(np.float32), atol=3e-3)
+    rng = np.random.default_rng(0)
+    irregular = np.stack([rng.integers(0, 7, (height, width)), rng.integers(0, 4, (height, width))])
+    got = segment_embeddings(embedding, irregular)
+    full = pixel_embeddings(embedding, (height, width)).numpy()
+    for b in range(2):
+        regions = SuperpixelRegions(irregular[b])
+        means = np.stack([regions.region_means(channel) for channel in full[b]], axis=1)
+        means /= np.linalg.norm(means, axis=1, keepdims=True)
+        assert got[b].shape == (regions.num_regions, EMBED_DIM)
+        assert np.allclose(got[b].astype(np.float32), means, atol=3e-3)
 
 
 def test_diverse_selection_with_topk_mode_is_refused_by_name(tmp_path):

@@ -181,19 +181,49 @@ def test_manual_query_of_superpixels_checks_their_own_pixels(stored, tmp_path):
         read_answers(layout, 0, str(answers), 3)
 
 
-@pytest.mark.parametrize(
-    "overrides, message",
-    [
-        (["acquisition.selection=diverse"], "diverse embeds square regions"),
-        (
-            ["oracle=manual", "annotation.tool=cvat"],
-            "annotation.tool: cvat imports rectangles",
-        ),
-    ],
-)
-def test_what_superpixels_do_not_do_yet_is_refused_by_name(overrides, message):
-    with pytest.raises(ConfigError, match=message):
-        load_config("configs/smoke.yaml", ["acquisition.regions=slic", *overrides])
+@pytest.mark.parametrize("tool", ["label_studio", "cvat"])
+def test_annotation_tools_pre_annotate_exactly_the_requested_superpixels(tool, stored, tmp_path):
+    """A superpixel query in Label Studio or CVAT: the pseudo-label pre-annotates exactly the
+    superpixels' pixels (not their boxes), and accepted as it is, the manual oracle's check
+    (reading the package's segment maps) takes it with the class pixels of those superpixels."""
+    from s4al_ray.pool import cvat, label_studio
+    from s4al_ray.pool.manual import ToolPackage, check_answers
+
+    layout, maps, sizes, segments = stored
+    state = _slic_state(maps, sizes)
+    items = {}
+    for sample_id, image in zip(sizes.ids, _images()):
+        uri = str(tmp_path / f"{sample_id}.png")
+        from PIL import Image
+
+        Image.fromarray(image).save(uri)
+        items[sample_id] = {"image_uri": uri}
+    pseudo = {s: np.random.default_rng(4).integers(0, 3, (37, 45)).astype(np.uint8) for s in items}
+    selection = {"img1": [0, 3], "img2": [1]}
+    package = write_query_package(
+        layout, 0, selection, state, items, ["a", "b", "c"], ToolPackage(tool, COLORS, pseudo)
+    )
+    query = json.loads(storage.read_text(storage.join(package, "query.json")))
+    if tool == "label_studio":
+        tasks = json.loads(storage.read_text(storage.join(package, "label_studio", "tasks.json")))
+        accepted = [
+            {**t, "annotations": [{"result": t["predictions"][0]["result"]}]} for t in tasks
+        ]
+        masks, problems = label_studio.export_masks(json.dumps(accepted), "x.json", query)
+    else:
+        xml = storage.read_bytes(storage.join(package, "cvat", "annotations.xml"))
+        masks, problems = cvat.export_masks(xml, "x.xml", query)
+    assert problems == []
+    for sample_id, regions in selection.items():
+        inside = np.isin(segments[sample_id], regions)
+        expected = np.where(inside, pseudo[sample_id], IGNORE_INDEX)
+        np.testing.assert_array_equal(masks[sample_id], expected)
+    chosen, counts, _ = check_answers(query, "x", masks, [], 3, package)
+    assert chosen == selection
+    assert sum(counts) == sum(int(np.isin(segments[s], r).sum()) for s, r in selection.items())
+
+
+COLORS = [(128, 64, 128), (0, 0, 142), (153, 153, 153)]
 
 
 def test_regions_kind_is_validated():

@@ -354,3 +354,23 @@ def test_superpixel_regions_run_through_the_round_loop(ray_session, smoke_data_r
     again = Experiment(load_config("configs/smoke.yaml", [*overrides, "loop.rounds=3"])).run()
     assert again[2]["pool/labeled_pixels"] > again[1]["pool/labeled_pixels"]
     assert stamps == {n: os.stat(os.path.join(folder, n)).st_mtime_ns for n in os.listdir(folder)}
+
+
+def test_diverse_selection_over_superpixels_embeds_each_one(ray_session, smoke_data_root, tmp_path):
+    """Diverse selection with superpixels: the decode stage reads the segment maps, the model
+    stage embeds every superpixel, and the selection stays within the budget at true sizes."""
+    from s4al_ray.acquisition_diversity import EMBED_DIM
+
+    overrides = [f"storage={tmp_path}", f"data.root={smoke_data_root}", "name=slic_diverse"]
+    overrides += ["acquisition.regions=slic", "acquisition.selection=diverse"]
+    cfg = load_config("configs/smoke.yaml", overrides)
+    records = Experiment(cfg, log=lambda line: None).run()
+    table = pq.read_table(os.path.join(tmp_path, "slic_diverse", "teacher", "round_000"))
+    regions = table.column("cand_regions").to_pylist()
+    vectors = table.column("cand_embedding").to_pylist()
+    assert sum(map(len, regions)) > 0
+    assert [len(v) for v in vectors] == [EMBED_DIM * len(r) for r in regions]
+    state = _state_of(cfg)
+    acquired = sum(int(state.grid(s).areas[r].sum()) for s, r in state.acquired.items())
+    budget = cfg.acquisition.round_budget * state.total_pixels
+    assert 0 < acquired == records[0]["pool/acquired_pixels"] <= budget

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from s4al_ray import IGNORE_INDEX, storage
-from s4al_ray.regions import RegionGrid
+from s4al_ray.region_maps import requested_mask
 from s4al_ray.report_figures import hex_color
 
 REGION_LABEL = "label this region"
@@ -35,8 +35,13 @@ def image_name(query_image: dict) -> str:
 
 
 def annotations_xml(
-    query: dict, colors: list[tuple[int, int, int]], pseudo_labels: dict[str, np.ndarray]
+    query: dict,
+    colors: list[tuple[int, int, int]],
+    pseudo_labels: dict[str, np.ndarray],
+    inside: dict[str, np.ndarray] | None = None,
 ) -> str:
+    """The pre-annotations: each requested region's box, and the pseudo-label's masks inside
+    the regions (``inside``: their pixels per image; a square query's by default)."""
     from cvat_sdk.masks import encode_mask
 
     root = ET.Element("annotations")
@@ -62,8 +67,7 @@ def annotations_xml(
             width=str(width),
             height=str(height),
         )
-        indices = [r["index"] for r in image["regions"]]
-        inside = RegionGrid(height, width, query["region_size"]).mask(indices)
+        pixels = requested_mask(query, image, "") if inside is None else inside[image["sample_id"]]
         for region in image["regions"]:
             y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
             box = dict(xtl=x0, ytl=y0, xbr=x1, ybr=y1)
@@ -71,10 +75,10 @@ def annotations_xml(
         label_map = pseudo_labels.get(image["sample_id"])
         if label_map is None:
             continue
-        for c in np.unique(label_map[inside]):
+        for c in np.unique(label_map[pixels]):
             if c >= len(query["classes"]):
                 continue
-            *runs, x1, y1, x2, y2 = encode_mask(inside & (label_map == c))
+            *runs, x1, y1, x2, y2 = encode_mask(pixels & (label_map == c))
             place = dict(left=x1, top=y1, width=x2 - x1 + 1, height=y2 - y1 + 1)
             attrs = dict(label=query["classes"][int(c)], rle=", ".join(map(str, runs)))
             ET.SubElement(node, "mask", **attrs, **_shape(source="auto"), **_text(place))
@@ -91,14 +95,19 @@ def _text(values: dict) -> dict[str, str]:
 
 
 def write_task_package(
-    package: str, query: dict, colors: list, pseudo_labels: dict[str, np.ndarray]
+    package: str,
+    query: dict,
+    colors: list,
+    pseudo_labels: dict[str, np.ndarray],
+    inside: dict[str, np.ndarray] | None = None,
 ) -> None:
     folder = storage.join(package, "cvat")
     for image in query["images"]:
         data = storage.read_bytes(image["image_uri"])
         storage.write_bytes(storage.join(folder, "images", image_name(image)), data)
     storage.write_text(
-        storage.join(folder, "annotations.xml"), annotations_xml(query, colors, pseudo_labels)
+        storage.join(folder, "annotations.xml"),
+        annotations_xml(query, colors, pseudo_labels, inside),
     )
     # cvat-cli's --labels: the task's labels must exist before the annotations are uploaded.
     labels = [

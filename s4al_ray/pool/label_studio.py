@@ -17,7 +17,6 @@ import numpy as np
 
 from s4al_ray import IGNORE_INDEX, storage
 from s4al_ray.layout import round_name
-from s4al_ray.regions import RegionGrid
 from s4al_ray.report_figures import hex_color
 
 BRUSH = "label"  # the BrushLabels control: what annotators paint
@@ -134,16 +133,16 @@ def task(
     classes: list[str],
     pseudo_label: np.ndarray | None,
     round_index: int,
-    region_size: int,
+    inside: np.ndarray,
 ) -> dict:
-    """The task of one queried image; the pseudo-label's classes inside its regions as the
-    prediction (annotators correct it instead of painting from nothing)."""
+    """The task of one queried image; the pseudo-label's classes inside its regions (``inside``:
+    their pixels, ``region_maps.requested_mask``) as the prediction (annotators correct it
+    instead of painting from nothing). Each region is boxed; a superpixel's box is its
+    bounding box, and its brush pre-annotation covers exactly its pixels."""
     height, width = query_image["height"], query_image["width"]
     boxes = [r["box_y0_y1_x0_x1"] for r in query_image["regions"]]
     result = [rectangle_result(b, height, width) for b in boxes]
     if pseudo_label is not None:
-        indices = [r["index"] for r in query_image["regions"]]
-        inside = RegionGrid(height, width, region_size).mask(indices)
         result += brush_results(pseudo_label, classes, inside)
     data = {"image": url, "sample_id": query_image["sample_id"], "round": round_index}
     model = round_name(round_index)

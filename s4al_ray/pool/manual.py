@@ -25,7 +25,7 @@ from s4al_ray.data.io import decode_mask, encode_png, load_image, load_mask
 from s4al_ray.layout import RunLayout
 from s4al_ray.pool.oracle import class_histogram
 from s4al_ray.pool.state import PoolState, Selection
-from s4al_ray.region_maps import encode_segments, load_segments
+from s4al_ray.region_maps import encode_segments, load_segments, requested_mask
 from s4al_ray.superpixels import region_edges
 
 
@@ -122,10 +122,11 @@ class ToolPackage:
     project: str = ""  # its project's title
 
     def write(self, package: str, query: dict) -> None:
+        inside = {i["sample_id"]: requested_mask(query, i, package) for i in query["images"]}
         if self.tool == "cvat":
             from s4al_ray.pool import cvat
 
-            cvat.write_task_package(package, query, self.colors, self.pseudo_labels)
+            cvat.write_task_package(package, query, self.colors, self.pseudo_labels, inside)
             return
         from s4al_ray.pool import label_studio
 
@@ -136,7 +137,7 @@ class ToolPackage:
                 query["classes"],
                 self.pseudo_labels.get(image["sample_id"]),
                 query["round"],
-                query["region_size"],
+                inside[image["sample_id"]],
             )
             for image in query["images"]
         ]
