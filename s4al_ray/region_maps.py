@@ -16,6 +16,7 @@ dataset.
 from __future__ import annotations
 
 import io
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -127,7 +128,16 @@ def run_regions(
     maps = RegionMaps.of_run(kind, size, superpixels_dir)
     if not maps.superpixels:
         return maps, None
-    return maps, build_segment_maps(maps, rows, COMPACTNESS, log)
+    areas = build_segment_maps(maps, rows, COMPACTNESS, log)
+    covered = areas.image_pixels()
+    for k, row in enumerate(rows):
+        if covered[k] != row["height"] * row["width"]:
+            raise ConfigError(
+                f"{maps.areas_uri}: the superpixels of {row['sample_id']} cover {covered[k]} px, "
+                f"not its {row['height']}x{row['width']}: the dataset changed since the run "
+                "began; start a new experiment with name=<new name>"
+            )
+    return maps, areas
 
 
 def check_region_size(acquisition, rows: list[dict]) -> None:
@@ -179,8 +189,11 @@ def build_segment_maps(
         return read_segment_areas(maps, ids)
     import ray
 
+    started = time.perf_counter()
     items = [{"sample_id": r["sample_id"], "image_uri": r["image_uri"]} for r in rows]
-    blocks = max(1, min(len(items), int(ray.available_resources().get("CPU", 1)) * 4))
+    # Blocks sized by the data, not by the CPUs present now: an autoscaling cluster grows into
+    # them (16 images a task, at most 512 tasks).
+    blocks = max(1, min(-(-len(items) // 16), 512))
     done = (
         ray.data.from_items(items, override_num_blocks=blocks)
         .map_batches(
@@ -199,7 +212,8 @@ def build_segment_maps(
     storage.write_bytes(maps.areas_uri, buffer.getvalue().to_pybytes())  # last: marks complete
     log(
         f"[regions] {len(rows)} images cut into {areas.total} SLIC superpixels "
-        f"(~{maps.size}x{maps.size} px each), stored in {maps.root}"
+        f"({areas.flat.mean():.0f} px each on average; asked for ~{maps.size}x{maps.size}) in "
+        f"{time.perf_counter() - started:.1f}s, stored in {maps.root}"
     )
     return areas
 
@@ -212,7 +226,7 @@ def read_segment_areas(maps: RegionMaps, ids: list[str]) -> SegmentAreas:
     by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
     missing = [s for s in ids if s not in by_id]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{uri} has no superpixels for train images {missing[:3]}: the dataset changed "
             "since the run began; start a new experiment with name=<new name>"
         )

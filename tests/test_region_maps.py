@@ -103,8 +103,22 @@ def test_superpixel_areas_must_tile_each_image(stored):
     short.flat[0] -= 1
     with pytest.raises(ValueError, match="img0: its superpixels cover"):
         PoolState(9, 3, sizes, ["img0"], None, maps, short)
-    with pytest.raises(ValueError, match="no superpixels for train images \\['other'\\]"):
+    with pytest.raises(ConfigError, match="no superpixels for train images \\['other'\\]"):
         read_segment_areas(maps, [*sizes.ids, "other"])
+
+
+def test_a_resumed_run_refuses_stored_superpixels_of_other_images(stored):
+    """Stored maps that no longer tile the manifest's images (the dataset changed) are refused
+    by name before the pool state is built; matching ones are read, not segmented again."""
+    from s4al_ray.region_maps import run_regions
+
+    layout, maps, sizes, _ = stored
+    rows = [{"sample_id": s, "height": 37, "width": 45} for s in sizes.ids]
+    got, areas = run_regions("slic", 9, layout.superpixels_dir, rows, log=print)
+    assert got == maps and areas.counts.size == 4
+    rows[2]["height"] = 40
+    with pytest.raises(ConfigError, match="superpixels of img2 cover 1665 px, not its 40x45"):
+        run_regions("slic", 9, layout.superpixels_dir, rows, log=print)
 
 
 def test_persisted_superpixel_state_reloads_with_the_same_pixels(stored):
@@ -229,3 +243,17 @@ COLORS = [(128, 64, 128), (0, 0, 142), (153, 153, 153)]
 def test_regions_kind_is_validated():
     with pytest.raises(ConfigError, match="acquisition.regions"):
         load_config("configs/smoke.yaml", ["acquisition.regions=hexagons"])
+
+
+def test_a_region_size_too_small_for_16_bit_maps_is_refused_before_any_work():
+    from types import SimpleNamespace
+
+    from s4al_ray.region_maps import check_region_size
+
+    rows = [{"height": 1024, "width": 2048}]
+    check_region_size(SimpleNamespace(region_size=8, regions="slic"), rows)  # 32768 segments
+    with pytest.raises(ConfigError, match="asks SLIC for 131072 superpixels.*choose a larger"):
+        check_region_size(SimpleNamespace(region_size=4, regions="slic"), rows)
+    check_region_size(SimpleNamespace(region_size=4, regions="squares"), rows)
+    with pytest.raises(ConfigError, match="larger than the smallest train image side"):
+        check_region_size(SimpleNamespace(region_size=2000, regions="squares"), rows)
