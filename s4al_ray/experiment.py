@@ -118,14 +118,11 @@ class Experiment:
         self.preflight()
         res = self.cluster()
         check_fits(self.cfg, res)
-        masks = {r["sample_id"]: r["mask_uri"] for r in self.data.rows("train")}
-        acq = self.cfg.acquisition
+        train = self.data.rows("train")
+        masks = {r["sample_id"]: r["mask_uri"] for r in train}
+        begun = storage.exists(self.layout.pool_head)
         maps, segments = run_regions(
-            acq.regions,
-            acq.region_size,
-            self.layout.superpixels_dir,
-            self.data.rows("train"),
-            self.log,
+            self.cfg.acquisition, self.layout.superpixels_dir, train, self.log, begun
         )
         initial = initial_pool_state(self.cfg, self.data, maps, segments)
         self.pool = get_pool_actor(self.cfg.name, self.layout, initial, masks)

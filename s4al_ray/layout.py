@@ -10,6 +10,8 @@ A run directory (``<storage>/<name>``, local or ``s3://``) holds::
     pool/head.json, head.prev.json    the pool state's head (rounds, counts), its previous version
     pool/labeled.json                 the fully labeled ids, written once
     pool/rounds/round_XXX.parquet     one committed round's selection (its delta)
+    superpixels/<sample_id>.png       acquisition.regions=slic: each train image's segment map
+    superpixels/regions.parquet       ... and every superpixel's area (written last)
     queries/round_XXX/                manual oracle: the package for annotators
     oracle/labels/<sample_id>.png     manual oracle: the merged human labels
     report/                           report.html and its figures
@@ -137,7 +139,8 @@ class RunLayout:
 
     @property
     def superpixels_dir(self) -> str:
-        """The segment map of every train image and their areas (``region_maps.py``)."""
+        """The segment map of every train image (``<sample_id>.png``) and their areas
+        (``regions.parquet``), read and written by ``region_maps.py``."""
         return self.path("superpixels")
 
     def oracle_label(self, sample_id: str) -> str:

@@ -27,12 +27,19 @@ from PIL import Image
 from s4al_ray import storage
 from s4al_ray.config import ConfigError
 from s4al_ray.regions import RegionGrid
-from s4al_ray.superpixels import COMPACTNESS, SegmentAreas, SuperpixelRegions, slic_segments
+from s4al_ray.superpixels import (
+    COMPACTNESS,
+    SegmentAreas,
+    SuperpixelRegions,
+    segment_count,
+    slic_segments,
+)
 
 REGION_KINDS = ("squares", "slic")
 AREAS_FILE = "regions.parquet"
 # A 16-bit PNG holds ids up to this; settings that ask for more segments are refused up front.
 MAX_SEGMENTS = 65535
+CHANGED = "the dataset changed since the run began; start a new experiment with name=<new name>"
 
 
 @dataclass(frozen=True)
@@ -79,8 +86,7 @@ class RegionMaps:
         segments = load_segments(uri) if cache is None else cache.get(uri, load_segments)
         if segments.shape != (height, width):
             raise ValueError(
-                f"{uri}: a {segments.shape} segment map for a {height}x{width} image; the "
-                "dataset changed since the run began: start a new experiment with name=<new name>"
+                f"{uri}: a {segments.shape} segment map for a {height}x{width} image; {CHANGED}"
             )
         return SuperpixelRegions(segments)
 
@@ -90,6 +96,8 @@ def requested_mask(query: dict, image: dict, package: str) -> np.ndarray:
     ``query.json`` entry): its squares, or the superpixels of the segment map in ``package``."""
     indices = [r["index"] for r in image["regions"]]
     if "segments" in image:
+        if not package:
+            raise ValueError("a superpixel query's regions are read from its package's maps")
         segments = load_segments(storage.join(package, image["segments"]))
         return np.isin(segments, indices)
     return RegionGrid(image["height"], image["width"], query["region_size"]).mask(indices)
@@ -107,36 +115,41 @@ def encode_segments(segments: np.ndarray) -> bytes:
 
 
 def decode_segments(data: bytes) -> np.ndarray:
+    """(H, W) uint16 segment ids (half the memory of int32 in caches and batches)."""
     with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image, dtype=np.int32)
+        return np.asarray(image, dtype=np.uint16)
 
 
 def load_segments(uri: str) -> np.ndarray:
-    return decode_segments(storage.read_bytes(uri))
-
-
-def segment_count(height: int, width: int, size: int) -> int:
-    """How many segments SLIC is asked for on an image of that size (``slic_segments``'s rule)."""
-    return max(1, round(height * width / size**2))
+    """A stored segment map; a missing or damaged one is named (ValueError)."""
+    try:
+        return decode_segments(storage.read_bytes(uri))
+    except (OSError, ValueError) as err:  # FileNotFoundError, PIL's UnidentifiedImageError
+        raise ValueError(f"{uri}: superpixel map missing or unreadable ({err}); {CHANGED}") from err
 
 
 def run_regions(
-    kind: str, size: int, superpixels_dir: str, rows: list[dict], log=print
+    acquisition, superpixels_dir: str, rows: list[dict], log=print, begun: bool = False
 ) -> tuple[RegionMaps, SegmentAreas | None]:
-    """A run's regions and, for superpixels, their areas: segmented once per run (a resumed run
-    reads the stored maps). ``rows``: the manifest's train rows."""
-    maps = RegionMaps.of_run(kind, size, superpixels_dir)
+    """A run's regions (``acquisition``: its config section) and, for superpixels, their areas:
+    segmented once per run (a resumed run reads the stored maps). ``rows``: the manifest's train
+    rows; ``begun``: the run has a pool state already, so its maps must be there (segmenting
+    again could renumber the regions its rounds acquired)."""
+    maps = RegionMaps.of_run(acquisition.regions, acquisition.region_size, superpixels_dir)
     if not maps.superpixels:
         return maps, None
-    areas = build_segment_maps(maps, rows, COMPACTNESS, log)
-    covered = areas.image_pixels()
-    for k, row in enumerate(rows):
-        if covered[k] != row["height"] * row["width"]:
-            raise ConfigError(
-                f"{maps.areas_uri}: the superpixels of {row['sample_id']} cover {covered[k]} px, "
-                f"not its {row['height']}x{row['width']}: the dataset changed since the run "
-                "began; start a new experiment with name=<new name>"
-            )
+    if begun:
+        areas = read_segment_areas(maps, [str(r["sample_id"]) for r in rows])
+    else:
+        areas = build_segment_maps(maps, rows, COMPACTNESS, log)
+    heights, widths = ([r[key] for r in rows] for key in ("height", "width"))
+    k = areas.first_untiled(heights, widths)
+    if k is not None:
+        row = rows[k]
+        raise ConfigError(
+            f"{maps.areas_uri}: the superpixels of {row['sample_id']} cover "
+            f"{int(areas.image_pixels()[k])} px, not its {row['height']}x{row['width']}; {CHANGED}"
+        )
     return maps, areas
 
 
@@ -168,6 +181,11 @@ def _segment_batch(batch: dict, maps: RegionMaps, compactness: float) -> pa.Tabl
     areas = []
     for sample_id, uri in zip(map(str, batch["sample_id"]), map(str, batch["image_uri"])):
         segments = slic_segments(load_image(uri), maps.size, compactness)
+        if int(segments.max()) >= MAX_SEGMENTS:
+            raise ValueError(
+                f"{uri}: SLIC made {int(segments.max()) + 1} superpixels, more than a segment "
+                f"map holds ({MAX_SEGMENTS}); choose a larger acquisition.region_size"
+            )
         storage.write_bytes(maps.segment_uri(sample_id), encode_segments(segments))
         areas.append(np.bincount(segments.ravel()).astype(np.int32))
     return _areas_table([str(s) for s in batch["sample_id"]], areas)
@@ -222,12 +240,17 @@ def read_segment_areas(maps: RegionMaps, ids: list[str]) -> SegmentAreas:
     """The stored areas of images ``ids``, in that order; refused by name when one is missing
     (the pool state checks that they add up to each image's size)."""
     uri = maps.areas_uri
-    table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    if not storage.exists(uri):
+        raise ConfigError(
+            f"{uri} is missing: the run's pool state was written with these superpixels; "
+            "start a new experiment with name=<new name>"
+        )
+    try:
+        table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
+    except (OSError, pa.ArrowException) as err:
+        raise ConfigError(f"{uri}: superpixel areas unreadable ({err}); {CHANGED}") from err
     by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
     missing = [s for s in ids if s not in by_id]
     if missing:
-        raise ConfigError(
-            f"{uri} has no superpixels for train images {missing[:3]}: the dataset changed "
-            "since the run began; start a new experiment with name=<new name>"
-        )
+        raise ConfigError(f"{uri} has no superpixels for train images {missing[:3]}; {CHANGED}")
     return SegmentAreas.of([np.asarray(by_id[s], dtype=np.int32) for s in ids])

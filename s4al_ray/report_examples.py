@@ -54,7 +54,7 @@ def example_ids(state: PoolState, round_index: int, max_examples: int) -> list[s
     ranked: list[str] = []
     if entry is not None:
         pixels = {
-            sid: int(state.grid(sid).areas[regions].sum())
+            sid: state.region_pixels(sid, regions)
             for sid, regions in entry["selection"].items()
             if regions
         }

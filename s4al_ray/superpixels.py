@@ -38,10 +38,9 @@ def slic_segments(image: np.ndarray, region_size: int, compactness: float = COMP
     from skimage.segmentation import slic
 
     height, width = image.shape[:2]
-    count = max(1, round(height * width / region_size**2))
     segments = slic(
         image,
-        n_segments=count,
+        n_segments=segment_count(height, width, region_size),
         compactness=compactness,
         start_label=0,
         enforce_connectivity=True,
@@ -56,6 +55,11 @@ def slic_segments(image: np.ndarray, region_size: int, compactness: float = COMP
     lookup = np.zeros(int(labels.max()) + 1, dtype=np.int64)
     lookup[labels] = rank
     return lookup[segments].astype(np.int32)
+
+
+def segment_count(height: int, width: int, region_size: int) -> int:
+    """How many segments SLIC is asked for on an image of that size."""
+    return max(1, round(height * width / region_size**2))
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,8 +134,21 @@ class SuperpixelRegions:
         """``(y0, y1, x0, x1)`` of region ``index``'s bounding box, half-open."""
         if not 0 <= index < self.num_regions:
             raise IndexError(f"region {index} outside a map of {self.num_regions}")
-        ys, xs = np.nonzero(self.segments == index)
-        return int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        return tuple(int(v) for v in self._boxes[:, int(index)])
+
+    @cached_property
+    def _boxes(self) -> np.ndarray:
+        """(4, R): every region's half-open box, from one pass over the map (a query boxes
+        many regions of an image)."""
+        rows, cols = np.indices(self.segments.shape).reshape(2, -1)
+        boxes = np.empty((4, self.num_regions), dtype=np.int64)
+        boxes[0], boxes[2] = self.height, self.width
+        boxes[1] = boxes[3] = 0
+        np.minimum.at(boxes[0], self._flat, rows)
+        np.maximum.at(boxes[1], self._flat, rows + 1)
+        np.minimum.at(boxes[2], self._flat, cols)
+        np.maximum.at(boxes[3], self._flat, cols + 1)
+        return boxes
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,6 +172,12 @@ class SegmentAreas:
     @property
     def total(self) -> int:
         return int(self.flat.size)
+
+    def first_untiled(self, heights: np.ndarray, widths: np.ndarray) -> int | None:
+        """The first image whose superpixels do not cover exactly its height x width pixels
+        (budgets count them as its pixels), or None."""
+        wrong = np.flatnonzero(self.image_pixels() != np.asarray(heights) * np.asarray(widths))
+        return int(wrong[0]) if wrong.size else None
 
     def image_pixels(self) -> np.ndarray:
         """Pixels covered per image (must equal its height x width)."""

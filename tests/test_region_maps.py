@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -114,11 +115,21 @@ def test_a_resumed_run_refuses_stored_superpixels_of_other_images(stored):
 
     layout, maps, sizes, _ = stored
     rows = [{"sample_id": s, "height": 37, "width": 45} for s in sizes.ids]
-    got, areas = run_regions("slic", 9, layout.superpixels_dir, rows, log=print)
+    acquisition = SimpleNamespace(regions="slic", region_size=9)
+    got, areas = run_regions(acquisition, layout.superpixels_dir, rows, log=print)
     assert got == maps and areas.counts.size == 4
     rows[2]["height"] = 40
     with pytest.raises(ConfigError, match="superpixels of img2 cover 1665 px, not its 40x45"):
-        run_regions("slic", 9, layout.superpixels_dir, rows, log=print)
+        run_regions(acquisition, layout.superpixels_dir, rows, log=print)
+    # a run with a pool state whose areas are gone is refused, not segmented again
+    os.remove(maps.areas_uri)
+    with pytest.raises(ConfigError, match="regions.parquet is missing: the run's pool state"):
+        run_regions(acquisition, layout.superpixels_dir, rows, log=print, begun=True)
+    # a damaged map is named wherever it is read
+    with open(maps.segment_uri("img3"), "wb") as handle:
+        handle.write(b"not a png")
+    with pytest.raises(ValueError, match="img3.png: superpixel map missing or unreadable"):
+        maps.of("img3", 37, 45)
 
 
 def test_persisted_superpixel_state_reloads_with_the_same_pixels(stored):
@@ -246,8 +257,6 @@ def test_regions_kind_is_validated():
 
 
 def test_a_region_size_too_small_for_16_bit_maps_is_refused_before_any_work():
-    from types import SimpleNamespace
-
     from s4al_ray.region_maps import check_region_size
 
     rows = [{"height": 1024, "width": 2048}]

@@ -23,7 +23,8 @@ from s4al_ray.region_maps import RegionMaps
 
 
 class DecodeCache:
-    """Decoded uint8 arrays by URI, up to ``max_bytes`` (then decodes again on every access)."""
+    """Decoded arrays (images, masks, segment maps) by URI, up to ``max_bytes`` (then decodes
+    again on every access)."""
 
     def __init__(self, max_bytes: int = 1 << 30) -> None:
         self.max_bytes = max_bytes

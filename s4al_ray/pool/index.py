@@ -177,9 +177,8 @@ def _check_segments(sizes: ImageSizes, segments: SegmentAreas) -> None:
     """Superpixel areas must tile each image exactly: the budget counts them as its pixels."""
     if segments.counts.size != len(sizes):
         raise ValueError(f"superpixels of {segments.counts.size} images for {len(sizes)} images")
-    wrong = segments.image_pixels() != sizes.heights * sizes.widths
-    if wrong.any():
-        k = int(np.argmax(wrong))
+    k = segments.first_untiled(sizes.heights, sizes.widths)
+    if k is not None:
         raise ValueError(
             f"{sizes.ids[k]}: its superpixels cover {int(segments.image_pixels()[k])} px, "
             f"not its {int(sizes.heights[k])}x{int(sizes.widths[k])}"

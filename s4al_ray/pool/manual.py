@@ -47,10 +47,12 @@ def _outlined(image: np.ndarray, boxes: list[list[int]], inside: np.ndarray | No
     if inside is not None:
         image = image.copy()
         image[region_edges(inside)] = (255, 255, 0)
-    canvas = Image.fromarray(image)
-    draw = ImageDraw.Draw(canvas)
-    for y0, y1, x0, x1 in boxes if inside is None else []:
-        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=1)
+        canvas = Image.fromarray(image)
+    else:
+        canvas = Image.fromarray(image)
+        draw = ImageDraw.Draw(canvas)
+        for y0, y1, x0, x1 in boxes:
+            draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=(255, 255, 0), width=1)
     buffer = io.BytesIO()
     canvas.save(buffer, format="PNG")
     return buffer.getvalue()
@@ -356,7 +358,11 @@ def check_answers(
             continue
         segments = None
         if "segments" in image:
-            segments = load_segments(storage.join(package, image["segments"]))
+            try:
+                segments = load_segments(storage.join(package, image["segments"]))
+            except ValueError as err:
+                problems.append(f"{where}: {err}")
+                continue
         for region in image["regions"]:
             y0, y1, x0, x1 = region["box_y0_y1_x0_x1"]
             values = mask[y0:y1, x0:x1]

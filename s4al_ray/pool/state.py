@@ -212,6 +212,13 @@ class PoolState:
         """The regions of pool image ``sample_id`` (squares or its superpixels)."""
         return self._fixed.regions(sample_id)
 
+    def region_pixels(self, sample_id: str, regions) -> int:
+        """True pixel count of those regions of image ``sample_id``, from the pool's index (no
+        segment map is read)."""
+        regions = np.asarray(regions, dtype=np.int64)
+        images = np.full(regions.size, self.sizes.index[sample_id], dtype=np.int64)
+        return self._fixed.region_index.pixels(images, regions)
+
     @property
     def pool_ids(self) -> list[str]:
         return list(self._fixed.pool_ids)

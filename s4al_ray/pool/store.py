@@ -3,8 +3,9 @@
     pool/labeled.json            the fully labeled ids, written once when the run starts
     pool/rounds/round_XXX.parquet  one round's selection (a row per image: its id and regions),
                                  written before its head (runs begun before it: .json columns)
-    pool/head.json               version, region size, classes, initial class pixels and, per
-                                 committed round, its digest, counts and delta file name
+    pool/head.json               version, region size and kind (squares | slic; squares where
+                                 absent), classes, initial class pixels and, per committed
+                                 round, its digest, counts and delta file name
     pool/head.prev.json          the head before the last commit (used if the head is damaged)
 
 A commit writes its delta file, then the previous head, then the new head, each atomically: it
@@ -245,11 +246,8 @@ def _build(layout: RunLayout, head: dict, sizes: ImageSizes) -> PoolState:
             maps,
             segments,
         )
-    except FileNotFoundError as err:
-        raise PoolStateError(
-            f"{maps.areas_uri} is missing: {layout.pool_head} was written with superpixel "
-            "regions; start a new experiment with name=<new name>"
-        ) from err
+    except ConfigError as err:  # the superpixels' areas: missing or unreadable, named
+        raise PoolStateError(str(err)) from err
     except ValueError as err:
         raise _unfit(layout, layout.pool_labeled, err) from err
     for meta in head["rounds"]:
