@@ -98,16 +98,16 @@ def _outline(canvas: np.ndarray, y0: int, y1: int, x0: int, x1: int, color, thic
     canvas[y0:y1, max(x1 - thick, x0) : x1] = rgb
 
 
-def _outline_regions(view: np.ndarray, inside: np.ndarray, color, thick: int) -> None:
-    """Outline the superpixels ``inside`` (image-sized bool) on the panel ``view``, ``thick``
-    pixels wide, inside their edge."""
-    if not inside.any():
+def _outline_regions(view: np.ndarray, labels: np.ndarray, color, thick: int) -> None:
+    """Outline each superpixel of ``labels`` (image-sized ids, -1 elsewhere) on the panel
+    ``view``, ``thick`` pixels wide, inside its edge."""
+    if (labels < 0).all():
         return
-    shown = _upscale(inside, *view.shape[:2])
+    shown = _upscale(labels, *view.shape[:2])
     for _ in range(thick):
         edge = region_edges(shown)
         view[edge] = np.asarray(color, np.uint8)
-        shown = shown & ~edge
+        shown = np.where(edge, -1, shown)
 
 
 def _rgb(color: str) -> tuple[int, int, int]:
@@ -180,7 +180,7 @@ def draw_examples(
                     (this_round.get(sid, []), THIS_ROUND_COLOR, 2),
                 ):
                     if state.maps.superpixels:
-                        _outline_regions(view, grid.mask(regions), _rgb(color), thick)
+                        _outline_regions(view, grid.labels(regions), _rgb(color), thick)
                         continue
                     for region in regions:
                         y_a, y_b, x_a, x_b = grid.bounds(region)

@@ -124,6 +124,11 @@ class SuperpixelRegions:
         chosen[np.asarray(list(indices), dtype=np.int64)] = True
         return chosen[self.segments]
 
+    def labels(self, indices) -> np.ndarray:
+        """(H, W) int: the segment id inside the given regions, -1 elsewhere (``region_edges``
+        outlines each of them)."""
+        return np.where(self.mask(indices), self.segments.astype(np.int64), -1)
+
     def border_regions(self) -> np.ndarray:
         """Indices of the regions touching the image border."""
         seg = self.segments
@@ -192,9 +197,16 @@ class SegmentAreas:
         return np.split(self.flat, self.offsets[1:-1])
 
 
-def region_edges(inside: np.ndarray) -> np.ndarray:
-    """(H, W) bool: the pixels of ``inside`` with a 4-neighbour outside it (or on the image's
-    edge), the one-pixel outline that shows requested or acquired superpixels."""
-    padded = np.pad(inside, 1, constant_values=False)
-    interior = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:] & inside
-    return inside & ~interior
+def region_edges(labels: np.ndarray) -> np.ndarray:
+    """(H, W) bool: the pixels of the regions in ``labels`` (an id per pixel, -1 outside every
+    region shown) with a 4-neighbour of another id or the image's edge: a one-pixel outline of
+    each region, inside it, so touching regions stay apart."""
+    padded = np.pad(labels.astype(np.int64), 1, constant_values=-1)
+    centre = padded[1:-1, 1:-1]
+    same = (
+        (padded[:-2, 1:-1] == centre)
+        & (padded[2:, 1:-1] == centre)
+        & (padded[1:-1, :-2] == centre)
+        & (padded[1:-1, 2:] == centre)
+    )
+    return (centre >= 0) & ~same

@@ -166,12 +166,15 @@ def test_training_loader_knows_exactly_the_acquired_superpixels(stored, tmp_path
     assert (target[~inside] == 0).all()  # the pseudo-label elsewhere
 
 
-def test_region_edges_outline_the_mask_from_inside():
-    inside = np.zeros((6, 7), bool)
-    inside[1:5, 2:6] = True
-    edge = region_edges(inside)
-    assert edge.sum() == 4 * 4 - 2 * 2 and not edge[~inside].any()
-    assert not edge[2:4, 3:5].any()
+def test_region_edges_outline_each_region_from_inside():
+    labels = np.full((6, 9), -1)
+    labels[1:5, 2:6] = 3
+    labels[1:5, 6:8] = 5  # touching the first: both keep their own outline
+    edge = region_edges(labels)
+    assert not edge[labels < 0].any()
+    assert edge[labels == 3].sum() == 4 * 4 - 2 * 2 and not edge[2:4, 3:5].any()
+    assert edge[labels == 5].all()  # two pixels wide: all of it is edge
+    assert edge[1:5, 5].all() and edge[1:5, 6].all()  # the shared border, on both sides
 
 
 def test_manual_query_of_superpixels_checks_their_own_pixels(stored, tmp_path):

@@ -41,12 +41,12 @@ class AwaitingAnnotation(Exception):
         self.round_index, self.package = round_index, package
 
 
-def _outlined(image: np.ndarray, boxes: list[list[int]], inside: np.ndarray | None) -> bytes:
+def _outlined(image: np.ndarray, boxes: list[list[int]], labels: np.ndarray | None) -> bytes:
     """The image with the requested regions outlined in yellow: their boxes (squares), or the
-    edge of ``inside``, the regions' pixels (superpixels)."""
-    if inside is not None:
+    edge of each region in ``labels`` (superpixels: ``SuperpixelRegions.labels``)."""
+    if labels is not None:
         image = image.copy()
-        image[region_edges(inside)] = (255, 255, 0)
+        image[region_edges(labels)] = (255, 255, 0)
         canvas = Image.fromarray(image)
     else:
         canvas = Image.fromarray(image)
@@ -85,16 +85,16 @@ def write_query_package(
                 ],
             }
         )
-        inside = None
+        labels = None
         if superpixels:  # the image's segment map beside it: a region is the pixels of its id
             images[-1]["segments"] = f"segments/{sample_id}.png"
             storage.write_bytes(
                 storage.join(package, images[-1]["segments"]), encode_segments(grid.segments)
             )
-            inside = grid.mask(regions)
+            labels = grid.labels(regions)
         storage.write_bytes(
             storage.join(package, "images", f"{sample_id}.png"),
-            _outlined(load_image(items[sample_id]["image_uri"]), boxes, inside),
+            _outlined(load_image(items[sample_id]["image_uri"]), boxes, labels),
         )
     query = {
         "round": round_index,
