@@ -26,9 +26,14 @@ import numpy as np
 from s4al_ray.acquisition_diversity import candidate_pixels, k_center_fill
 from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.regions import RegionGrid
+from s4al_ray.superpixels import SuperpixelRegions
+
+# An image's regions: squares or its superpixels (region_maps.RegionMaps.of); both answer areas,
+# masks, region sums and the border ring alike.
+Regions = RegionGrid | SuperpixelRegions
 
 
-def region_scores(pixel_score: np.ndarray, known: np.ndarray, grid: RegionGrid) -> np.ndarray:
+def region_scores(pixel_score: np.ndarray, known: np.ndarray, grid: Regions) -> np.ndarray:
     """Mean score of each region, with already-labeled pixels counting 0 (as in S4AL+)."""
     return grid.region_means(np.where(known, 0.0, pixel_score)).astype(np.float32)
 
@@ -136,7 +141,7 @@ class Candidates:
 def _allowed_regions(
     scores: dict[str, np.ndarray],
     acquired: dict[str, list[int]],
-    grids: dict[str, RegionGrid],
+    grids: dict[str, Regions],
     exclude_border: bool,
     positions: dict[str, int] | None = None,
     groups: dict[str, np.ndarray] | None = None,
@@ -243,7 +248,7 @@ def _could_be_chosen(area: np.ndarray, budget: int) -> np.ndarray:
 
 def block_candidates(
     scores: dict[str, np.ndarray],
-    grids: dict[str, RegionGrid],
+    grids: dict[str, Regions],
     acquired: dict[str, list[int]],
     *,
     mode: str = "budget",
@@ -358,7 +363,7 @@ def select(
 
 def select_regions(
     scores: dict[str, np.ndarray],
-    grids: dict[str, RegionGrid],
+    grids: dict[str, Regions],
     acquired: dict[str, list[int]],
     *,
     mode: str = "budget",
