@@ -37,7 +37,8 @@ from s4al_ray.superpixels import (
 
 REGION_KINDS = ("squares", "slic")
 AREAS_FILE = "regions.parquet"
-# A 16-bit PNG holds ids up to this; settings that ask for more segments are refused up front.
+# The most segments a stored map may hold (16-bit ids); settings that ask SLIC for more are
+# refused up front (check_region_size), a map that still has more when it is stored.
 MAX_SEGMENTS = 65535
 CHANGED = "the dataset changed since the run began; start a new experiment with name=<new name>"
 
@@ -104,9 +105,12 @@ def requested_mask(query: dict, image: dict, package: str) -> np.ndarray:
 
 
 def encode_segments(segments: np.ndarray) -> bytes:
-    """Lossless 16-bit PNG of a (H, W) segment-id map."""
-    if int(segments.max()) > MAX_SEGMENTS:
-        raise ValueError(f"{int(segments.max()) + 1} segments do not fit a 16-bit map")
+    """Lossless 16-bit PNG of a (H, W) segment-id map of at most MAX_SEGMENTS segments."""
+    count = int(segments.max()) + 1
+    if count > MAX_SEGMENTS:
+        raise ValueError(
+            f"{count} superpixels, more than a 16-bit segment map holds ({MAX_SEGMENTS})"
+        )
     buffer = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(segments, dtype=np.uint16)).save(
         buffer, format="PNG", compress_level=1
@@ -181,12 +185,11 @@ def _segment_batch(batch: dict, maps: RegionMaps, compactness: float) -> pa.Tabl
     areas = []
     for sample_id, uri in zip(map(str, batch["sample_id"]), map(str, batch["image_uri"])):
         segments = slic_segments(load_image(uri), maps.size, compactness)
-        if int(segments.max()) >= MAX_SEGMENTS:
-            raise ValueError(
-                f"{uri}: SLIC made {int(segments.max()) + 1} superpixels, more than a segment "
-                f"map holds ({MAX_SEGMENTS}); choose a larger acquisition.region_size"
-            )
-        storage.write_bytes(maps.segment_uri(sample_id), encode_segments(segments))
+        try:
+            encoded = encode_segments(segments)
+        except ValueError as err:
+            raise ValueError(f"{uri}: {err}; choose a larger acquisition.region_size") from err
+        storage.write_bytes(maps.segment_uri(sample_id), encoded)
         areas.append(np.bincount(segments.ravel()).astype(np.int32))
     return _areas_table([str(s) for s in batch["sample_id"]], areas)
 
@@ -222,9 +225,7 @@ def build_segment_maps(
         )
         .to_arrow_refs()
     )
-    table = pa.concat_tables(ray.get(done))
-    by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
-    areas = SegmentAreas.of([np.asarray(by_id[s], dtype=np.int32) for s in ids])
+    areas = _areas_in_order(pa.concat_tables(ray.get(done)), ids, "the segmentation pass")
     buffer = pa.BufferOutputStream()
     pq.write_table(_areas_table(ids, areas.per_image()), buffer)
     storage.write_bytes(maps.areas_uri, buffer.getvalue().to_pybytes())  # last: marks complete
@@ -249,8 +250,14 @@ def read_segment_areas(maps: RegionMaps, ids: list[str]) -> SegmentAreas:
         table = pq.read_table(pa.BufferReader(storage.read_bytes(uri)))
     except (OSError, pa.ArrowException) as err:
         raise ConfigError(f"{uri}: superpixel areas unreadable ({err}); {CHANGED}") from err
+    return _areas_in_order(table, ids, uri)
+
+
+def _areas_in_order(table: pa.Table, ids: list[str], source: str) -> SegmentAreas:
+    """The areas of ``_areas_table`` rows, in the order of ``ids``; refused by name when an
+    image has none."""
     by_id = dict(zip(table["sample_id"].to_pylist(), table["areas"].to_numpy(False)))
     missing = [s for s in ids if s not in by_id]
     if missing:
-        raise ConfigError(f"{uri} has no superpixels for train images {missing[:3]}; {CHANGED}")
+        raise ConfigError(f"{source} has no superpixels for train images {missing[:3]}; {CHANGED}")
     return SegmentAreas.of([np.asarray(by_id[s], dtype=np.int32) for s in ids])

@@ -37,6 +37,18 @@ def _images(n=4, height=37, width=45, seed=0) -> list[np.ndarray]:
     return [np.kron(p, np.ones((9, 9, 1), np.uint8))[:height, :width] for p in patches]
 
 
+def _stored_images(ids: list[str], folder) -> dict[str, dict]:
+    """``_images()`` written as a dataset holds them: the items a query package reads."""
+    from PIL import Image
+
+    items = {}
+    for sample_id, image in zip(ids, _images()):
+        uri = str(folder / f"{sample_id}.png")
+        Image.fromarray(image).save(uri)
+        items[sample_id] = {"image_uri": uri}
+    return items
+
+
 @pytest.fixture
 def stored(tmp_path):
     """A run's superpixel maps for four images, stored as the round loop stores them."""
@@ -180,14 +192,7 @@ def test_region_edges_outline_each_region_from_inside():
 def test_manual_query_of_superpixels_checks_their_own_pixels(stored, tmp_path):
     layout, maps, sizes, segments = stored
     state = _slic_state(maps, sizes)
-    images = dict(zip(sizes.ids, _images()))
-    items = {}
-    for sample_id, image in images.items():
-        uri = str(tmp_path / f"{sample_id}.png")
-        from PIL import Image
-
-        Image.fromarray(image).save(uri)
-        items[sample_id] = {"image_uri": uri}
+    items = _stored_images(sizes.ids, tmp_path)
     seg = segments["img2"]
     package = write_query_package(layout, 0, {"img2": [0, 2]}, state, items, ["a", "b", "c"])
     query = json.loads(storage.read_text(storage.join(package, "query.json")))
@@ -219,13 +224,7 @@ def test_annotation_tools_pre_annotate_exactly_the_requested_superpixels(tool, s
 
     layout, maps, sizes, segments = stored
     state = _slic_state(maps, sizes)
-    items = {}
-    for sample_id, image in zip(sizes.ids, _images()):
-        uri = str(tmp_path / f"{sample_id}.png")
-        from PIL import Image
-
-        Image.fromarray(image).save(uri)
-        items[sample_id] = {"image_uri": uri}
+    items = _stored_images(sizes.ids, tmp_path)
     pseudo = {s: np.random.default_rng(4).integers(0, 3, (37, 45)).astype(np.uint8) for s in items}
     selection = {"img1": [0, 3], "img2": [1]}
     package = write_query_package(
