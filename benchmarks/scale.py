@@ -5,7 +5,9 @@ No pixels: a manifest (pyarrow, as ``DatasetInfo.manifest``) of 2048x1024 images
 (5.12 regions per image, spread over the pool as random scores spread them). Per round, as
 ``Experiment.run_round`` does it:
 
-- snapshot: fetch the committed state from the pool actor, then ``before(r)``;
+- snapshot: ``pool_snapshot`` with the state the driver holds (its initial state in round 0,
+  the last round's after its commit): the actor's fingerprint is compared and the state sent
+  only when it differs (``--fetch-snapshot``: sent every round, as before), then ``before(r)``;
 - worker items: the pool rows each of 4 train workers reads (the manifest rows sliced per worker;
   the HEAD variant builds today's ``jobs.pool_rows`` list and the ``acquired`` dict instead);
 - acquisition: as ``teacher.read_teacher_output`` and ``Experiment.acquire`` do it, the driver
@@ -16,7 +18,7 @@ No pixels: a manifest (pyarrow, as ``DatasetInfo.manifest``) of 2048x1024 images
   ``cut_off_tasks_s``. HEAD ranked every pool region's score in the driver
   (``select_regions``; skipped above ``--acquisition-max`` images);
 - commit: send the selection to the actor, which validates, persists and returns the ledger
-  entry, then ``with_entry`` in the driver.
+  entry without the selection (the driver holds it), then ``with_entry`` in the driver.
 
 The pool actor runs in a process of its own (spawned; state and entries cross as pickles, as
 Ray sends them), so the driver's peak is the driver's. Each size and variant runs in a fresh
@@ -106,7 +108,9 @@ def serve(conn, variant: str, run_dir: str, rev: str) -> None:
     conn.send_bytes(b"ready")
     while True:
         op, payload = pickle.loads(conn.recv_bytes())
-        if op == "snapshot":
+        if op == "fingerprint":
+            out = holder.fingerprint().encode()
+        elif op == "snapshot":
             if variant == "new":
                 out = pickle.dumps(holder.snapshot(), protocol=5)
             else:
@@ -114,7 +118,7 @@ def serve(conn, variant: str, run_dir: str, rev: str) -> None:
         elif op == "commit":
             r, selection, class_pixels = payload
             if variant == "new":
-                entry = holder.commit(r, selection, class_pixels)
+                entry = holder.commit(r, selection, class_pixels, with_selection=False)
             else:
                 entry = state.commit(r, selection, class_pixels)
                 persist()
@@ -185,7 +189,9 @@ def selections(n: int, labeled_every: int, rounds: int, columns: bool, seed: int
         images = pool[image[np.concatenate([[0], cuts])]]
         ids = [f"frame_{k:07d}" for k in images.tolist()]
         if columns:
-            yield RoundSelection.from_columns(ids, np.diff(np.r_[0, cuts, draw.size]), region)
+            chosen = RoundSelection.from_columns(ids, np.diff(np.r_[0, cuts, draw.size]), region)
+            chosen.positions = images  # as acquisition.select hands them on (pool_order)
+            yield chosen
         else:
             yield {s: p.tolist() for s, p in zip(ids, np.split(region, cuts))}
 
@@ -249,7 +255,7 @@ def worker_items(variant: str, table, state) -> list:
     return [[by_id[s] for s in state.pool_ids], state.acquired]
 
 
-def drive(variant: str, n: int, rounds: int, acquire: bool, rev: str, conn) -> None:
+def drive(variant: str, n: int, rounds: int, acquire: bool, rev: str, fetch: bool, conn) -> None:
     """One size and variant, in a fresh driver process; sends its figures back on ``conn``."""
 
     from s4al_ray.pool.index import ImageSizes
@@ -272,12 +278,17 @@ def drive(variant: str, n: int, rounds: int, acquire: bool, rev: str, conn) -> N
     t0 = time.perf_counter()
     actor = Actor(variant, run_dir, rev, initial)
     init_s = time.perf_counter() - t0
+    # The driver keeps the state it built, as ``Experiment.prepare`` does (its first ``known``).
+    known = initial if old is None and not fetch else None
+    if known is not None:  # Experiment.prepare's pool_snapshot(known=initial), before round 0
+        assert actor.call("fingerprint").decode() == known.fingerprint
     del initial, sizes
     resettable = reset_peak()
     rows = []
     columns = old is None  # what today's select returns; HEAD's state takes a dict
     for r, selection in enumerate(selections(n, labeled_every, rounds, columns)):
-        row = one_round(r, selection, actor, old, variant, table, acquire)
+        row, known = one_round(r, selection, actor, old, variant, table, acquire, known)
+        known = None if fetch else known
         row["pool_dir_mb"] = _tree_bytes(os.path.join(run_dir, "pool")) / 2**20
         rows.append(row)
     actor_peak = actor.close()
@@ -314,12 +325,15 @@ class Parts:
         return out
 
 
-def one_round(r: int, selection, actor: Actor, old, variant: str, table, acquire: bool):
+def one_round(r: int, selection, actor: Actor, old, variant: str, table, acquire: bool, known):
+    """One round's parts; returns (its figures, the state the driver then holds)."""
     import numpy as np
 
     parts = Parts()
 
-    def snapshot():
+    def snapshot():  # as pool_snapshot(actor, known)
+        if known is not None and actor.call("fingerprint").decode() == known.fingerprint:
+            return known.before(r)
         data = actor.call("snapshot")
         fetched = pickle.loads(data) if old is None else old.PoolState.from_json(data.decode())
         return fetched.before(r)
@@ -341,13 +355,15 @@ def one_round(r: int, selection, actor: Actor, old, variant: str, table, acquire
 
     def commit():
         entry = pickle.loads(actor.call("commit", (r, selection, [1] * CLASSES)))
+        if old is None:  # the driver attaches the selection it sent, as Experiment.acquire does
+            entry = {**entry, "selection": selection}
         return state.with_entry(entry)
 
     after = parts.run("commit_s", commit)
     assert after.committed_rounds == list(range(r + 1))
     row = {"round": r, **parts.row, "peak_gb": parts.peaks, "cut_off_tasks_s": task_s}
     row["round_s"] = sum(row[k] or 0.0 for k in PARTS)
-    return row
+    return row, (after if old is None else None)
 
 
 def cut_off_acquisition(parts: "Parts", state, r: int, budget: int):
@@ -371,10 +387,13 @@ def cut_off_acquisition(parts: "Parts", state, r: int, budget: int):
     def find_cutoff():
         total = HistogramSum()
         spool.seek(0)
-        for lo in range(0, len(sizes), 256):  # a parquet batch of ~256 blocks
+        for lo in range(0, len(sizes), 256):  # a parquet batch of ~256 blocks, added at once
+            keys, counts = [], []
             for size in sizes[lo : lo + 256]:
                 pair = np.frombuffer(spool.read(16 * size), "<i8")
-                total.add(CandidateHistogram(pair[:size], pair[size:]))
+                keys.append(pair[:size])
+                counts.append(pair[size:])
+            total.add(CandidateHistogram(np.concatenate(keys), np.concatenate(counts)))
         return total.result().cutoff(budget)
 
     cutoff = parts.run("acquisition_s", find_cutoff)
@@ -393,12 +412,12 @@ def _tree_bytes(path: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
 
 
-def run_one(variant: str, n: int, rounds: int, acquire: bool, rev: str) -> dict:
+def run_one(variant: str, n: int, rounds: int, acquire: bool, rev: str, fetch: bool) -> dict:
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     ours, theirs = ctx.Pipe()
-    proc = ctx.Process(target=drive, args=(variant, n, rounds, acquire, rev, theirs))
+    proc = ctx.Process(target=drive, args=(variant, n, rounds, acquire, rev, fetch, theirs))
     proc.start()
     result = ours.recv()
     proc.join()
@@ -425,6 +444,11 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--before-max", type=int, default=100_000, help="largest HEAD pool")
     parser.add_argument("--before-rev", default=BEFORE_REV, help="git revision of 'HEAD'")
+    parser.add_argument(
+        "--fetch-snapshot",
+        action="store_true",
+        help="send the whole state every round (before the driver kept its copy)",
+    )
     args = parser.parse_args(argv)
     sizes = args.sizes or ([1_000, 10_000] if args.quick else [10_000, 100_000, 1_000_000])
     rounds = args.rounds or (2 if args.quick else 3)
@@ -441,7 +465,7 @@ def main(argv=None) -> int:
         variants = ["new"] + (["head"] if n <= args.before_max else [])
         for variant in variants:
             acquire = variant == "new" or n <= acquisition_max
-            result = run_one(variant, n, rounds, acquire, args.before_rev)
+            result = run_one(variant, n, rounds, acquire, args.before_rev, args.fetch_snapshot)
             results.append(result)
             s = summary(result)
             print(
@@ -487,6 +511,7 @@ def main(argv=None) -> int:
                 "driver_peak_gb": [r["driver_peak_gb"] for r in results if r["variant"] == "head"],
             },
             "acquisition_max": acquisition_max,
+            "snapshot": "sent every round" if args.fetch_snapshot else "pool_snapshot(known=)",
             "selection_form": "RoundSelection columns (HEAD: dict of lists)",
             "peak_rss": "VmHWM, reset per part via /proc/self/clear_refs"
             if all(r["peak_resettable"] for r in results)

@@ -24,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from s4al_ray.acquisition_diversity import candidate_pixels, k_center_fill
+from s4al_ray.acquisition_order import ranked
 from s4al_ray.pool.selection import RoundSelection
 from s4al_ray.regions import RegionGrid
 from s4al_ray.superpixels import SuperpixelRegions
@@ -174,54 +175,6 @@ def _allowed_regions(
     return Candidates.concat(parts)
 
 
-def score_order_key(score: np.ndarray) -> np.ndarray:
-    """uint32 keys that order float32 scores as numbers: a higher score never gets a lower key.
-    NaN gets 0, below every number (the ranking puts it last), and -0.0 the key of 0.0."""
-    score = np.ascontiguousarray(score, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 = 0.0
-    bits = score.view(np.uint32)
-    key = np.where(bits >> 31 != 0, ~bits, bits | np.uint32(0x80000000))
-    return np.where(np.isnan(score), np.uint32(0), key).astype(np.uint32)
-
-
-def _selection_order(c: Candidates) -> np.ndarray:
-    """Indices of ``c`` by descending score, ties by image position, then region."""
-    if len(c) == 0:
-        return np.empty(0, np.int64)
-    span = int(c.region.max()) + 1
-    if int(c.image.max()) * span + span <= 2**32:
-        # One 64-bit key (score high, image and region low) sorts 2-3x faster than three keys
-        # (6M candidates: 0.7-1.25 s against 2.0-2.2 s on the 2-vCPU VM); built in place, as a
-        # round at 10^6 images ranks ~6 million candidates.
-        key = (~score_order_key(c.score)).astype(np.uint64)
-        key <<= np.uint64(32)
-        tie = c.image.astype(np.uint64)
-        tie *= np.uint64(span)
-        tie += c.region.astype(np.uint64)
-        key |= tie
-        del tie
-        return np.argsort(key)  # keys are distinct: the order is deterministic
-    return np.lexsort((c.region, c.image, -c.score))
-
-
-def _ranked(c: Candidates, mode: str, top_k: int) -> np.ndarray:
-    """Indices of ``c`` in selection order: descending score, ties by sample id, then region
-    (deterministic); ``topk`` keeps only each image's ``top_k`` best."""
-    order = _selection_order(c)
-    if mode == "topk":
-        # rank of each entry within its image, in selection order (a stable sort by image)
-        images = c.image[order]
-        by_image = np.argsort(images, kind="stable")
-        sorted_images = images[by_image]
-        starts = np.flatnonzero(np.r_[True, sorted_images[1:] != sorted_images[:-1]])
-        counts = np.diff(np.r_[starts, sorted_images.size])
-        rank = np.empty(order.size, dtype=np.int64)
-        rank[by_image] = np.arange(order.size) - np.repeat(starts, counts)
-        order = order[rank < top_k]
-    elif mode != "budget":
-        raise ValueError(f"unknown acquisition mode {mode!r}; budget or topk")
-    return order
-
-
 def _could_be_chosen(area: np.ndarray, budget: int) -> np.ndarray:
     """Which regions, taken in this (selection) order, the greedy fill of ``budget`` could still
     choose whatever other blocks hold: a superset of what it chooses, usually a short prefix.
@@ -273,7 +226,7 @@ def could_be_chosen(
     """The part of ``c`` the selection could still take (see ``_could_be_chosen``), in selection
     order, group by group (a group's fill never exceeds the budget). The rule holds for any
     subset of the pool, so candidate sets can be merged and cut again in any grouping."""
-    order = _ranked(c, mode, top_k)
+    order = ranked(c.score, c.image, c.region, mode, top_k)
     if c.group is None:
         return c.take(order[_could_be_chosen(c.area[order], int(budget_pixels))])
     keep = np.zeros(order.size, dtype=bool)
@@ -331,13 +284,15 @@ def select(
     top_k: int = 4,
     selection: str = "ranked",
     shortlist: float = 3.0,
+    positions: np.ndarray | None = None,
 ) -> RoundSelection:
     """The greedy fill of the pixel budget in selection order (``ranked``), group by group
     (``class_balanced``, see ``_class_balanced_fill``), or k-center over the greedy fill of
     ``shortlist`` x the budget (``diverse``, see ``acquisition_diversity``). ``ids``: the sorted
-    pool ids the candidates' image positions refer to. Returned as the columns the pool state
-    keeps (a dict of lists would cost seconds at 10^6 images)."""
-    order = _ranked(candidates, mode, top_k)
+    pool ids the candidates' image positions refer to; ``positions``: where those sit in the
+    pool's image sizes (``PoolState.pool_order``), handed on with the selection. Returned as
+    the columns the pool state keeps (a dict of lists would cost seconds at 10^6 images)."""
+    order = ranked(candidates.score, candidates.image, candidates.region, mode, top_k)
     if selection == "class_balanced":
         chosen = _class_balanced_fill(candidates, order, int(budget_pixels))
     elif selection == "diverse":
@@ -358,7 +313,10 @@ def select(
     images, regions = np.divmod(keys, span)
     starts = np.flatnonzero(np.r_[True, images[1:] != images[:-1]]) if images.size else []
     names = [ids[k] for k in images[starts].tolist()]
-    return RoundSelection(names, np.r_[starts, images.size], regions.astype(np.int32))
+    chosen = RoundSelection(names, np.r_[starts, images.size], regions.astype(np.int32))
+    if positions is not None:
+        chosen.positions = np.asarray(positions)[images[starts]]
+    return chosen
 
 
 def select_regions(

@@ -18,8 +18,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from s4al_ray.acquisition import Candidates, score_order_key
+from s4al_ray.acquisition import Candidates
+from s4al_ray.acquisition_order import score_order_key
 
 # A score bin is the top 16 bits of the score's order-preserving integer key (sign, exponent,
 # 7 mantissa bits): 2^-7 relative resolution, so the bin the budget ends in holds well under 1%
@@ -27,11 +30,14 @@ from s4al_ray.acquisition import Candidates, score_order_key
 _KEPT_BITS = 16
 _AREA_BITS = 32  # histogram keys: group << 48 | bin << 32 | area (an area is far below 2^32)
 _GROUP_SHIFT = _AREA_BITS + _KEPT_BITS
+# Up to this many distinct region areas in a histogram are summed one mask each, more after one
+# sort by area (superpixels: an area per few regions).
+_MASKED_AREAS = 8
 
 
 def score_bins(score: np.ndarray) -> np.ndarray:
     """Bins of float32 scores, monotone: a higher score never lands in a lower bin. The top bits
-    of the ranking's own key (``acquisition.score_order_key``), so NaN and -0.0 fall where the
+    of the ranking's own key (``acquisition_order.score_order_key``), so NaN and -0.0 fall where the
     ranking puts them."""
     return (score_order_key(score) >> (32 - _KEPT_BITS)).astype(np.int64)
 
@@ -138,13 +144,29 @@ class HistogramSum:
         self.by_area: dict[int, np.ndarray] = {}  # group << 32 | area -> counts per bin
 
     def add(self, hist: CandidateHistogram) -> None:
-        areas, bins = hist.group_areas, hist.bins
-        for area in np.unique(areas).tolist():
-            dense = self.by_area.get(area)
-            if dense is None:
-                dense = self.by_area[area] = np.zeros(1 << _KEPT_BITS, np.int64)
-            mine = areas == area
-            np.add.at(dense, bins[mine], hist.counts[mine])
+        """Add a histogram; its keys may repeat (a batch of blocks' histograms, concatenated)."""
+        areas, bins, counts = hist.group_areas, hist.bins, hist.counts
+        if areas.size == 0:
+            return
+        distinct = pc.unique(pa.array(areas)).to_numpy()  # hashed: no sort of the entries
+        if distinct.size <= _MASKED_AREAS:  # squares: the full size and a few cut edges
+            for area in distinct.tolist():
+                mine = areas == area
+                self._add_area(area, bins[mine], counts[mine])
+            return
+        order = np.argsort(areas, kind="stable")
+        areas, bins, counts = areas[order], bins[order], counts[order]
+        starts = np.flatnonzero(np.r_[True, areas[1:] != areas[:-1]])
+        for lo, hi in zip(starts.tolist(), [*starts[1:].tolist(), areas.size]):
+            self._add_area(int(areas[lo]), bins[lo:hi], counts[lo:hi])
+
+    def _add_area(self, area: int, bins: np.ndarray, counts: np.ndarray) -> None:
+        dense = self.by_area.get(area)
+        if dense is None:
+            dense = self.by_area[area] = np.zeros(1 << _KEPT_BITS, np.int64)
+        # bincount sums in float64, exact for counts below 2^53 (a pool has ~10^9 regions);
+        # np.add.at, one scatter per entry, took 0.9 s for a 10^6-image round's 16M entries.
+        dense += np.bincount(bins, weights=counts, minlength=dense.size).astype(np.int64)
 
     def result(self) -> CandidateHistogram:
         keys, counts = [], []

@@ -10,7 +10,6 @@ import ray
 from s4al_ray import storage
 from s4al_ray.config import ConfigError, ExperimentConfig
 from s4al_ray.experiment import Experiment
-from s4al_ray.pool.actor import pool_snapshot
 from s4al_ray.pool.label_studio_server import EXPORT_SOURCE, fetch_export, project_title
 from s4al_ray.pool.manual import AnnotationError, pending_round, read_answers, store_labels
 from s4al_ray.run_lock import hold_run_lock
@@ -32,7 +31,7 @@ def import_annotations(
 
 def _commit_answers(experiment: Experiment, source: str, log) -> dict:
     experiment.prepare()
-    state = pool_snapshot(experiment.pool)
+    state = experiment.committed  # fetched by prepare
     round_index = pending_round(experiment.layout, state)
     if round_index is None:
         asked = [e for e in state.ledger if storage.exists(experiment.layout.queries(e["round"]))]

@@ -1,9 +1,9 @@
 """The round loop (driver): train the student, run the teacher, acquire regions, record.
 
-One round passes its values explicitly (``run_round``): the pool state is fetched once, the
-student's checkpoint goes to the teacher, the teacher blocks' acquisition candidates to the
-selection, and the teacher's summary (thresholds, pool weights) is saved beside its pass for the
-next round's student.
+One round passes its values explicitly (``run_round``): the pool state is fetched once (not at
+all while the driver's copy is current), the student's checkpoint goes to the teacher, the
+teacher blocks' candidates to the selection, and the teacher's summary (thresholds, pool
+weights) is saved beside its pass for the next round's student.
 
 Every stage is resumable: a round with a record is never redone; training resumes from its last
 epoch checkpoint; a finished teacher pass is reused, one cut short redone; a commit repeated with
@@ -80,6 +80,7 @@ class Experiment:
     records: list[dict] = field(default_factory=list)
     trackers: list = field(default_factory=list)  # tracking.make_trackers, set by run()
     tracking_parent: TrackingParent | None = None  # a sweep trial's parent in the trackers
+    committed: PoolState | None = None  # last seen committed (pool_snapshot's ``known``)
 
     def __post_init__(self) -> None:
         self.layout = RunLayout.of(self.cfg.storage, self.cfg.name)
@@ -126,7 +127,7 @@ class Experiment:
         )
         initial = initial_pool_state(self.cfg, self.data, maps, segments)
         self.pool = get_pool_actor(self.cfg.name, self.layout, initial, masks)
-        state = pool_snapshot(self.pool)
+        state = self.committed = pool_snapshot(self.pool, known=initial)
         if self._teacher_tasks() and self.cfg.loop.rounds > 1:
             present = max(1, res.cpus // self.cfg.teacher.cpus_per_actor)
             warm_task_workers(min(teacher_workers(self.cfg, res).largest, present))
@@ -236,6 +237,7 @@ class Experiment:
             top_k=acq.top_k,
             selection=acq.selection,
             shortlist=acq.diversity_shortlist,
+            positions=state.pool_order,
         )
         if self.cfg.oracle == "manual":
             by_id = {row["sample_id"]: row for row in self.data.rows("train")}
@@ -246,10 +248,11 @@ class Experiment:
                 self.layout, r, selection, state, by_id, self.data.classes, tool
             )
             raise AwaitingAnnotation(r, package)
-        return ray.get(self.pool.commit.remote(r, selection))
+        entry = ray.get(self.pool.commit.remote(r, selection, with_selection=False))
+        return {**entry, "selection": selection}  # this one, rather than a copy sent back
 
     def run_round(self, r: int) -> dict:
-        committed = pool_snapshot(self.pool)  # once per round
+        committed = self.committed = pool_snapshot(self.pool, known=self.committed)
         state = committed.before(r)
         record = {
             "round": r,
@@ -292,7 +295,7 @@ class Experiment:
                 f"images, {entry['pixels']} px "
                 f"({100 * entry['pixels'] / state.total_pixels:.2f}% of train pixels)"
             )
-            after = state.with_entry(entry)
+            after = self.committed = state.with_entry(entry)  # the actor's, unless r reran
         record["time/round_s"] = sum(
             record.get(k, 0.0)
             for k in ("time/train_s", "time/test_s", "time/teacher_s", "time/acquire_s")

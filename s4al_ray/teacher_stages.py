@@ -25,7 +25,6 @@ from ray.util.queue import Queue
 
 from s4al_ray.acquisition import block_candidates, region_groups, region_scores
 from s4al_ray.acquisition_cutoff import CandidateHistogram
-from s4al_ray.acquisition_diversity import region_embeddings, segment_embeddings
 from s4al_ray.config import ModelConfig
 from s4al_ray.data.io import encode_png, load_image, load_mask
 from s4al_ray.data.training import normalize
@@ -33,6 +32,7 @@ from s4al_ray.model import model_from_config
 from s4al_ray.model.weights import load_checkpoint
 from s4al_ray.progress import post_images
 from s4al_ray.pseudo_labels import confidence_histogram, confidence_levels
+from s4al_ray.region_embeddings import region_embeddings, segment_embeddings
 from s4al_ray.region_maps import RegionMaps
 from s4al_ray.scores import get_score
 from s4al_ray.storage import check_node_access

@@ -236,6 +236,27 @@ def test_selection_order_does_not_depend_on_how_large_the_positions_are():
     assert small.num_regions > 100
 
 
+def test_packed_selection_order_equals_a_three_key_sort():
+    """The packed-word sort gives exactly the order of (score down, image, region), whether
+    the entries come in (image, region) order (merged blocks) or shuffled; NaN and -0.0 sort
+    as the three-key sort puts them."""
+    from s4al_ray.acquisition_order import selection_order
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        n = int(rng.integers(1, 3000))
+        pairs = np.sort(rng.choice(400 * 64, n, replace=False))  # distinct (image, region)
+        image, region = np.divmod(pairs, 64)
+        score = (rng.integers(-8, 8, n) / 4).astype(np.float32)  # many ties, and -0.0
+        score[rng.random(n) < 0.02] = np.nan
+        score[score == 0] *= rng.choice([-1, 1], int((score == 0).sum()))
+        if trial % 2:
+            shuffle = rng.permutation(n)
+            image, region, score = image[shuffle], region[shuffle], score[shuffle]
+        expected = np.lexsort((region, image, -score))
+        np.testing.assert_array_equal(selection_order(score, image, region), expected)
+
+
 def test_region_groups_put_a_region_with_the_rarest_class_it_shows():
     from s4al_ray.acquisition import class_rarity_ranks, region_groups
 

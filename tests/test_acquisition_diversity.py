@@ -13,11 +13,9 @@ from s4al_ray.acquisition_diversity import (
     TIE_DISTANCE,
     candidate_pixels,
     k_center_fill,
-    pixel_embeddings,
-    region_embeddings,
-    segment_embeddings,
 )
 from s4al_ray.config import ConfigError, load_config
+from s4al_ray.region_embeddings import pixel_embeddings, region_embeddings, segment_embeddings
 from s4al_ray.regions import RegionGrid
 from s4al_ray.superpixels import SuperpixelRegions
 

@@ -259,11 +259,54 @@ def test_before_and_with_entry():
     assert seen.with_entry(e0) == seen  # an entry already there: nothing added
     with pytest.raises(ValueError, match="differently"):
         seen.with_entry({**e0, "selection": {"s00003": [2]}})
+    twice = {"s00003": [1]}
     with pytest.raises(ValueError, match="already acquired"):
-        seen.with_entry({**e1, "round": 2, "selection": {"s00003": [1]}})
+        seen.with_entry({**e1, "round": 2, "selection": twice, "digest": selection_digest(twice)})
+    with pytest.raises(ValueError, match="not the selection the pool committed"):
+        seen.with_entry({**e1, "selection": {"s00004": [3]}})
     pairs = RoundSelection.from_pairs(["s00005", "s00004", "s00005"], [7, 2, 1])
     assert pairs == {"s00004": [2], "s00005": [1, 7]}
     assert pairs.digest == selection_digest({"s00005": [7, 1], "s00004": [2]})
+
+
+def test_fingerprint_names_the_pool_and_its_ledger(tmp_path):
+    """Equal for a state and any copy of it (what the driver compares before fetching the
+    actor's state again), different once a round is committed or the pool differs; a driver
+    that attaches the selection it sent to the actor's short entry holds the actor's state."""
+    state = _pool()
+    holder = PoolStateHolder(RunLayout(str(tmp_path)), state, {})
+    assert (
+        holder.fingerprint() == state.fingerprint == pickle.loads(pickle.dumps(state)).fingerprint
+    )
+    selection = RoundSelection.of({"s00004": [2, 0], "s00006": [1]})
+    entry = holder.commit(0, selection, [1, 2, 3], with_selection=False)
+    assert entry["selection"] is None and entry["regions"] == 3
+    after = state.with_entry({**entry, "selection": selection})
+    assert after == holder.state and after.fingerprint == holder.fingerprint()
+    assert state.fingerprint != after.fingerprint  # state itself is unchanged
+    assert after.before(0).fingerprint == state.fingerprint
+    assert holder.commit(0, selection, with_selection=False)["selection"] is None  # repeat
+    other_labeled = PoolState(state.region_size, state.num_classes, state.sizes, ["s00001"])
+    assert other_labeled.fingerprint != state.fingerprint
+    squares_of_another_size = PoolState(10, state.num_classes, state.sizes, state.labeled)
+    assert squares_of_another_size.fingerprint != state.fingerprint
+
+
+def test_pool_snapshot_sends_the_state_only_when_the_drivers_copy_is_stale(ray_session, tmp_path):
+    import ray
+
+    from s4al_ray.pool.actor import PoolActor, pool_snapshot
+
+    state = _pool()
+    actor = PoolActor.remote(RunLayout(str(tmp_path)), state, {})
+    assert pool_snapshot(actor, known=state) is state  # nothing sent: the actor's is this one
+    selection = RoundSelection.of({"s00005": [1]})
+    entry = ray.get(actor.commit.remote(0, selection, [1, 0, 0], with_selection=False))
+    fetched = pool_snapshot(actor, known=state)  # stale: the committed state is sent
+    assert fetched is not state and fetched.committed_rounds == [0]
+    after = state.with_entry({**entry, "selection": selection})
+    assert pool_snapshot(actor, known=after) is after and after == fetched
+    ray.kill(actor)
 
 
 def test_views_are_snapshots_and_derived_states_share_nothing_mutable():

@@ -249,9 +249,10 @@ def test_diverse_candidates_carry_the_models_region_embeddings(teacher_setup, tm
     import numpy as np
 
     from s4al_ray.acquisition import select, select_regions
-    from s4al_ray.acquisition_diversity import candidate_pixels, region_embeddings
+    from s4al_ray.acquisition_diversity import candidate_pixels
     from s4al_ray.data.io import load_image
     from s4al_ray.data.training import normalize
+    from s4al_ray.region_embeddings import region_embeddings
     from s4al_ray.regions import RegionGrid
     from s4al_ray.teacher import read_teacher_output
 

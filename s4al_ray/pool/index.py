@@ -62,16 +62,29 @@ class ImageSizes(Mapping):
             self._index = index
         return self._index
 
-    def positions(self, sample_ids: list[str]) -> np.ndarray:
+    def positions(self, sample_ids: list[str], hint: np.ndarray | None = None) -> np.ndarray:
         """Positions of ``sample_ids``; KeyError names the first that is not a train image.
-        One hashed lookup in arrow (a round's ~10^6 ids: ~0.1 s, against 0.6 s through the
-        dict), which needs no id -> position dict in this process at all."""
+        One hashed lookup in arrow (a round's ~10^6 ids: ~0.3 s, against 0.6 s through the
+        dict), which needs no id -> position dict in this process at all. ``hint``: where the
+        caller believes they are (a selection made from this pool), checked in one comparison
+        (~0.08 s for 10^6 ids) and used when right."""
         if self._arrow_ids is None:
             self._arrow_ids = pa.array(self.ids, pa.string())
-        found = pc.index_in(pa.array(sample_ids, pa.string()), value_set=self._arrow_ids)
+        wanted = pa.array(sample_ids, pa.string())
+        if hint is not None and self._holds(wanted, np.asarray(hint)):
+            return np.asarray(hint, dtype=np.int64)
+        found = pc.index_in(wanted, value_set=self._arrow_ids)
         if found.null_count:
             raise KeyError(sample_ids[int(np.argmax(found.is_null().to_numpy(False)))])
         return found.to_numpy().astype(np.int64)
+
+    def _holds(self, wanted: pa.Array, hint: np.ndarray) -> bool:
+        """Whether image ``hint[k]`` is ``wanted[k]`` for every k."""
+        if hint.shape != (len(wanted),) or hint.dtype.kind not in "iu":
+            return False
+        if hint.size and (hint.min() < 0 or hint.max() >= len(self.ids)):
+            return False
+        return bool(pc.all(pc.equal(self._arrow_ids.take(pa.array(hint)), wanted)).as_py())
 
     def pixels(self, positions: np.ndarray | None = None) -> int:
         h, w = (

@@ -14,14 +14,16 @@ O(that image's regions). Storage is ``store.py``.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property
 
 import numpy as np
 
-from s4al_ray.pool.index import AcquiredRegions, ImageSizes, RegionIndex
+from s4al_ray.pool.fixed import FixedPool
+from s4al_ray.pool.index import AcquiredRegions, ImageSizes
 from s4al_ray.pool.selection import RoundSelection, Selection, selection_digest
 from s4al_ray.region_maps import RegionMaps
 from s4al_ray.regions import RegionGrid
@@ -40,75 +42,6 @@ class _Checked:
     images: np.ndarray  # positions in ``sizes`` of the selection's images, in its id order
     bits: np.ndarray  # bit position of every selected region
     pixels: int
-
-
-class _Fixed:
-    """What depends only on the images and the labeled set, shared by every state derived from
-    one (``before``, ``with_entry``): computed once per pool, not per round."""
-
-    def __init__(
-        self,
-        sizes: ImageSizes,
-        labeled: list[str],
-        maps: RegionMaps,
-        segments: SegmentAreas | None,
-    ) -> None:
-        self.sizes, self.labeled, self.maps, self.segments = sizes, labeled, maps, segments
-        self.region_size = maps.size
-        self.grids: dict[tuple[int, int], RegionGrid] = {}
-        if maps.superpixels != (segments is not None):
-            raise ValueError("superpixel regions need their areas, and squares none")
-        if segments is not None:
-            self.region_index  # noqa: B018 - checks, here, that the areas tile every image
-
-    @cached_property
-    def labeled_flags(self) -> np.ndarray:
-        flags = np.zeros(len(self.sizes), dtype=bool)
-        flags[self.sizes.positions(self.labeled)] = True
-        return flags
-
-    @cached_property
-    def pool_positions(self) -> np.ndarray:
-        positions = np.flatnonzero(~self.labeled_flags)
-        positions.flags.writeable = False  # handed to callers as is
-        return positions
-
-    @cached_property
-    def pool_ids(self) -> list[str]:
-        ids = self.sizes.ids
-        return sorted(ids[k] for k in self.pool_positions.tolist())
-
-    @cached_property
-    def total_pixels(self) -> int:
-        return self.sizes.pixels()
-
-    @cached_property
-    def labeled_image_pixels(self) -> int:
-        return self.sizes.pixels(np.flatnonzero(self.labeled_flags))
-
-    @cached_property
-    def region_index(self) -> RegionIndex:
-        return RegionIndex(self.sizes, self.region_size, self.segments)
-
-    def regions(self, sample_id: str) -> RegionGrid | SuperpixelRegions:
-        height, width = self.sizes[sample_id]
-        if self.maps.superpixels:
-            return self.maps.of(sample_id, height, width)
-        key = (height, width)
-        if key not in self.grids:  # one grid per image shape, not per image
-            self.grids[key] = RegionGrid(height, width, self.region_size)
-        return self.grids[key]
-
-    def __getstate__(self) -> dict:
-        # Lists and dicts are cheaper rebuilt than pickled; the bit layout is shared with the
-        # acquired regions, so it travels once.
-        keep = ("sizes", "labeled", "maps", "segments", "region_size", "region_index")
-        keep += ("labeled_flags",)
-        return {k: v for k, v in self.__dict__.items() if k in keep}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.grids = {}
 
 
 class PoolState:
@@ -134,7 +67,7 @@ class PoolState:
         maps = maps or RegionMaps("squares", self.region_size)
         if maps.size != self.region_size:
             raise ValueError(f"region maps of size {maps.size}, not {self.region_size}")
-        self._fixed = _Fixed(sizes, self.labeled, maps, segments)
+        self._fixed = FixedPool(sizes, self.labeled, maps, segments)
         self._entries: list[dict] = []  # one per committed round
         self._images: list[np.ndarray] = []  # per entry: positions of its images
         self._acquired: AcquiredRegions | None = None  # built on first use
@@ -168,6 +101,8 @@ class PoolState:
             if previous["digest"] != chosen.digest:
                 raise ValueError(f"round {entry['round']} is already in this state, differently")
             return other
+        if chosen.digest != entry["digest"]:  # the caller attached the selection it sent
+            raise ValueError(f"round {entry['round']}: not the selection the pool committed")
         images = chosen.positions  # set by the state that validated it
         if images is None or images.size != len(chosen):
             try:
@@ -224,6 +159,12 @@ class PoolState:
         return list(self._fixed.pool_ids)
 
     @property
+    def pool_order(self) -> np.ndarray:
+        """Where each of ``pool_ids`` sits in ``sizes`` (``acquisition.select`` hands them to
+        the selection, so neither the driver nor the actor looks 10^6 ids up)."""
+        return self._fixed.pool_order
+
+    @property
     def pool_positions(self) -> np.ndarray:
         """Positions in ``sizes`` of the pool images, in ``sizes`` order: when the sizes came
         from the manifest's train rows, the rows a worker's shard is sliced from."""
@@ -248,6 +189,15 @@ class PoolState:
     @property
     def committed_rounds(self) -> list[int]:
         return [entry["round"] for entry in self._entries]
+
+    @property
+    def fingerprint(self) -> str:
+        """Names this exact state (its pool and every committed round): equal fingerprints,
+        equal states. The driver compares it with the actor's before fetching the state."""
+        rounds = [[e["round"], e["digest"], e["pixels"], e["class_pixels"]] for e in self._entries]
+        fields = [self.region_size, self.num_classes, self.initial_class_pixels, rounds]
+        h = hashlib.sha256(self._fixed.fingerprint.encode() + json.dumps(fields).encode())
+        return h.hexdigest()[:32]
 
     def entry(self, round_index: int) -> dict | None:
         return next((e for e in self._entries if e["round"] == round_index), None)
@@ -330,7 +280,7 @@ class PoolState:
         """Every rule, vectorised over the selection; the error names the first image (by id)
         that breaks the first rule broken."""
         try:
-            images = self.sizes.positions(chosen.ids)
+            images = self.sizes.positions(chosen.ids, hint=chosen.positions)
         except KeyError as err:
             raise ValueError(f"{err.args[0]}: not an image of the train split") from None
         labeled = self._fixed.labeled_flags[images]
