@@ -69,8 +69,7 @@ def scenes(count: int, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def student_check(cfg, device: torch.device, steps: int) -> dict:
     from s4al_ray.data.training import collate_decoded
-    from s4al_ray.student import StudentJob, augment_batches, init_model, make_optimizer
-    from s4al_ray.student import train_step
+    from s4al_ray.student import StudentJob, augment_batches, init_model, make_optimizer, train_step
 
     train = replace(cfg.train, use_gpu=device.type == "cuda")
     job = StudentJob(
