@@ -37,8 +37,8 @@ _MASKED_AREAS = 8
 
 def score_bins(score: np.ndarray) -> np.ndarray:
     """Bins of float32 scores, monotone: a higher score never lands in a lower bin. The top bits
-    of the ranking's own key (``acquisition_order.score_order_key``), so NaN and -0.0 fall where the
-    ranking puts them."""
+    of the ranking's own key (``acquisition_order.score_order_key``), so NaN and -0.0 fall where
+    the ranking puts them."""
     return (score_order_key(score) >> (32 - _KEPT_BITS)).astype(np.int64)
 
 
