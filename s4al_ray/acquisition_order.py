@@ -26,7 +26,7 @@ def selection_order(score: np.ndarray, image: np.ndarray, region: np.ndarray) ->
     if score.size == 0:
         return np.empty(0, np.int64)
     span = int(region.max()) + 1
-    if int(image.max()) * span + span <= 2**32:
+    if int(image.max()) * span + span <= 2**32 and score.size <= 2**32:
         return _packed_order(score, image, region, span)
     return np.lexsort((region, image, -score))
 

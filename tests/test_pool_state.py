@@ -286,6 +286,9 @@ def test_fingerprint_names_the_pool_and_its_ledger(tmp_path):
     assert state.fingerprint != after.fingerprint  # state itself is unchanged
     assert after.before(0).fingerprint == state.fingerprint
     assert holder.commit(0, selection, with_selection=False)["selection"] is None  # repeat
+    wrong = RoundSelection.of({"s00004": [2, 0], "s00006": [1]})
+    wrong.positions = np.array([6, 4])  # a caller's mistake: looked up instead of trusted
+    assert state.with_entry({**entry, "selection": wrong}) == after
     other_labeled = PoolState(state.region_size, state.num_classes, state.sizes, ["s00001"])
     assert other_labeled.fingerprint != state.fingerprint
     squares_of_another_size = PoolState(10, state.num_classes, state.sizes, state.labeled)

@@ -80,7 +80,7 @@ class ImageSizes(Mapping):
 
     def _holds(self, wanted: pa.Array, hint: np.ndarray) -> bool:
         """Whether image ``hint[k]`` is ``wanted[k]`` for every k."""
-        if hint.shape != (len(wanted),) or hint.dtype.kind not in "iu":
+        if hint.shape != (len(wanted),) or hint.dtype.kind not in "iu" or wanted.null_count:
             return False
         if hint.size and (hint.min() < 0 or hint.max() >= len(self.ids)):
             return False

@@ -103,12 +103,10 @@ class PoolState:
             return other
         if chosen.digest != entry["digest"]:  # the caller attached the selection it sent
             raise ValueError(f"round {entry['round']}: not the selection the pool committed")
-        images = chosen.positions  # set by the state that validated it
-        if images is None or images.size != len(chosen):
-            try:
-                images = self.sizes.positions(chosen.ids)
-            except KeyError as err:
-                raise ValueError(f"{err.args[0]}: not an image of the train split") from None
+        try:  # positions handed on by select or the validating state: checked, not trusted
+            images = self.sizes.positions(chosen.ids, hint=chosen.positions)
+        except KeyError as err:
+            raise ValueError(f"{err.args[0]}: not an image of the train split") from None
         bits = self._fixed.region_index.bits(np.repeat(images, chosen.counts), chosen.regions)
         if other._acquired_regions().contains(bits).any():
             raise ValueError(f"round {entry['round']}: regions were already acquired")
