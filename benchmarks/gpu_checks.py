@@ -15,7 +15,7 @@ the model starts untrained) on blocky random scenes generated in memory:
 
 CUDA work is timed with ``torch.cuda.synchronize`` around each call; figures are medians.
 
-    .venv/bin/python benchmarks/gpu_checks.py                        # ~2 min on one GPU
+    .venv/bin/python benchmarks/gpu_checks.py                        # on one GPU (not yet run)
     .venv/bin/python benchmarks/gpu_checks.py --device cpu --quick   # a smoke run on a CPU
 """
 
