@@ -93,7 +93,9 @@ class PoolState:
 
     def with_entry(self, entry: dict) -> "PoolState":
         """This state with one more committed round: an entry the actor returned, so validated
-        already; only a region acquired twice is refused (a cheap check of its bits)."""
+        already (its selection may be the one the caller sent, attached again). Refused: a
+        selection whose digest is not the entry's, and a region acquired twice (a cheap check of
+        its bits); the images' positions are checked, not trusted."""
         chosen = RoundSelection.of(entry["selection"])
         other = self.before(math.inf)
         previous = other.entry(entry["round"])
