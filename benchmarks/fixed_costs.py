@@ -2,8 +2,9 @@
 
 Stages, each timed on its own and repeated (median): Ray start and stop; the experiment's
 preflight (dataset check) and prepare (pool actor); Ray Train start-up (a fit whose loop does
-nothing but report, with and without a checkpoint, 1 and 2 workers); Ray Data dataset creation
-and a trivial pass; the teacher actor pool start (a trivial callable class, and the real
+nothing but report, with and without a checkpoint, 1 and 2 workers, and at Ray Train's own 2 s
+controller poll against the project's ``student_trainer.TRAIN_POLL_S``); Ray Data dataset
+creation and a trivial pass; the teacher actor pool start (a trivial callable class, and the real
 ``run_teacher`` on a handful of images); checkpoint write / publish / read; the student's
 dataset build on a worker. Then ``python run.py`` with the default config as a subprocess: wall
 time, and peak memory summed over its whole process tree (Ray's GCS, raylet and workers are its
@@ -184,9 +185,22 @@ def _noop_loop(config: dict) -> None:
         ray.train.report({"done": 1}, checkpoint=checkpoint)
 
 
-def train_startup(storage_dir: str, name: str, workers: int, cpus: int, loop_config: dict) -> float:
+def train_startup(
+    storage_dir: str,
+    name: str,
+    workers: int,
+    cpus: int,
+    loop_config: dict,
+    poll_s: str | None = None,
+) -> float:
+    """A fit of the no-op loop, polled every ``poll_s`` (the project's ``TRAIN_POLL_S`` unless
+    given; Ray's own default is 2 s)."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+
+    from s4al_ray.student_trainer import TRAIN_POLL_ENV, TRAIN_POLL_S
+
+    os.environ[TRAIN_POLL_ENV] = poll_s or TRAIN_POLL_S  # read per fit by Ray Train's driver side
 
     trainer = TorchTrainer(
         _noop_loop,
@@ -333,6 +347,10 @@ def main(argv=None) -> int:
         add(
             f"Ray Train fit, no-op loop, 1 worker x {cpus} CPU",
             train_startup(base, f"noop1-{i}", 1, cpus, train_cfg),
+        )
+        add(
+            f"Ray Train fit, no-op loop, 1 worker x {cpus} CPU, Ray's 2 s poll",
+            train_startup(base, f"noop1-poll2-{i}", 1, cpus, train_cfg, poll_s="2"),
         )
         add(
             "Ray Train fit, no-op loop + checkpoint, 1 worker",

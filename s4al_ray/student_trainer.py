@@ -7,6 +7,7 @@ from its last epoch checkpoint; its group is fixed or elastic (``train.max_worke
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -17,6 +18,14 @@ from s4al_ray import storage
 from s4al_ray.config import TrainConfig
 from s4al_ray.progress import TrainProgress
 from s4al_ray.student import METRICS_FILE, MODEL_FILE, StudentJob, train_loop
+
+# Ray Train's controller polls its workers every this many seconds (2 by default), and a fit
+# waits for polls on its way in and out: 5 s of a 19 s fit that trains nothing on a 2-vCPU VM,
+# 1 s at 0.25 (benchmarks/fixed_costs.py). A poll is one small actor call per worker. Ray Train
+# reads it from the driver's environment and hands it on to the controller; a value already
+# set there wins.
+TRAIN_POLL_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+TRAIN_POLL_S = "0.25"
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,7 @@ def fit_student(job: StudentJob, progress: Queue | None = None) -> StudentResult
     because the run name is derived from the experiment and round."""
     train = job.train
     storage_path, storage_fs = storage.ray_storage(job.train_dir)
+    os.environ.setdefault(TRAIN_POLL_ENV, TRAIN_POLL_S)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"job": job},

@@ -18,7 +18,7 @@ from s4al_ray import storage
 from s4al_ray.config import load_config
 from s4al_ray.data.registry import load_dataset
 from s4al_ray.model import model_from_config
-from s4al_ray.teacher import TeacherJob, run_teacher
+from s4al_ray.teacher import TeacherJob, run_teacher, warm_task_workers
 from s4al_ray.teacher_stages import TeacherModel, predict_rows
 
 
@@ -97,6 +97,16 @@ def test_rewritten_checkpoint_is_not_served_from_a_cached_model(teacher_setup, t
     reference = _pass(rows, teacher_cfg, path, str(tmp_path / "c"), False)
     assert second == reference
     assert second != first
+
+
+def test_warm_up_imports_the_teachers_code_in_the_worker(ray_session):
+    """The warm-up task imports the stages (torch, the model) in the worker it runs on: a remote
+    function reaches the worker by value, so an empty one imported nothing and the first pass
+    paid every import again."""
+    import ray
+
+    loaded = ray.get(warm_task_workers(2), timeout=120)
+    assert loaded == [["torch", "torchvision", "s4al_ray.teacher_stages"]] * 2
 
 
 def test_teacher_pass_survives_a_killed_task_worker(teacher_setup, tmp_path):

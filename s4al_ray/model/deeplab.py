@@ -283,7 +283,11 @@ def build_model(
         decoder_channels=head_channels,
     )
     load_pretrained(model, pretrained)
-    return model
+    # Channels-last weights make every convolution run (and hand on) NHWC activations, the
+    # first one converting the NCHW input: oneDNN's NHWC kernels are faster on CPU (training
+    # step 8%, teacher forward 20% on a 2-vCPU VM: benchmarks/memory_format.py), as cuDNN's
+    # are under autocast.
+    return model.to(memory_format=torch.channels_last)
 
 
 def model_from_config(
