@@ -30,11 +30,8 @@ if TYPE_CHECKING:
     from s4al_ray.student import StudentJob
     from s4al_ray.teacher import TeacherJob
 
-# torch's OpenMP threads spin while they wait for each other; on cores shared with other jobs a
-# spinning thread waits on a descheduled one and 2 threads run several times slower than 1 (see
-# BENCHMARKS.md). Passive waiting for both sides (this process and, inherited, Ray's workers);
-# run with OMP_WAIT_POLICY= (empty) for OpenMP's own default. Set before torch is imported.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# OpenMP's wait policy is left as the product leaves it (runtime.WORKER_ENV_DEFAULTS: OpenMP's
+# own); OMP_WAIT_POLICY=PASSIVE in the environment runs a benchmark and its Ray workers with it.
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_CONFIG = os.path.join(ROOT, "configs", "default.yaml")

@@ -33,10 +33,12 @@ class ClusterResources:
 # Worker settings measured in BENCHMARKS.md (# Performance). A value in the driver's environment
 # wins; an empty one leaves the library's own default.
 WORKER_ENV_DEFAULTS = {
-    # torch's OpenMP threads otherwise spin while they wait for each other: on cores shared with
-    # other processes a spinning thread waits on a descheduled one (2 threads ran up to 10x slower
-    # than 1 under load).
-    "OMP_WAIT_POLICY": "PASSIVE",
+    # OMP_WAIT_POLICY is left to OpenMP (spin briefly, then sleep): Ray reserves a worker's CPUs
+    # and the worker runs as many threads, so a short spin finds its peers running; the student's
+    # step is 1.6x faster than with PASSIVE on quiet cores (benchmarks/wait_policy.py). On cores
+    # shared with work Ray does not count, OMP_WAIT_POLICY=PASSIVE in the driver's environment
+    # reaches every worker and is the faster choice there.
+    "OMP_WAIT_POLICY": "",
     # Ray Train's controller polls its workers every 2 s: each fit() sat ~3 s after the last step.
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
 }
