@@ -101,10 +101,10 @@ def main(argv=None) -> int:
                 for policy, threads in variants[shift:] + variants[:shift]:
                     times = in_fresh_process(POLICIES[policy], job, steps, threads)
                     samples.setdefault((load, policy, threads), []).extend(times)
-                    median = statistics.median(times)
+                    step_median = statistics.median(times)
                     print(
                         f"  load {load} rep {rep + 1}/{repeat}  {policy:<34s} {threads} thread(s)"
-                        f"  median step {median:.3f} s  load {common.load1():.2f}",
+                        f"  median step {step_median:.3f} s  load {common.load1():.2f}",
                         flush=True,
                     )
     median = {key: statistics.median(values) for key, values in samples.items()}
