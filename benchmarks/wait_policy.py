@@ -62,19 +62,20 @@ def step_seconds(job, steps: int, threads: int) -> list[float]:
     return out[WARMUP:]
 
 
-def in_fresh_process(policy: str, job, steps: int, threads: int) -> list[float]:
-    """``step_seconds`` in a new interpreter whose OpenMP reads ``policy`` ('' = unset)."""
-    saved = os.environ.pop("OMP_WAIT_POLICY", None)
+def _set_policy(policy: str) -> None:
+    """Runs first in the new interpreter, before anything imports torch (and libgomp)."""
+    os.environ.pop("OMP_WAIT_POLICY", None)
     if policy:
         os.environ["OMP_WAIT_POLICY"] = policy
-    try:
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            return pool.submit(step_seconds, job, steps, threads).result()
-    finally:
-        os.environ.pop("OMP_WAIT_POLICY", None)
-        if saved is not None:
-            os.environ["OMP_WAIT_POLICY"] = saved
+
+
+def in_fresh_process(policy: str, job, steps: int, threads: int) -> list[float]:
+    """``step_seconds`` in a new interpreter whose OpenMP reads ``policy`` ('' = unset)."""
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=context, initializer=_set_policy, initargs=(policy,)
+    ) as pool:
+        return pool.submit(step_seconds, job, steps, threads).result()
 
 
 def main(argv=None) -> int:
