@@ -399,6 +399,41 @@ def plain_epoch(job: StudentJob, model_out: list | None = None) -> dict:
     }
 
 
+def train_step_seconds(job: StudentJob, steps: int, threads: int, warmup: int = 3) -> list[float]:
+    """Seconds of each of ``steps`` ``student.train_step`` calls after ``warmup`` untimed ones, in
+    this process, on ``threads`` threads: the round's batches and seeds, from a fresh model."""
+    import torch
+
+    from s4al_ray.losses.joint import reco_weight_at
+    from s4al_ray.student import (
+        build_datasets,
+        epoch_streams,
+        init_model,
+        make_optimizer,
+        run_step,
+        train_step,
+    )
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(job.seed)
+    device = torch.device("cpu")
+    model = init_model(job)
+    optimizer = make_optimizer(model, job.train)
+    sets = build_datasets(job)
+    model.train()
+    generator, labeled, pool = epoch_streams(job, sets, 0, 0, device)
+    out = []
+    for step in range(warmup + steps):
+        weight = reco_weight_at(job.train, job.reco, run_step(job, 0, step))
+        batch_u = next(pool) if pool else None
+        started = time.perf_counter()
+        train_step(
+            model, optimizer, job, next(labeled), batch_u, device, generator, None, False, weight
+        )
+        out.append(time.perf_counter() - started)
+    return out[warmup:]
+
+
 def train_round0(exp, steps: int) -> str:
     """A briefly trained round-0 student (plain loop, round 0's own ``StudentJob`` cut to one
     epoch of ``steps``), saved where the round loop publishes it: for figures that depend on the

@@ -17,49 +17,13 @@ import multiprocessing
 import os
 import statistics
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import common  # noqa: E402
 
-WARMUP = 3
 POLICIES = {"OpenMP default (spin, then sleep)": "", "PASSIVE (sleep at once)": "PASSIVE"}
-
-
-def step_seconds(job, steps: int, threads: int) -> list[float]:
-    """Seconds of each ``student.train_step`` after the warm-up, in this (fresh) process."""
-    import torch
-
-    from s4al_ray.losses.joint import reco_weight_at
-    from s4al_ray.student import (
-        build_datasets,
-        epoch_streams,
-        init_model,
-        make_optimizer,
-        run_step,
-        train_step,
-    )
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(job.seed)
-    device = torch.device("cpu")
-    model = init_model(job)
-    optimizer = make_optimizer(model, job.train)
-    sets = build_datasets(job)
-    model.train()
-    generator, labeled, pool = epoch_streams(job, sets, 0, 0, device)
-    out = []
-    for step in range(WARMUP + steps):
-        weight = reco_weight_at(job.train, job.reco, run_step(job, 0, step))
-        batch_u = next(pool) if pool else None
-        started = time.perf_counter()
-        train_step(
-            model, optimizer, job, next(labeled), batch_u, device, generator, None, False, weight
-        )
-        out.append(time.perf_counter() - started)
-    return out[WARMUP:]
 
 
 def _set_policy(policy: str) -> None:
@@ -70,12 +34,13 @@ def _set_policy(policy: str) -> None:
 
 
 def in_fresh_process(policy: str, job, steps: int, threads: int) -> list[float]:
-    """``step_seconds`` in a new interpreter whose OpenMP reads ``policy`` ('' = unset)."""
+    """``common.train_step_seconds`` in a new interpreter whose OpenMP reads ``policy``
+    ('' = unset)."""
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(
         max_workers=1, mp_context=context, initializer=_set_policy, initargs=(policy,)
     ) as pool:
-        return pool.submit(step_seconds, job, steps, threads).result()
+        return pool.submit(common.train_step_seconds, job, steps, threads).result()
 
 
 def main(argv=None) -> int:

@@ -11,6 +11,7 @@ import torchvision.models as tvm
 from torchvision.models._api import WeightsEnum
 
 from s4al_ray.model import DeepLabV3Plus, build_model
+from s4al_ray.model.atrous import AtrousConv2d
 from s4al_ray.model.weights import IMAGENET_WEIGHTS, load_pretrained
 
 NUM_CLASSES = 5
@@ -48,6 +49,57 @@ def test_shapes_and_output_stride(backbone: str, output_stride: int) -> None:
     assert out["embedding"].shape == (2, EMBED, 16, 16)
     model.eval()
     assert _aspp_input_size(model, x) == (64 // output_stride, 64 // output_stride)
+
+
+@pytest.mark.parametrize(("channels_in", "channels_out", "groups"), [(12, 12, 12), (6, 5, 1)])
+@pytest.mark.parametrize("dilation", [2, 6, 12])
+@pytest.mark.parametrize("size", [(6, 8), (7, 9), (13, 5), (1, 1), (3, 20)])
+def test_atrous_conv_equals_the_dilated_conv(
+    channels_in: int, channels_out: int, groups: int, dilation: int, size: tuple[int, int]
+) -> None:
+    # Skipped taps and phase grids (depthwise, CPU) against the direct dilated conv: the same
+    # output and the same gradients for input, weight and bias, to float64 rounding.
+    torch.manual_seed(0)
+    conv = AtrousConv2d(
+        channels_in, channels_out, 3, padding=dilation, dilation=dilation, groups=groups
+    ).double()
+    x = torch.randn(3, channels_in, *size, dtype=torch.double)
+    x = x.to(memory_format=torch.channels_last).requires_grad_()
+    out = conv(x)
+    direct = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 1, dilation, dilation, groups)
+    assert out.shape == direct.shape
+    torch.testing.assert_close(out, direct, rtol=0, atol=1e-12)
+    with torch.no_grad():  # inference takes the direct call (with the skipped taps)
+        torch.testing.assert_close(conv(x), direct, rtol=0, atol=1e-12)
+    grad_out = torch.randn_like(out)
+    params = [x, conv.weight, conv.bias]
+    for mine, ref in zip(
+        torch.autograd.grad((out * grad_out).sum(), params),
+        torch.autograd.grad((direct * grad_out).sum(), params),
+    ):
+        torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_atrous_rewrites_leave_the_model_unchanged(monkeypatch, output_stride: int) -> None:
+    # The default image size (96x128): ASPP's rates outgrow the 6x8 map and MobileNetV2's last
+    # blocks are dilated depthwise convs, so both rewrites run. Same loss and gradients as the
+    # plain dilated convolutions.
+    model = _model("mobilenet_v2", output_stride).double()
+    x = torch.randn(2, 3, 96, 128, dtype=torch.double).to(memory_format=torch.channels_last)
+    assert any(type(m) is AtrousConv2d for m in model.backbone.modules())
+
+    def loss_and_grads() -> list[torch.Tensor]:
+        torch.manual_seed(1)  # the same dropout mask for both
+        out = model(x, with_embedding=True)
+        loss = out["logits"].square().mean() + out["embedding"].square().mean()
+        return [loss.detach(), *torch.autograd.grad(loss, list(model.parameters()))]
+
+    rewritten = loss_and_grads()
+    monkeypatch.setattr(AtrousConv2d, "forward", torch.nn.Conv2d.forward)
+    plain = loss_and_grads()
+    for mine, ref in zip(rewritten, plain):
+        torch.testing.assert_close(mine, ref, rtol=1e-9, atol=1e-12)
 
 
 def test_logits_only_by_default() -> None:

@@ -90,6 +90,28 @@ def _pixels(flat: Tensor, idx: Tensor, hw: int) -> Tensor:
     return flat[idx // hw, :, idx % hw]
 
 
+class _GatheredScores(torch.autograd.Function):
+    """``(queries @ keys.T).gather(1, neg)`` with a sparse backward.
+
+    Autograd's backward of that gather builds the dense (M, Nv) gradient of the whole score
+    matrix (zero fill, scatter) and multiplies it by ``keys``: as much arithmetic as the forward
+    matmul, for a gradient with only K non-zeros per row. The query gradient is the per-row
+    weighted sum of the K gathered keys, which ``F.embedding_bag`` computes directly (about 1/8
+    of the loss's backward time on CPU: BENCHMARKS.md, "Where a step's time goes"). Keys are
+    constants here (ReCo's gradient reaches only the queries).
+    """
+
+    @staticmethod
+    def forward(ctx, queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(keys, neg)
+        return (queries @ keys.T).gather(1, neg)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        keys, neg = ctx.saved_tensors
+        return F.embedding_bag(neg, keys, per_sample_weights=grad, mode="sum"), None, None
+
+
 def _negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
     """(A, Q, K) cosines between each query and its K negative keys (``keys[neg]``).
 
@@ -97,10 +119,13 @@ def _negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
     against all Nv valid pixels and gathering costs A*Q*Nv floats and is a fast matmul; gathering
     the keys first costs A*Q*K*E floats (the ReCo bound) but does not grow with the image.
     """
+    if keys.requires_grad:
+        raise ValueError("ReCo's keys are targets: compute them without gradient")
     n_active, q, k = neg.shape
     if keys.shape[0] <= k * keys.shape[1]:
-        scores = queries.reshape(n_active * q, -1) @ keys.T  # (A*Q, Nv)
-        return scores.gather(1, neg.reshape(n_active * q, k)).view(n_active, q, k)
+        flat_queries = queries.reshape(n_active * q, -1)
+        scores = _GatheredScores.apply(flat_queries, keys, neg.reshape(n_active * q, k))
+        return scores.view(n_active, q, k)
     return torch.einsum("aqe,aqke->aqk", queries, keys[neg])
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import Tensor, nn
 
+from s4al_ray.model.atrous import AtrousConv2d, atrous_like
 from s4al_ray.model.weights import load_pretrained
 
 if TYPE_CHECKING:
@@ -40,8 +41,9 @@ def check_output_stride(output_stride: int) -> None:
 
 def _conv_bn_relu(in_ch: int, out_ch: int, kernel: int = 1, dilation: int = 1) -> nn.Sequential:
     padding = dilation * (kernel // 2)
+    conv = AtrousConv2d if dilation > 1 else nn.Conv2d
     return nn.Sequential(
-        nn.Conv2d(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
+        conv(in_ch, out_ch, kernel, padding=padding, dilation=dilation, bias=False),
         nn.BatchNorm2d(out_ch),
         nn.ReLU(inplace=True),
     )
@@ -86,16 +88,21 @@ class MobileNetV2Backbone(nn.Module):
         dilation = 1
         for idx, block in enumerate(self.features):
             if idx in unstrided:
-                _set_conv(self._depthwise_conv(block), stride=1, dilation=dilation)
+                self._set_depthwise(block, dilation)
                 dilation *= 2
             elif dilation > 1:
-                _set_conv(self._depthwise_conv(block), stride=1, dilation=dilation)
+                self._set_depthwise(block, dilation)
 
     @staticmethod
-    def _depthwise_conv(block: nn.Module) -> nn.Conv2d:
-        for module in block.modules():
+    def _set_depthwise(block: nn.Module, dilation: int) -> None:
+        """Re-dilate the block's depthwise conv, as an AtrousConv2d when dilated (same names)."""
+        for name, module in block.named_modules():
             if isinstance(module, nn.Conv2d) and module.groups > 1:
-                return module
+                _set_conv(module, stride=1, dilation=dilation)
+                if dilation > 1:
+                    parent, _, attr = name.rpartition(".")
+                    setattr(block.get_submodule(parent), attr, atrous_like(module))
+                return
         raise RuntimeError("inverted-residual block without a depthwise conv")
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
