@@ -1,7 +1,7 @@
 """Exact rewrites of the step: the student's training step and the model's forward with and
 without the atrous rewrites (``model/atrous.py``: skipped padding-only taps, phase-grid depthwise
 convs on CPU) and ReCo's sparse backward (``losses/reco.py``: embedding_bag instead of the dense
-gradient of a gather).
+gradient of a gather); then each rewritten layer alone, train and inference.
 
 Every variant computes the same numbers (``tests/test_model.py``, ``tests/test_reco.py``); only
 the route differs, switched off here by restoring the plain calls. Same process, same threads,
@@ -18,6 +18,7 @@ import contextlib
 import os
 import statistics
 import sys
+import time
 from unittest import mock
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -50,6 +51,70 @@ def routes(atrous: bool, sparse_reco: bool):
         if not sparse_reco:
             stack.enter_context(mock.patch.object(reco._GatheredScores, "apply", dense_gather))
         yield
+
+
+# The model's atrous convs at the default size (96x128 at output stride 16: 6x8 maps), batch 8:
+# (label, channels in, channels out, groups, dilation). Depthwise: MobileNetV2's last blocks.
+CONV_SHAPES = [
+    ("depthwise 960, d=2", 960, 960, 960, 2),
+    ("depthwise 576, d=2", 576, 576, 576, 2),
+    ("ASPP 320->128, rate 6", 320, 128, 1, 6),
+    ("ASPP 320->128, rate 12", 320, 128, 1, 12),
+    ("ASPP 320->128, rate 18", 320, 128, 1, 18),
+]
+
+
+def _ms_per_call(fn, calls: int) -> float:
+    for _ in range(3):
+        fn()
+    started = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - started) / calls * 1e3
+
+
+def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> list[list]:
+    """Per layer: ms of forward + backward (training) and of forward alone (inference), the
+    rewrite against the plain call; and ReCo's negative logits at the default run's size."""
+    import torch
+
+    from s4al_ray.losses import reco
+    from s4al_ray.model.atrous import AtrousConv2d
+
+    torch.set_num_threads(threads)
+    rows = []
+    for label, c_in, c_out, groups, d in CONV_SHAPES:
+        conv = AtrousConv2d(c_in, c_out, 3, padding=d, dilation=d, groups=groups, bias=False)
+        x = torch.randn(8, c_in, *size).to(memory_format=torch.channels_last).requires_grad_()
+
+        def train(conv=conv, x=x):
+            conv(x).sum().backward()
+
+        def infer(conv=conv, x=x):
+            with torch.no_grad():
+                conv(x)
+
+        figures = []
+        for fn in (train, infer):
+            for atrous in (True, False):
+                with routes(atrous, True):
+                    figures.append(_ms_per_call(fn, calls))
+        rows.append([label, *(round(v, 2) for v in figures)])
+    # The default run's ReCo: 9 classes x 128 queries, 256 negatives, 64-dim keys, ~5,700 pixels.
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(9, 128, 64, generator=generator, requires_grad=True)
+    keys = torch.randn(5700, 64, generator=generator)
+    neg = torch.randint(0, 5700, (9, 128, 256), generator=generator)
+    figures = []
+    for sparse in (True, False):
+        with routes(True, sparse):
+            figures.append(
+                _ms_per_call(
+                    lambda: reco._negative_logits(queries, keys, neg).sum().backward(), calls
+                )
+            )
+    rows.append(["ReCo negative logits (1152 x 256)", *(round(v, 2) for v in figures), "-", "-"])
+    return rows
 
 
 def main(argv=None) -> int:
@@ -106,6 +171,20 @@ def main(argv=None) -> int:
             f"{steps} steps x {repeat} repeat(s) a variant, {threads} threads",
         )
     )
+    layers = layer_timings(threads, 10 if args.quick else 50)
+    print(
+        common.table(
+            [
+                "layer (batch 8, 6x8 map)",
+                "train ms, rewrite",
+                "train ms, plain",
+                "inference ms, rewrite",
+                "inference ms, plain",
+            ],
+            layers,
+            f"One layer, forward + backward (train), forward alone (inference); {threads} threads",
+        )
+    )
     common.write_json(
         args.json,
         {
@@ -115,6 +194,7 @@ def main(argv=None) -> int:
             "repeat": repeat,
             "median_step_s": {name: statistics.median(v) for name, v in step_s.items()},
             "forward_images_per_s": {name: statistics.median(v) for name, v in forward.items()},
+            "layers_ms": {row[0]: row[1:] for row in layers},
         },
     )
     return 0

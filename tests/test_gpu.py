@@ -52,3 +52,42 @@ def test_round_with_gpu_workers(ray_session, smoke_data_root, tmp_path):
     )
     records = Experiment(cfg, log=print).run()
     assert records[1]["pool/labeled_frac"] > records[0]["pool/labeled_frac"]
+
+
+@pytest.mark.parametrize(("channels", "groups", "dilation"), [(16, 16, 2), (16, 1, 6)])
+def test_atrous_conv_on_gpu_matches_cpu(channels, groups, dilation):
+    # CUDA takes the direct dilated call (with padding-only taps skipped), the CPU the phase
+    # grids for depthwise convs: the same output and gradients.
+    from s4al_ray.model.atrous import AtrousConv2d
+
+    torch.manual_seed(0)
+    conv = AtrousConv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=groups)
+    x = torch.randn(4, channels, 6, 8)
+    grad_out = torch.randn(4, channels, 6, 8)
+
+    def run(device):
+        module = conv.to(device)
+        inputs = x.to(device).clone().requires_grad_()
+        (module(inputs) * grad_out.to(device)).sum().backward()
+        grads = [inputs.grad, module.weight.grad, module.bias.grad]
+        out = [t.detach().cpu().clone() for t in [module(inputs), *grads]]
+        module.zero_grad()
+        return out
+
+    for cpu, gpu in zip(run("cpu"), run("cuda")):
+        torch.testing.assert_close(cpu, gpu, rtol=1e-4, atol=1e-4)
+
+
+def test_reco_negative_logits_backward_on_gpu_matches_cpu():
+    from s4al_ray.losses.reco import _negative_logits
+
+    generator = torch.Generator().manual_seed(0)
+    queries = torch.randn(3, 5, 8, generator=generator)
+    keys = torch.randn(40, 8, generator=generator)
+    neg = torch.randint(0, 40, (3, 5, 7), generator=generator)
+    grads = []
+    for device in ("cpu", "cuda"):
+        q = queries.to(device).clone().requires_grad_()
+        _negative_logits(q, keys.to(device), neg.to(device)).square().sum().backward()
+        grads.append(q.grad.cpu())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
