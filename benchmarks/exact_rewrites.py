@@ -8,7 +8,7 @@ the route differs, switched off here by restoring the plain calls. Same process,
 the round loop's own round-1 ``StudentJob`` (as ``step_cost.py`` builds it), the same seeds and
 batches; variants alternate within each repeat.
 
-    .venv/bin/python benchmarks/exact_rewrites.py            # 20 steps x 3 repeats: ~7 min
+    .venv/bin/python benchmarks/exact_rewrites.py            # 20 steps x 3 repeats: ~5 min
     .venv/bin/python benchmarks/exact_rewrites.py --quick    # 6 steps once: ~2 min
 """
 
@@ -75,11 +75,12 @@ def _ms_per_call(fn, calls: int) -> float:
 
 def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> list[list]:
     """Per layer: ms of forward + backward (training) and of forward alone (inference), the
-    rewrite against the plain call; and ReCo's negative logits at the default run's size."""
+    rewrite against the plain call (and, for depthwise convs, inference on the phase grids); and
+    ReCo's negative logits at the default run's size."""
     import torch
 
     from s4al_ray.losses import reco
-    from s4al_ray.model.atrous import AtrousConv2d
+    from s4al_ray.model.atrous import AtrousConv2d, _phase_grid_conv
 
     torch.set_num_threads(threads)
     rows = []
@@ -94,12 +95,19 @@ def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> l
             with torch.no_grad():
                 conv(x)
 
+        def infer_on_phase_grids(conv=conv, x=x, d=d):
+            # What inference would cost on the phase grids (why no_grad keeps the direct call).
+            with torch.no_grad():
+                _phase_grid_conv(x, conv.weight, None, d, (d, d), conv.groups)
+
         figures = []
         for fn in (train, infer):
             for atrous in (True, False):
                 with routes(atrous, True):
                     figures.append(_ms_per_call(fn, calls))
-        rows.append([label, *(round(v, 2) for v in figures)])
+        if groups == c_in == c_out:
+            figures.append(_ms_per_call(infer_on_phase_grids, calls))
+        rows.append([label, *(round(v, 2) for v in figures)] + ["-"] * (5 - len(figures)))
     # The default run's ReCo: 9 classes x 128 queries, 256 negatives, 64-dim keys, ~5,700 pixels.
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(9, 128, 64, generator=generator, requires_grad=True)
@@ -113,7 +121,9 @@ def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> l
                     lambda: reco._negative_logits(queries, keys, neg).sum().backward(), calls
                 )
             )
-    rows.append(["ReCo negative logits (1152 x 256)", *(round(v, 2) for v in figures), "-", "-"])
+    rows.append(
+        ["ReCo negative logits (1152 x 256)", *(round(v, 2) for v in figures), "-", "-", "-"]
+    )
     return rows
 
 
@@ -180,6 +190,7 @@ def main(argv=None) -> int:
                 "train ms, plain",
                 "inference ms, rewrite",
                 "inference ms, plain",
+                "inference ms, phase grids (unused)",
             ],
             layers,
             f"One layer, forward + backward (train), forward alone (inference); {threads} threads",

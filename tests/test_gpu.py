@@ -55,39 +55,45 @@ def test_round_with_gpu_workers(ray_session, smoke_data_root, tmp_path):
 
 
 @pytest.mark.parametrize(("channels", "groups", "dilation"), [(16, 16, 2), (16, 1, 6)])
-def test_atrous_conv_on_gpu_matches_cpu(channels, groups, dilation):
-    # CUDA takes the direct dilated call (with padding-only taps skipped), the CPU the phase
-    # grids for depthwise convs: the same output and gradients.
+def test_atrous_conv_on_gpu_equals_the_dilated_conv(channels, groups, dilation):
+    # On CUDA: the direct call with the padding-only taps skipped, against the plain dilated conv,
+    # in float64 (no TF32); then under bf16 autocast, which must still apply to the rewrite.
+    from torch.nn.functional import conv2d
+
     from s4al_ray.model.atrous import AtrousConv2d
 
     torch.manual_seed(0)
     conv = AtrousConv2d(channels, channels, 3, padding=dilation, dilation=dilation, groups=groups)
-    x = torch.randn(4, channels, 6, 8)
-    grad_out = torch.randn(4, channels, 6, 8)
-
-    def run(device):
-        module = conv.to(device)
-        inputs = x.to(device).clone().requires_grad_()
-        (module(inputs) * grad_out.to(device)).sum().backward()
-        grads = [inputs.grad, module.weight.grad, module.bias.grad]
-        out = [t.detach().cpu().clone() for t in [module(inputs), *grads]]
-        module.zero_grad()
-        return out
-
-    for cpu, gpu in zip(run("cpu"), run("cuda")):
-        torch.testing.assert_close(cpu, gpu, rtol=1e-4, atol=1e-4)
+    conv = conv.cuda().double()
+    x = torch.randn(4, channels, 6, 8, device="cuda", dtype=torch.double, requires_grad=True)
+    grad_out = torch.randn(4, channels, 6, 8, device="cuda", dtype=torch.double)
+    params = [x, conv.weight, conv.bias]
+    mine = conv(x)
+    plain = conv2d(x, conv.weight, conv.bias, 1, dilation, dilation, groups)
+    torch.testing.assert_close(mine, plain, rtol=0, atol=1e-12)
+    for a, b in zip(
+        torch.autograd.grad((mine * grad_out).sum(), params),
+        torch.autograd.grad((plain * grad_out).sum(), params),
+    ):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    conv, x = conv.float(), x.detach().float()
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        mine = conv(x)
+        plain = conv2d(x, conv.weight, conv.bias, 1, dilation, dilation, groups)
+    assert mine.dtype == plain.dtype == torch.bfloat16
+    torch.testing.assert_close(mine.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
 def test_reco_negative_logits_backward_on_gpu_matches_cpu():
     from s4al_ray.losses.reco import _negative_logits
 
     generator = torch.Generator().manual_seed(0)
-    queries = torch.randn(3, 5, 8, generator=generator)
-    keys = torch.randn(40, 8, generator=generator)
+    queries = torch.randn(3, 5, 8, generator=generator, dtype=torch.double)
+    keys = torch.randn(40, 8, generator=generator, dtype=torch.double)
     neg = torch.randint(0, 40, (3, 5, 7), generator=generator)
     grads = []
     for device in ("cpu", "cuda"):
         q = queries.to(device).clone().requires_grad_()
         _negative_logits(q, keys.to(device), neg.to(device)).square().sum().backward()
         grads.append(q.grad.cpu())
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)

@@ -80,6 +80,41 @@ def test_atrous_conv_equals_the_dilated_conv(
         torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
 
 
+def test_atrous_conv_falls_back_or_agrees_off_the_default_shapes() -> None:
+    # Contiguous (not channels-last) input, batch 1, a depthwise multiplier (not the phase-grid
+    # case) and a strided conv (not atrous at all): each equals the plain call.
+    torch.manual_seed(0)
+    cases = [
+        (dict(groups=8, padding=2, dilation=2), 8, 8),
+        (dict(groups=8, padding=2, dilation=2), 8, 16),
+        (dict(groups=1, padding=2, dilation=2, stride=2), 8, 4),
+    ]
+    for kwargs, c_in, c_out in cases:
+        conv = AtrousConv2d(c_in, c_out, 3, **kwargs).double()
+        x = torch.randn(1, c_in, 7, 9, dtype=torch.double, requires_grad=True)
+        plain = torch.nn.Conv2d.forward(conv, x)
+        mine = conv(x)
+        torch.testing.assert_close(mine, plain, rtol=0, atol=1e-12)
+        for a, b in zip(
+            torch.autograd.grad(mine.sum(), [x, conv.weight]),
+            torch.autograd.grad(plain.sum(), [x, conv.weight]),
+        ):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_atrous_swap_leaves_a_seeded_initialisation_unchanged(monkeypatch) -> None:
+    # Turning the dilated depthwise convs into AtrousConv2d draws nothing from the global RNG:
+    # a seeded model starts from the same weights as without the swap.
+    from s4al_ray.model import deeplab
+
+    swapped = _model("mobilenet_v2").state_dict()
+    monkeypatch.setattr(deeplab, "make_atrous", lambda conv: conv)
+    plain = _model("mobilenet_v2").state_dict()
+    assert swapped.keys() == plain.keys()
+    for key in plain:
+        assert torch.equal(swapped[key], plain[key]), key
+
+
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_atrous_rewrites_leave_the_model_unchanged(monkeypatch, output_stride: int) -> None:
     # The default image size (96x128): ASPP's rates outgrow the 6x8 map and MobileNetV2's last

@@ -119,10 +119,10 @@ def _negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
     against all Nv valid pixels and gathering costs A*Q*Nv floats and is a fast matmul; gathering
     the keys first costs A*Q*K*E floats (the ReCo bound) but does not grow with the image.
     """
-    if keys.requires_grad:
-        raise ValueError("ReCo's keys are targets: compute them without gradient")
     n_active, q, k = neg.shape
     if keys.shape[0] <= k * keys.shape[1]:
+        if keys.requires_grad:
+            raise ValueError("ReCo's keys are targets: compute them without gradient")
         flat_queries = queries.reshape(n_active * q, -1)
         scores = _GatheredScores.apply(flat_queries, keys, neg.reshape(n_active * q, k))
         return scores.view(n_active, q, k)

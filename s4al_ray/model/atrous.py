@@ -16,8 +16,8 @@ conv of DeepLab), chosen per call from the input's size and device:
   undilated convs over those grids, padded to a multiple of d with the zeros the original
   padding would have read. cuDNN has no such cliff, so CUDA keeps the direct call.
 
-The module is an ``nn.Conv2d`` with the same ``weight``/``bias``: checkpoints and ImageNet weights
-load unchanged.
+The module is an ``nn.Conv2d`` with the same ``weight``/``bias`` and no state of its own:
+checkpoints and ImageNet weights load unchanged, and ``make_atrous`` converts an existing conv.
 """
 
 from __future__ import annotations
@@ -93,21 +93,11 @@ def _phase_grid_conv(
     return out[:, :, :height, :width]
 
 
-def atrous_like(conv: nn.Conv2d) -> AtrousConv2d:
-    """An ``AtrousConv2d`` sharing ``conv``'s parameters and settings (to swap it in place)."""
-    atrous = AtrousConv2d(
-        conv.in_channels,
-        conv.out_channels,
-        conv.kernel_size,
-        stride=conv.stride,
-        padding=conv.padding,
-        dilation=conv.dilation,
-        groups=conv.groups,
-        bias=conv.bias is not None,
-        padding_mode=conv.padding_mode,
-        device=conv.weight.device,
-        dtype=conv.weight.dtype,
-    )
-    atrous.weight = conv.weight
-    atrous.bias = conv.bias
-    return atrous
+def make_atrous(conv: nn.Conv2d) -> AtrousConv2d:
+    """Turn ``conv`` into an ``AtrousConv2d`` in place: the same object, parameters and place in
+    its parent. Building a new module instead would initialise (then discard) a weight, drawing
+    from the global RNG, and shift every later initialisation of a seeded model."""
+    if type(conv) is not nn.Conv2d:
+        raise TypeError(f"expected a plain nn.Conv2d, got {type(conv).__name__}")
+    conv.__class__ = AtrousConv2d
+    return conv

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import torchvision.models as tvm
 from torch import Tensor, nn
 
-from s4al_ray.model.atrous import AtrousConv2d, atrous_like
+from s4al_ray.model.atrous import AtrousConv2d, make_atrous
 from s4al_ray.model.weights import load_pretrained
 
 if TYPE_CHECKING:
@@ -95,13 +95,12 @@ class MobileNetV2Backbone(nn.Module):
 
     @staticmethod
     def _set_depthwise(block: nn.Module, dilation: int) -> None:
-        """Re-dilate the block's depthwise conv, as an AtrousConv2d when dilated (same names)."""
-        for name, module in block.named_modules():
+        """Re-dilate the block's depthwise conv, made an AtrousConv2d when dilated."""
+        for module in block.modules():
             if isinstance(module, nn.Conv2d) and module.groups > 1:
                 _set_conv(module, stride=1, dilation=dilation)
                 if dilation > 1:
-                    parent, _, attr = name.rpartition(".")
-                    setattr(block.get_submodule(parent), attr, atrous_like(module))
+                    make_atrous(module)
                 return
         raise RuntimeError("inverted-residual block without a depthwise conv")
 
