@@ -49,7 +49,7 @@ def routes(atrous: bool, sparse_reco: bool):
         if not atrous:
             stack.enter_context(mock.patch.object(AtrousConv2d, "forward", torch.nn.Conv2d.forward))
         if not sparse_reco:
-            stack.enter_context(mock.patch.object(reco._GatheredScores, "apply", dense_gather))
+            stack.enter_context(mock.patch.object(reco, "gathered_scores", dense_gather))
         yield
 
 
@@ -80,7 +80,7 @@ def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> l
     import torch
 
     from s4al_ray.losses import reco
-    from s4al_ray.model.atrous import AtrousConv2d, _phase_grid_conv
+    from s4al_ray.model.atrous import AtrousConv2d, phase_grid_conv
 
     torch.set_num_threads(threads)
     rows = []
@@ -98,7 +98,7 @@ def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> l
         def infer_on_phase_grids(conv=conv, x=x, d=d):
             # What inference would cost on the phase grids (why no_grad keeps the direct call).
             with torch.no_grad():
-                _phase_grid_conv(x, conv.weight, None, d, (d, d), conv.groups)
+                phase_grid_conv(x, conv.weight, None, d, (d, d), conv.groups)
 
         figures = []
         for fn in (train, infer):
@@ -118,7 +118,7 @@ def layer_timings(threads: int, calls: int, size: tuple[int, int] = (6, 8)) -> l
         with routes(True, sparse):
             figures.append(
                 _ms_per_call(
-                    lambda: reco._negative_logits(queries, keys, neg).sum().backward(), calls
+                    lambda: reco.negative_logits(queries, keys, neg).sum().backward(), calls
                 )
             )
     rows.append(

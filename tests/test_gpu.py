@@ -84,8 +84,8 @@ def test_atrous_conv_on_gpu_equals_the_dilated_conv(channels, groups, dilation):
     torch.testing.assert_close(mine.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_reco_negative_logits_backward_on_gpu_matches_cpu():
-    from s4al_ray.losses.reco import _negative_logits
+def test_reconegative_logits_backward_on_gpu_matches_cpu():
+    from s4al_ray.losses.reco import negative_logits
 
     generator = torch.Generator().manual_seed(0)
     queries = torch.randn(3, 5, 8, generator=generator, dtype=torch.double)
@@ -94,6 +94,6 @@ def test_reco_negative_logits_backward_on_gpu_matches_cpu():
     grads = []
     for device in ("cpu", "cuda"):
         q = queries.to(device).clone().requires_grad_()
-        _negative_logits(q, keys.to(device), neg.to(device)).square().sum().backward()
+        negative_logits(q, keys.to(device), neg.to(device)).square().sum().backward()
         grads.append(q.grad.cpu())
     torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=1e-12)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from s4al_ray import IGNORE_INDEX
 from s4al_ray.losses import reco_loss
-from s4al_ray.losses.reco import _negative_logits
+from s4al_ray.losses.reco import negative_logits
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -99,13 +99,13 @@ def test_negative_logit_routes_agree() -> None:
     neg = torch.randint(0, 40, (3, 5, 7), generator=g)
     direct = torch.einsum("aqe,aqke->aqk", queries, keys[neg])
     # 40 keys <= 7 * 8: the matmul route; a 2-dim embedding forces the gather route.
-    assert torch.allclose(_negative_logits(queries, keys, neg), direct, atol=1e-6)
+    assert torch.allclose(negative_logits(queries, keys, neg), direct, atol=1e-6)
     wide = torch.cat([keys, keys], 0)[:, :2]
     direct2 = torch.einsum("aqe,aqke->aqk", queries[..., :2], wide[neg])
-    assert torch.allclose(_negative_logits(queries[..., :2], wide, neg), direct2, atol=1e-6)
+    assert torch.allclose(negative_logits(queries[..., :2], wide, neg), direct2, atol=1e-6)
 
 
-def test_negative_logits_sparse_backward_matches_autograd() -> None:
+def testnegative_logits_sparse_backward_matches_autograd() -> None:
     # The matmul route's hand-written backward (embedding_bag over the gathered keys) against
     # autograd through the explicit gather, in float64.
     g = _gen(5)
@@ -113,12 +113,12 @@ def test_negative_logits_sparse_backward_matches_autograd() -> None:
     keys = torch.randn(40, 8, generator=g, dtype=torch.double)
     neg = torch.randint(0, 40, (3, 5, 7), generator=g)
     grad_out = torch.randn(3, 5, 7, generator=g, dtype=torch.double)
-    (mine,) = torch.autograd.grad((_negative_logits(queries, keys, neg) * grad_out).sum(), queries)
+    (mine,) = torch.autograd.grad((negative_logits(queries, keys, neg) * grad_out).sum(), queries)
     direct = torch.einsum("aqe,aqke->aqk", queries, keys[neg])
     (ref,) = torch.autograd.grad((direct * grad_out).sum(), queries)
     torch.testing.assert_close(mine, ref, rtol=0, atol=1e-12)
     with pytest.raises(ValueError, match="keys are targets"):
-        _negative_logits(queries, keys.requires_grad_(), neg)
+        negative_logits(queries, keys.requires_grad_(), neg)
 
 
 def test_loss_decreases_when_classes_are_pulled_together() -> None:

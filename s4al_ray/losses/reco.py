@@ -112,7 +112,12 @@ class _GatheredScores(torch.autograd.Function):
         return F.embedding_bag(neg, keys, per_sample_weights=grad, mode="sum"), None, None
 
 
-def _negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
+def gathered_scores(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
+    """(M, K) ``(queries @ keys.T).gather(1, neg)``, with the sparse backward of _GatheredScores."""
+    return _GatheredScores.apply(queries, keys, neg)
+
+
+def negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
     """(A, Q, K) cosines between each query and its K negative keys (``keys[neg]``).
 
     Two equivalent routes; take the one that materialises fewer floats. Scoring every query
@@ -124,7 +129,7 @@ def _negative_logits(queries: Tensor, keys: Tensor, neg: Tensor) -> Tensor:
         if keys.requires_grad:
             raise ValueError("ReCo's keys are targets: compute them without gradient")
         flat_queries = queries.reshape(n_active * q, -1)
-        scores = _GatheredScores.apply(flat_queries, keys, neg.reshape(n_active * q, k))
+        scores = gathered_scores(flat_queries, keys, neg.reshape(n_active * q, k))
         return scores.view(n_active, q, k)
     return torch.einsum("aqe,aqke->aqk", queries, keys[neg])
 
@@ -237,7 +242,7 @@ def _reco(
     neg = _pick(valid_sorted, valid_starts[neg_cls], valid_counts[neg_cls], neg_pos)  # (A, Q*K)
 
     pos_logit = (queries * proto_n[active, None, :]).sum(-1, keepdim=True)  # (A, Q, 1)
-    neg_logit = _negative_logits(queries, keys, neg.view(n_active, q, k))  # (A, Q, K)
+    neg_logit = negative_logits(queries, keys, neg.view(n_active, q, k))  # (A, Q, K)
     logits = torch.cat([pos_logit, neg_logit], dim=-1) / temperature
     labels = torch.zeros(n_active * q, dtype=torch.long, device=logits.device)
     # Every class has exactly Q queries, so the mean over all queries is the mean over classes.

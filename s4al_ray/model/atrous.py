@@ -46,7 +46,7 @@ class AtrousConv2d(nn.Conv2d):
         # Only where a backward follows: oneDNN's dilated forward is fast, and the phase grids'
         # copies make inference slower (3x at 6x8, 10x at 12x16 on a 2-vCPU VM).
         if depthwise and x.device.type == "cpu" and torch.is_grad_enabled():
-            return _phase_grid_conv(x, weight, self.bias, d, pad, self.groups)
+            return phase_grid_conv(x, weight, self.bias, d, pad, self.groups)
         return F.conv2d(x, weight, self.bias, self.stride, pad, (d, d), self.groups)
 
 
@@ -62,7 +62,7 @@ def _is_atrous_3x3(conv: nn.Conv2d) -> bool:
     )
 
 
-def _phase_grid_conv(
+def phase_grid_conv(
     x: Tensor, weight: Tensor, bias: Tensor | None, d: int, pad: tuple[int, int], groups: int
 ) -> Tensor:
     """A stride-1 conv of dilation ``d`` (padding ``pad``, each 0 or d) as undilated convs over
