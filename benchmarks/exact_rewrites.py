@@ -162,7 +162,7 @@ def main(argv=None) -> int:
                 step_s[name].extend(times)
                 line = f"median step {statistics.median(times):.3f} s"
                 if name in forward:
-                    forward[name].append(raw_forward(model, shape, 16, threads, 8))
+                    forward[name].append(raw_forward(model, shape, 16, threads, 30))
                     line += f"  forward {forward[name][-1]:.1f} images/s"
             print(f"  rep {rep + 1}/{repeat}  {name:<22s} {line}  load {common.load1():.2f}")
 
@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         )
     print(
         common.table(
-            ["route", "median train step s", "x plain", "forward images/s (batch 16)"],
+            ["route", "median train step s", "x plain", "forward images/s (30 batches of 16)"],
             rows,
             f"{steps} steps x {repeat} repeat(s) a variant, {threads} threads",
         )
