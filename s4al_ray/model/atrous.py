@@ -9,12 +9,14 @@ conv of DeepLab), chosen per call from the input's size and device:
   gradient are the same (a skipped tap's weight gradient is zero either way); the arithmetic is
   5/27 of the three branches'.
 - **Depthwise convs training on CPU run as undilated convs on the d x d phase grids**
-  (space-to-batch, as in TensorFlow's atrous_conv2d): oneDNN's dilated depthwise backward is
-  3-20x slower than its undilated one at the sizes of MobileNetV2's last blocks, depending on the
-  machine (BENCHMARKS.md, "Exact rewrites of the step"). Pixel (i, j) of a dilation-d conv only
-  reads pixels of its own phase (i mod d, j mod d), so the conv splits into d*d independent
-  undilated convs over those grids, padded to a multiple of d with the zeros the original
-  padding would have read. cuDNN has no such cliff, so CUDA keeps the direct call.
+  (space-to-batch, as in TensorFlow's atrous_conv2d): at the sizes of MobileNetV2's last blocks
+  oneDNN's dilated depthwise backward is slow, by how much depends on the machine (the layer's
+  forward + backward 5.2 ms direct against 2.0 ms on the phase grids on one 2-vCPU VM; backward
+  13.5 ms dilated against 0.7 ms undilated on another: BENCHMARKS.md, "Exact rewrites of the
+  step"). Pixel (i, j) of a dilation-d conv only reads pixels of its own phase (i mod d, j mod d),
+  so the conv splits into d*d independent undilated convs over those grids, padded to a multiple
+  of d with the zeros the original padding would have read. CUDA keeps the direct call: the
+  rewrite answers a oneDNN cost, and cuDNN's was never measured here.
 
 The module is an ``nn.Conv2d`` with the same ``weight``/``bias`` and no state of its own:
 checkpoints and ImageNet weights load unchanged, and ``make_atrous`` converts an existing conv.
@@ -44,7 +46,7 @@ class AtrousConv2d(nn.Conv2d):
             return F.conv2d(x, weight, self.bias, self.stride, 0, 1, self.groups)
         depthwise = self.groups == self.in_channels == self.out_channels
         # Only where a backward follows: oneDNN's dilated forward is fast, and the phase grids'
-        # copies make inference slower (3x at 6x8, 10x at 12x16 on a 2-vCPU VM).
+        # copies make inference slower (BENCHMARKS.md, "Exact rewrites of the step").
         if depthwise and x.device.type == "cpu" and torch.is_grad_enabled():
             return phase_grid_conv(x, weight, self.bias, d, pad, self.groups)
         return F.conv2d(x, weight, self.bias, self.stride, pad, (d, d), self.groups)
