@@ -84,7 +84,7 @@ def test_atrous_conv_on_gpu_equals_the_dilated_conv(channels, groups, dilation):
     torch.testing.assert_close(mine.float(), plain.float(), rtol=2e-2, atol=2e-2)
 
 
-def test_reconegative_logits_backward_on_gpu_matches_cpu():
+def test_reco_negative_logits_backward_on_gpu_matches_cpu():
     from s4al_ray.losses.reco import negative_logits
 
     generator = torch.Generator().manual_seed(0)

@@ -105,7 +105,7 @@ def test_negative_logit_routes_agree() -> None:
     assert torch.allclose(negative_logits(queries[..., :2], wide, neg), direct2, atol=1e-6)
 
 
-def testnegative_logits_sparse_backward_matches_autograd() -> None:
+def test_negative_logits_sparse_backward_matches_autograd() -> None:
     # The matmul route's hand-written backward (embedding_bag over the gathered keys) against
     # autograd through the explicit gather, in float64.
     g = _gen(5)
